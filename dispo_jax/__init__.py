@@ -1,0 +1,10 @@
+"""dispo_jax: DiSPO (Diffusion-State Policy Optimization) on a JAX/Flax port of LLaDA.
+
+Layers (imports point one way):
+  model/     LLaDA in Flax NNX, HF checkpoint I/O, tokenizer, sharding rules
+  sampling/  the one-jit denoising loop, branch-state logit cache, branching resampler
+  rl/        surrogate log-probs, advantages, losses, timestep sampler
+  tasks/     prompts, rewards, parsers, metrics, datasets (never imported by rl/)
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,214 @@
+"""LLaDA in Flax NNX: a bidirectional Llama-style transformer for masked diffusion.
+
+Every parameter carries ``logical_axes`` metadata; :mod:`dispo_jax.model.sharding` maps those names
+to mesh axes through one table. The hot paths call the pure functions at the bottom of this file
+(:func:`forward`, :func:`hidden_states`, :func:`lm_head`) on a split ``(graphdef, state)``.
+
+Numerics follow LLaDA's reference implementation:
+  * RMSNorm: normalise in fp32, cast back to the compute dtype, then multiply by the weight.
+  * RoPE: rotate-half (not interleaved), frequencies and rotation in fp32.
+  * Attention: bidirectional; an optional key-padding mask; softmax in fp32.
+  * MLP: SwiGLU, ``ff_out(silu(ff_proj(x)) * up_proj(x))``.
+  * No biases, no q/k norm, no embedding or logit scaling, untied LM head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dispo_jax.model.config import LLaDAConfig
+
+Array = jax.Array
+
+_INIT_STD = 0.02
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype,
+           init: str = "normal") -> nnx.Param:
+  if init == "ones":
+    value = jnp.ones(shape, dtype)
+  else:
+    value = (_INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+  return nnx.Param(value, logical_axes=axes)
+
+
+class Linear(nnx.Module):
+  """Bias-free linear layer with kernel ``[in, out]`` (the transpose of torch's ``[out, in]``)."""
+
+  def __init__(self, in_features: int, out_features: int, axes: tuple[str, str],
+               cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+    self.kernel = _param(rngs, (in_features, out_features), axes, cfg.jnp_param_dtype)
+    self.compute_dtype = cfg.jnp_compute_dtype
+
+  def __call__(self, x: Array) -> Array:
+    return jnp.dot(x.astype(self.compute_dtype), self.kernel[...].astype(self.compute_dtype))
+
+
+class RMSNorm(nnx.Module):
+  """LLaDA's RMSNorm: fp32 normalisation, cast back, then scale by the weight."""
+
+  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+    self.weight = _param(rngs, (cfg.d_model,), ("norm",), cfg.jnp_param_dtype, init="ones")
+    self.eps = cfg.rms_norm_eps
+    self.compute_dtype = cfg.jnp_compute_dtype
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return self.weight[...].astype(self.compute_dtype) * x32.astype(self.compute_dtype)
+
+
+def rope_tables(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+  """fp32 ``(cos, sin)`` tables of shape ``positions.shape + (head_dim,)`` (rotate-half layout)."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+  """Rotate-half RoPE in fp32. ``x``: ``[B, L, H, Dh]``; ``cos``/``sin``: ``[B, L, Dh]``."""
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+  return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Bidirectional multi-head attention with LLaDA's projection names."""
+
+  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+    d = cfg.d_model
+    self.q_proj = Linear(d, d, ("embed", "heads"), cfg, rngs=rngs)
+    self.k_proj = Linear(d, d, ("embed", "heads"), cfg, rngs=rngs)
+    self.v_proj = Linear(d, d, ("embed", "heads"), cfg, rngs=rngs)
+    self.attn_out = Linear(d, d, ("heads", "embed"), cfg, rngs=rngs)
+    self.n_heads = cfg.n_heads
+    self.head_dim = cfg.head_dim
+
+  def __call__(self, x: Array, cos: Array, sin: Array, key_mask: Array | None) -> Array:
+    b, l, _ = x.shape
+    split = lambda t: t.reshape(b, l, self.n_heads, self.head_dim)
+    q = apply_rope(split(self.q_proj(x)), cos, sin)
+    k = apply_rope(split(self.k_proj(x)), cos, sin)
+    v = split(self.v_proj(x))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(self.head_dim))
+    if key_mask is not None:
+      scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, self.n_heads * self.head_dim)
+    return self.attn_out(out)
+
+
+class MLP(nnx.Module):
+  """SwiGLU: ``ff_out(silu(ff_proj(x)) * up_proj(x))`` (``ff_proj`` is the gate)."""
+
+  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+    d, m = cfg.d_model, cfg.mlp_hidden_size
+    self.ff_proj = Linear(d, m, ("embed", "mlp"), cfg, rngs=rngs)
+    self.up_proj = Linear(d, m, ("embed", "mlp"), cfg, rngs=rngs)
+    self.ff_out = Linear(m, d, ("mlp", "embed"), cfg, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    return self.ff_out(jax.nn.silu(self.ff_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: ``x + attn(attn_norm(x))`` then ``x + mlp(ff_norm(x))``."""
+
+  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.ff_norm = RMSNorm(cfg, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x: Array, cos: Array, sin: Array, key_mask: Array | None) -> Array:
+    x = x + self.attn(self.attn_norm(x), cos, sin, key_mask)
+    return x + self.mlp(self.ff_norm(x))
+
+
+def _run_block(block: Block, x: Array, cos: Array, sin: Array, key_mask: Array | None) -> Array:
+  return block(x, cos, sin, key_mask)
+
+
+_run_block_remat = nnx.remat(_run_block)
+
+
+class LLaDA(nnx.Module):
+  """The LLaDA transformer. ``__call__(tokens [B, L] int) -> logits [B, L, V]``."""
+
+  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.wte = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.jnp_param_dtype)
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.ln_f = RMSNorm(cfg, rngs=rngs)
+    self.ff_out = Linear(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), cfg, rngs=rngs)
+
+  def hidden_states(self, tokens: Array, key_mask: Array | None = None,
+                    positions: Array | None = None) -> Array:
+    """Final-norm hidden states ``[B, L, d_model]`` in the compute dtype."""
+    cfg = self.cfg
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    x = jnp.take(self.wte[...], tokens, axis=0).astype(cfg.jnp_compute_dtype)
+    run = _run_block_remat if cfg.remat else _run_block
+    for block in self.blocks:
+      x = run(block, x, cos, sin, key_mask)
+    return self.ln_f(x)
+
+  def logits(self, hidden: Array) -> Array:
+    """LM head: ``[..., d_model] -> [..., V]`` logits in the compute dtype."""
+    return self.ff_out(hidden)
+
+  def __call__(self, tokens: Array, key_mask: Array | None = None,
+               positions: Array | None = None) -> Array:
+    return self.logits(self.hidden_states(tokens, key_mask, positions))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure functions over (graphdef, state): what the sampler and the losses call.
+# ----------------------------------------------------------------------------------------------
+
+
+def init_model(cfg: LLaDAConfig, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
+  """Randomly initialised ``(graphdef, state)`` on the default device."""
+  return nnx.split(LLaDA(cfg, rngs=nnx.Rngs(seed)))
+
+
+def abstract_model(cfg: LLaDAConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  """``(graphdef, state)`` whose leaves are ``jax.ShapeDtypeStruct`` (no memory allocated)."""
+  return nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))
+
+
+def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens: Array,
+            key_mask: Array | None = None, positions: Array | None = None) -> Array:
+  """Logits ``[B, L, V]`` for ``tokens [B, L]`` (int32).
+
+  Args:
+    key_mask: optional ``[B, L]`` bool, False for keys no query may attend to (left padding).
+    positions: optional ``[B, L]`` RoPE positions; default ``0..L-1`` for every row, as LLaDA.
+  """
+  return nnx.merge(graphdef, state)(tokens, key_mask, positions)
+
+
+def hidden_states(graphdef: nnx.GraphDef, state: nnx.State, tokens: Array,
+                  key_mask: Array | None = None, positions: Array | None = None) -> Array:
+  """Final-norm hidden states ``[B, L, d_model]``; apply :func:`lm_head` to any slice of them."""
+  return nnx.merge(graphdef, state).hidden_states(tokens, key_mask, positions)
+
+
+def lm_head(graphdef: nnx.GraphDef, state: nnx.State, hidden: Array) -> Array:
+  """Logits ``[..., V]`` from hidden states ``[..., d_model]``."""
+  return nnx.merge(graphdef, state).logits(hidden)
+
+
+def count_params(state: Any) -> int:
+  """Number of scalar parameters in a state (concrete or abstract)."""
+  return sum(int(x.size) for x in jax.tree.leaves(state))

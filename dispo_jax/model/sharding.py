@@ -1,0 +1,156 @@
+"""Sharding: the one table from logical axis names to mesh axes, and the helpers that apply it.
+
+Parameters carry ``logical_axes`` metadata (see :mod:`dispo_jax.model.llada`); activations use the
+same names. ``LOGICAL_AXIS_RULES`` is the only place that decides which mesh axis shards what:
+
+  =========  ==================  =================================================
+  logical    mesh axes           what it is
+  =========  ==================  =================================================
+  batch      ("data", "fsdp")    rows of a batch (pure data parallel + FSDP)
+  length     None                sequence positions (replicated)
+  vocab      "tensor"            embedding rows / LM-head columns
+  embed      "fsdp"              model width: parameters sharded ZeRO-3 style
+  heads      "tensor"            attention projections (Megatron column/row split)
+  mlp        "tensor"            SwiGLU hidden width
+  norm       None                RMSNorm weights (tiny, replicated)
+  lora_rank  None                LoRA rank dimension
+  =========  ==================  =================================================
+
+Mesh axes are always created with explicit ``AxisType.Auto`` (GSPMD propagation inside
+``jax.jit`` with in/out shardings); ``jax.make_mesh`` would otherwise default to Explicit axes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from flax import nnx
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("lora_rank", None),
+)
+
+
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ``(data, fsdp, tensor)`` mesh with Auto axis types. ``-1`` in one axis takes the rest."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = [data, fsdp, tensor]
+  if shape.count(-1) > 1:
+    raise ValueError(f"At most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+  if -1 in shape:
+    known = math.prod(s for s in shape if s != -1)
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices cannot fill mesh {dict(zip(MESH_AXES, shape))}")
+    shape[shape.index(-1)] = len(devices) // known
+  if math.prod(shape) != len(devices):
+    raise ValueError(f"Mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
+                     f"have {len(devices)}")
+  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def logical_to_mesh_axes(logical_axes: Sequence[str | None],
+                         rules=LOGICAL_AXIS_RULES) -> PartitionSpec:
+  """Maps logical names to a ``PartitionSpec``; a mesh axis is used at most once per spec."""
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for name in logical_axes:
+    if name is None:
+      spec.append(None)
+      continue
+    if name not in table:
+      raise KeyError(f"Logical axis {name!r} has no rule; known: {sorted(table)}")
+    target = table[name]
+    targets = (target,) if isinstance(target, str) else tuple(target or ())
+    targets = tuple(t for t in targets if t not in used)
+    used.update(targets)
+    spec.append(None if not targets else targets[0] if len(targets) == 1 else targets)
+  return PartitionSpec(*spec)
+
+
+def fit_spec_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """Drops mesh axes from dimensions they do not divide (those dimensions become replicated)."""
+  fitted = []
+  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    size = math.prod(mesh.shape[a] for a in axes)
+    if axes and dim % size:
+      logging.info("Replicating a dimension of size %d: not divisible by mesh axes %s (%d)",
+                   dim, axes, size)
+      axes = ()
+    fitted.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return PartitionSpec(*fitted)
+
+
+def _is_variable(x: Any) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def state_partition_specs(state: nnx.State, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> nnx.State:
+  """A state-shaped tree of ``PartitionSpec`` from each variable's ``logical_axes``."""
+
+  def spec_for(var):
+    axes = var.get_metadata().get("logical_axes")
+    shape = var.get_value().shape
+    if axes is None:
+      return PartitionSpec()
+    if len(axes) != len(shape):
+      raise ValueError(f"logical_axes {axes} do not match a parameter of shape {shape}")
+    return fit_spec_to_shape(logical_to_mesh_axes(axes, rules), shape, mesh)
+
+  return jax.tree.map(spec_for, state, is_leaf=_is_variable)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> nnx.State:
+  """A state-shaped tree of ``NamedSharding`` (the ``out_shardings`` of a sharded init)."""
+  specs = state_partition_specs(state, mesh, rules)
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def logical_sharding(mesh: Mesh, *logical_axes: str | None,
+                     rules=LOGICAL_AXIS_RULES) -> NamedSharding:
+  """``NamedSharding`` for an activation or batch with the given logical axes."""
+  return NamedSharding(mesh, logical_to_mesh_axes(logical_axes, rules))
+
+
+def init_sharded(cfg, mesh: Mesh, seed: int = 0, rules=LOGICAL_AXIS_RULES):
+  """Initialises the model directly into its sharding: no device ever holds all the weights.
+
+  Returns ``(graphdef, state)`` with every parameter a global ``jax.Array`` sharded per the rules.
+  """
+  from dispo_jax.model.llada import LLaDA, abstract_model  # local: llada does not import us
+
+  graphdef, abstract_state = abstract_model(cfg)
+  shardings = state_shardings(abstract_state, mesh, rules)
+
+  def init():
+    return nnx.split(LLaDA(cfg, rngs=nnx.Rngs(seed)))[1]
+
+  state = jax.jit(init, out_shardings=shardings)()
+  return graphdef, state
+
+
+def describe_shardings(state: nnx.State) -> dict[str, str]:
+  """``{'blocks.0.attn.q_proj.kernel': 'PartitionSpec(...) [shape]'}`` for logging and tests."""
+  out = {}
+  for path, var in nnx.to_flat_state(state):
+    value = var.get_value() if _is_variable(var) else var
+    spec = getattr(getattr(value, "sharding", None), "spec", None)
+    out[".".join(map(str, path))] = f"{spec} {tuple(np.shape(value))}"
+  return out

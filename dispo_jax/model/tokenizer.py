@@ -1,0 +1,134 @@
+"""Tokenizer loading, LLaDA's chat template, and left-padded prompt encoding.
+
+The tokenizer is whatever ``transformers.AutoTokenizer`` loads from a local folder (LLaDA ships a
+byte-level BPE ``PreTrainedTokenizerFast``). :func:`build_bpe_tokenizer` makes a small tokenizer of
+the same kind, with LLaDA's special tokens, for tests and tiny models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+MASK = "<|mdm_mask|>"
+START_HEADER = "<|start_header_id|>"
+END_HEADER = "<|end_header_id|>"
+EOT = "<|eot_id|>"
+SPECIAL_TOKENS = (BOS, EOS, MASK, START_HEADER, END_HEADER, EOT)
+
+
+class TokenizerError(ValueError):
+  """A tokenizer folder that lacks what LLaDA needs."""
+
+
+def render_chat(user_content: str, system_prompt: str | None = None) -> str:
+  """LLaDA's (Llama-3 style) chat template for one user turn plus the assistant header.
+
+  ``<|startoftext|><|start_header_id|>user<|end_header_id|>\\n\\n{content}<|eot_id|>``
+  ``<|start_header_id|>assistant<|end_header_id|>\\n\\n``. A system prompt, if given, is a
+  system turn before the user turn.
+  """
+  parts = [BOS]
+  if system_prompt is not None:
+    parts.append(f"{START_HEADER}system{END_HEADER}\n\n{system_prompt}{EOT}")
+  parts.append(f"{START_HEADER}user{END_HEADER}\n\n{user_content}{EOT}")
+  parts.append(f"{START_HEADER}assistant{END_HEADER}\n\n")
+  return "".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+  """Ids of the special tokens a diffusion sampler needs."""
+  bos: int
+  eos: int
+  pad: int
+  mask: int
+  eot: int
+
+
+def special_ids(tokenizer) -> SpecialIds:
+  """Reads LLaDA's special ids from a loaded tokenizer (errors name the missing token)."""
+  vocab = tokenizer.get_vocab()
+  missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+  if missing:
+    raise TokenizerError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} lacks LLaDA "
+                         f"special token(s) {missing}")
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab[EOS]
+  return SpecialIds(bos=vocab[BOS], eos=vocab[EOS], pad=pad, mask=vocab[MASK], eot=vocab[EOT])
+
+
+def load_tokenizer(folder: str):
+  """Loads a tokenizer from a local folder with ``AutoTokenizer`` (never touches a hub)."""
+  from transformers import AutoTokenizer
+
+  if not os.path.isdir(folder):
+    raise TokenizerError(f"{folder}: tokenizer folder does not exist")
+  try:
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+  except (OSError, ValueError, KeyError) as e:
+    raise TokenizerError(f"{folder}: cannot load a tokenizer: {e}") from e
+  special_ids(tokenizer)  # validate now, not in the middle of a run
+  return tokenizer
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], max_length: int,
+                   pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Tokenises rendered prompts, left-truncated and left-padded to ``max_length``.
+
+  Returns:
+    tokens: ``[B, max_length]`` int32, padding on the left.
+    lengths: ``[B]`` int32, the number of real (non-pad) tokens of each row.
+  """
+  if pad_id is None:
+    pad_id = special_ids(tokenizer).pad
+  ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+  return left_pad([row[-max_length:] for row in ids], max_length, pad_id)
+
+
+def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads (and left-truncates) token lists to ``[B, length]`` int32, with true lengths."""
+  tokens = np.full((len(rows), length), pad_id, dtype=np.int32)
+  lengths = np.zeros((len(rows),), dtype=np.int32)
+  for i, row in enumerate(rows):
+    row = list(row)[-length:] if length else []
+    if row:
+      tokens[i, length - len(row):] = row
+    lengths[i] = len(row)
+  return tokens, lengths
+
+
+def padding_mask(lengths: np.ndarray, length: int) -> np.ndarray:
+  """``[B, length]`` bool, True on the real tokens of left-padded rows."""
+  return np.arange(length)[None, :] >= (length - np.asarray(lengths))[:, None]
+
+
+def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, folder: str | None = None):
+  """Trains a small byte-level BPE tokenizer with LLaDA's special tokens.
+
+  The special tokens take ids ``0..5`` in :data:`SPECIAL_TOKENS` order. If ``folder`` is given the
+  tokenizer is saved there (``tokenizer.json`` + config) and can be loaded with
+  :func:`load_tokenizer`. Returns the ``PreTrainedTokenizerFast``.
+  """
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from transformers import PreTrainedTokenizerFast
+
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tok.train_from_iterator(corpus, trainer=trainer)
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
+                                 pad_token=EOS, mask_token=MASK,
+                                 additional_special_tokens=[START_HEADER, END_HEADER, EOT])
+  if folder is not None:
+    fast.save_pretrained(folder)
+  return fast
+

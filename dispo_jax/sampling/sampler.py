@@ -1,0 +1,279 @@
+"""LLaDA's denoising sampler as one jitted ``lax`` loop, with a branch-state logit cache.
+
+The canvas is ``prompt ‖ gen_length × MASK``. The completion is split into ``num_blocks`` blocks of
+``block_length`` decoded left to right (semi-autoregressive); each block gets
+``steps_per_block = steps / num_blocks`` denoising steps. At step ``j`` of a block,
+``block_length // steps_per_block`` tokens are committed, plus one for the first
+``block_length % steps_per_block`` steps (LLaDA's ``get_num_transfer_tokens``). Each step:
+
+1. one forward pass over the whole canvas (two with unsupervised CFG:
+   ``logits = u + (s + 1)(c − u)``, ``u`` from the canvas with the prompt masked);
+2. a candidate for every masked position of the current block, ``x0 = argmax(logits/τ + Gumbel)``
+   in fp32 (``τ = 0``: plain argmax);
+3. a confidence: ``softmax(logits)[x0]`` (untempered) for ``low_confidence``, uniform noise for
+   ``random``; committed positions and positions right of the current block get ``−∞``;
+4. the top-k masked positions by confidence are committed; committed tokens are never remasked.
+
+Decisions that differ from the PyTorch reference (documented, deliberate):
+  * The mask token itself is excluded from the action space (its logit is ``−∞`` in sampling,
+    branching and every log-prob; see :func:`action_logits`), so a committed token is never MASK.
+  * Left padding is masked out of attention by default (``mask_padding=True``), so a row's output
+    does not depend on its batch-mates' lengths; ``mask_padding=False`` attends to pads like d1.
+  * Only the current block's logits are computed at ordinary steps (positions outside it can never
+    be committed); the full completion's logits are computed only at steps that a row caches.
+
+Branch states for DiSPO: ``branch_steps [B, S]`` (``-1`` = unused slot) names, per row, the steps
+``t`` (0-based) whose input canvas ``x_t`` and completion logits are cached in the returned
+:class:`Rollout`. Memory is ``O(S)``, not ``O(T)``: per state ``G × V`` logits, i.e. for LLaDA-8B
+``256 × 126464 × 2 B ≈ 65 MB`` in bf16 (``cache_top_k=k`` stores ``G × k`` values and int32 ids
+instead, e.g. ``k = 64``: 256 × 64 × 6 B ≈ 98 KB).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from dispo_jax.model import llada
+
+Array = jax.Array
+REMASKING = ("low_confidence", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+  """Static sampler settings (hashable: pass as a static argument).
+
+  Attributes:
+    gen_length: completion length G (multiple of ``block_length``).
+    block_length: semi-autoregressive block size.
+    steps: total denoising steps T (multiple of the number of blocks).
+    temperature: Gumbel-max temperature τ; 0 is greedy.
+    remasking: "low_confidence" or "random".
+    cfg_scale: unsupervised classifier-free guidance scale s (0 disables it).
+    mask_id: the MASK token id.
+    mask_padding: exclude left padding from attention (``False`` attends to pads, as d1).
+    cache_top_k: cache only the top-k logits (and their ids) per position; None caches all V.
+  """
+
+  gen_length: int = 256
+  block_length: int = 32
+  steps: int = 128
+  temperature: float = 0.0
+  remasking: str = "low_confidence"
+  cfg_scale: float = 0.0
+  mask_id: int = 126336
+  mask_padding: bool = True
+  cache_top_k: Optional[int] = None
+
+  def __post_init__(self):
+    problems = []
+    if self.gen_length <= 0 or self.block_length <= 0 or self.steps <= 0:
+      problems.append("gen_length, block_length and steps must be positive")
+    elif self.gen_length % self.block_length:
+      problems.append(f"gen_length={self.gen_length} is not a multiple of "
+                      f"block_length={self.block_length}")
+    elif self.steps % (self.gen_length // self.block_length):
+      problems.append(f"steps={self.steps} is not a multiple of the number of blocks "
+                      f"{self.gen_length // self.block_length}")
+    if self.remasking not in REMASKING:
+      problems.append(f"remasking={self.remasking!r} is not one of {REMASKING}")
+    if self.temperature < 0 or self.cfg_scale < 0:
+      problems.append("temperature and cfg_scale must be >= 0")
+    if self.cache_top_k is not None and self.cache_top_k <= 0:
+      problems.append(f"cache_top_k={self.cache_top_k} must be positive or None")
+    if problems:
+      raise ValueError("Invalid SamplerSettings: " + "; ".join(problems))
+
+  @property
+  def num_blocks(self) -> int:
+    return self.gen_length // self.block_length
+
+  @property
+  def steps_per_block(self) -> int:
+    return self.steps // self.num_blocks
+
+  def transfer_schedule(self) -> np.ndarray:
+    """Tokens committed at each step of a block: ``[steps_per_block]`` int32, sums to block_length."""
+    base, rem = divmod(self.block_length, self.steps_per_block)
+    return (base + (np.arange(self.steps_per_block) < rem)).astype(np.int32)
+
+  def commits_per_step(self) -> np.ndarray:
+    """Tokens committed at every global step: ``[steps]`` int32."""
+    return np.tile(self.transfer_schedule(), self.num_blocks)
+
+
+@struct.dataclass
+class Rollout:
+  """What one call of :func:`generate` returns (a pytree).
+
+  Attributes:
+    tokens: ``[B, P + G]`` int32, the final canvas (prompt ‖ completion).
+    commit_step: ``[B, G]`` int32, the step (0-based) at which each completion token was committed.
+    branch_steps: ``[B, S]`` int32, the requested branch steps (``-1`` = unused slot).
+    branch_canvas: ``[B, S, G]`` int32, the completion part of the input canvas ``x_t`` of each branch
+      step (the prompt part is ``tokens[:, :P]``); MASK marks the positions the action fills.
+    branch_logits: ``[B, S, G, V]`` (or ``[B, S, G, k]`` with top-k caching) logits that step ``t``
+      sampled from (after CFG, before temperature), in the model's compute dtype.
+    branch_logit_ids: ``[B, S, G, k]`` int32 vocabulary ids of ``branch_logits`` with top-k caching;
+      ``None`` when the full vocabulary is cached.
+  """
+
+  tokens: Array
+  commit_step: Array
+  branch_steps: Array
+  branch_canvas: Array
+  branch_logits: Array
+  branch_logit_ids: Optional[Array] = None
+
+  @property
+  def completion(self) -> Array:
+    """``[B, G]`` completion tokens."""
+    return self.tokens[:, self.tokens.shape[1] - self.commit_step.shape[1]:]
+
+
+def action_logits(logits: Array, mask_id: int) -> Array:
+  """fp32 logits with the MASK token removed from the action space (its logit set to ``−∞``).
+
+  The single definition of the action space: the sampler, the branch resampler and every
+  log-prob in ``rl/`` go through it.
+  """
+  logits = logits.astype(jnp.float32)
+  return logits.at[..., mask_id].set(-jnp.inf)
+
+
+def gumbel_argmax(key: Array, logits: Array, temperature: float) -> Array:
+  """``argmax(logits / τ + Gumbel)`` in fp32 (``τ = 0``: argmax). Equivalent to LLaDA's float64
+  ``exp(logits) / (−log u)^τ`` form."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  gumbel = jax.random.gumbel(key, logits.shape, jnp.float32)
+  return jnp.argmax(logits / temperature + gumbel, axis=-1).astype(jnp.int32)
+
+
+def _step_keys(key: Array, step: Array) -> tuple[Array, Array]:
+  """(gumbel key, remask key) for global step ``step``: shared with the NumPy test reference."""
+  k = jax.random.fold_in(key, step)
+  return jax.random.split(k)
+
+
+def _guided(logits: Array, batch: int, cfg_scale: float) -> Array:
+  if cfg_scale == 0:
+    return logits
+  cond, uncond = logits[:batch], logits[batch:]
+  return uncond + (cfg_scale + 1.0) * (cond - uncond)
+
+
+def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens: Array,
+             prompt_lengths: Array, key: Array, settings: SamplerSettings,
+             branch_steps: Array | None = None) -> Rollout:
+  """Runs LLaDA's sampler; the whole loop over blocks and steps is one jitted ``lax.fori_loop``.
+
+  Args:
+    graphdef, params: the split model.
+    prompt_tokens: ``[B, P]`` int32, left-padded prompts.
+    prompt_lengths: ``[B]`` int32, real prompt lengths (for the padding mask).
+    key: PRNG key (Gumbel noise and random remasking).
+    settings: static :class:`SamplerSettings`.
+    branch_steps: optional ``[B, S]`` int32 steps whose states to cache (``-1`` = none).
+
+  Returns:
+    A :class:`Rollout`.
+  """
+  return _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings, branch_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
+def _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings, branch_steps):
+  s = settings
+  b, p = prompt_tokens.shape
+  g, bl = s.gen_length, s.block_length
+  length = p + g
+  if branch_steps is None:
+    branch_steps = jnp.full((b, 0), -1, jnp.int32)
+  n_states = branch_steps.shape[1]
+  model = nnx.merge(graphdef, params)
+  compute_dtype = model.cfg.jnp_compute_dtype
+  vocab = model.cfg.vocab_size
+
+  canvas = jnp.concatenate(
+      [prompt_tokens.astype(jnp.int32), jnp.full((b, g), s.mask_id, jnp.int32)], axis=1)
+  if s.mask_padding:
+    key_mask = jnp.arange(length)[None, :] >= (p - prompt_lengths.astype(jnp.int32))[:, None]
+  else:
+    key_mask = None
+  if s.cfg_scale > 0 and key_mask is not None:
+    key_mask = jnp.concatenate([key_mask, key_mask], axis=0)
+
+  schedule = jnp.asarray(s.transfer_schedule())
+  k_max = int(s.transfer_schedule().max())
+  cache_width = vocab if s.cache_top_k is None else min(s.cache_top_k, vocab)
+
+  def hidden(x):
+    if s.cfg_scale > 0:
+      uncond = x.at[:, :p].set(s.mask_id)
+      x = jnp.concatenate([x, uncond], axis=0)
+    return model.hidden_states(x, key_mask)
+
+  def head(h):
+    return _guided(model.logits(h), b, s.cfg_scale)
+
+  def cache_states(t, x, h, cache):
+    canvas_cache, logit_cache, id_cache = cache
+    hit = branch_steps == t  # [B, S]
+    logits = head(h[:, p:])  # [B(*2), G, V] -> guided [B, G, V]
+    if s.cache_top_k is None:
+      values, ids = logits, id_cache
+    else:
+      values, top_ids = jax.lax.top_k(action_logits(logits, s.mask_id), cache_width)
+      ids = jnp.where(hit[:, :, None, None], top_ids[:, None], id_cache)
+    values = jnp.where(hit[:, :, None, None], values[:, None].astype(logit_cache.dtype), logit_cache)
+    canvas_cache = jnp.where(hit[:, :, None], x[:, None, p:], canvas_cache)
+    return canvas_cache, values, ids
+
+  def step(t, carry):
+    x, commit_step, cache = carry
+    block = t // s.steps_per_block
+    k_t = schedule[t % s.steps_per_block]
+    h = hidden(x)
+    cache = jax.lax.cond(jnp.any(branch_steps == t), cache_states, lambda t, x, h, c: c,
+                         t, x, h, cache)
+    start = p + block * bl
+    h_block = jax.lax.dynamic_slice_in_dim(h, start, bl, axis=1)
+    logits = action_logits(head(h_block), s.mask_id)  # [B, bl, V] fp32
+    x_block = jax.lax.dynamic_slice_in_dim(x, start, bl, axis=1)
+    gumbel_key, remask_key = _step_keys(key, t)
+    x0 = gumbel_argmax(gumbel_key, logits, s.temperature)
+    if s.remasking == "low_confidence":
+      probs = jax.nn.softmax(logits, axis=-1)
+      confidence = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
+    else:
+      confidence = jax.random.uniform(remask_key, x0.shape, jnp.float32)
+    is_masked = x_block == s.mask_id
+    confidence = jnp.where(is_masked, confidence, -jnp.inf)
+    _, top_idx = jax.lax.top_k(confidence, k_max)  # [B, k_max]
+    chosen = jnp.arange(k_max)[None, :] < k_t
+    transfer = jnp.zeros((b, bl), bool).at[jnp.arange(b)[:, None], top_idx].max(chosen)
+    transfer = jnp.logical_and(transfer, is_masked)
+    x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(transfer, x0, x_block), start, axis=1)
+    c_block = jax.lax.dynamic_slice_in_dim(commit_step, block * bl, bl, axis=1)
+    commit_step = jax.lax.dynamic_update_slice_in_dim(
+        commit_step, jnp.where(transfer, t, c_block), block * bl, axis=1)
+    return x, commit_step, cache
+
+  cache = (
+      jnp.full((b, n_states, g), s.mask_id, jnp.int32),
+      jnp.zeros((b, n_states, g, cache_width), compute_dtype),
+      None if s.cache_top_k is None else jnp.zeros((b, n_states, g, cache_width), jnp.int32),
+  )
+  commit_step = jnp.full((b, g), -1, jnp.int32)
+  x, commit_step, (canvas_cache, logit_cache, id_cache) = jax.lax.fori_loop(
+      0, s.steps, step, (canvas, commit_step, cache))
+  return Rollout(tokens=x, commit_step=commit_step, branch_steps=branch_steps.astype(jnp.int32),
+                 branch_canvas=canvas_cache, branch_logits=logit_cache, branch_logit_ids=id_cache)

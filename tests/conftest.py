@@ -1,0 +1,24 @@
+"""Test set-up: 8 fake CPU devices (for sharding tests) and exact fp32 matmuls."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+  from dispo_jax.model.config import get_config
+  return get_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cfg):
+  from dispo_jax.model.llada import init_model
+  return init_model(tiny_cfg, seed=0)

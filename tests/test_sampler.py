@@ -1,0 +1,263 @@
+"""The jitted sampler against a plain step-by-step NumPy reference of LLaDA's `generate`."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dispo_jax.model import llada
+from dispo_jax.model.config import get_config
+from dispo_jax.sampling import (SamplerSettings, completion_mask, generate, sample_branches,
+                                sample_rollout_branches)
+from dispo_jax.sampling.sampler import _step_keys
+
+_fwd = jax.jit(llada.forward, static_argnums=0)
+
+
+def reference_generate(graphdef, state, prompt, lengths, key, s: SamplerSettings):
+  """SPEC §4 step by step, selection on the host in NumPy (as the PyTorch reference runs).
+
+  Shares only the model forward and the per-step PRNG keys with the implementation under test.
+  """
+  b, p = prompt.shape
+  x = np.concatenate([prompt, np.full((b, s.gen_length), s.mask_id)], axis=1).astype(np.int32)
+  length = x.shape[1]
+  key_mask = (np.arange(length)[None] >= (p - lengths)[:, None]) if s.mask_padding else None
+  prompt_index = np.arange(length) < p
+  steps_b = s.steps // s.num_blocks
+  t = 0
+  for blk in range(s.num_blocks):
+    lo, hi = p + blk * s.block_length, p + (blk + 1) * s.block_length
+    n_masked = (x[:, lo:hi] == s.mask_id).sum(1)
+    base, rem = n_masked // steps_b, n_masked % steps_b
+    for j in range(steps_b):
+      num_transfer = base + (j < rem)
+      mask_index = x == s.mask_id
+      logits = np.asarray(_fwd(graphdef, state, jnp.asarray(x),
+                               None if key_mask is None else jnp.asarray(key_mask)), np.float32)
+      if s.cfg_scale > 0:
+        un_x = x.copy()
+        un_x[:, prompt_index] = s.mask_id
+        un = np.asarray(_fwd(graphdef, state, jnp.asarray(un_x),
+                             None if key_mask is None else jnp.asarray(key_mask)), np.float32)
+        logits = un + (s.cfg_scale + 1) * (logits - un)
+      logits = logits.copy()
+      logits[..., s.mask_id] = -np.inf
+      gumbel_key, remask_key = _step_keys(key, t)
+      block_logits = logits[:, lo:hi]
+      if s.temperature == 0:
+        x0_block = block_logits.argmax(-1)
+      else:
+        g = np.asarray(jax.random.gumbel(gumbel_key, block_logits.shape, jnp.float32))
+        x0_block = (block_logits / np.float32(s.temperature) + g).argmax(-1)
+      if s.remasking == "low_confidence":
+        z = block_logits - block_logits.max(-1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        conf_block = np.take_along_axis(probs, x0_block[..., None], -1)[..., 0]
+      else:
+        conf_block = np.asarray(jax.random.uniform(remask_key, x0_block.shape, jnp.float32))
+      x0 = x.copy()
+      x0[:, lo:hi] = x0_block
+      confidence = np.full(x.shape, -np.inf, np.float32)
+      confidence[:, lo:hi] = conf_block
+      x0 = np.where(mask_index, x0, x)
+      confidence = np.where(mask_index, confidence, -np.inf)
+      for row in range(b):
+        chosen = np.argsort(-confidence[row], kind="stable")[: num_transfer[row]]
+        x[row, chosen] = x0[row, chosen]
+      t += 1
+  return x
+
+
+@pytest.fixture(scope="module")
+def model():
+  cfg = get_config("tiny", vocab_size=64, n_layers=2)
+  graphdef, state = llada.init_model(cfg, seed=11)
+  # Sharpen the head so greedy decoding is far from ties.
+  state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 30
+  return cfg, graphdef, state
+
+
+def _prompts(cfg, b=3, p=7, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = np.array([7, 4, 2, 6, 5, 3][:b], np.int32)
+  prompt = np.full((b, p), cfg.pad_token_id, np.int32)
+  for i, n in enumerate(lengths):
+    prompt[i, p - n:] = rng.integers(0, cfg.vocab_size - 3, n)
+  return prompt, lengths
+
+
+CASES = [
+    # gen, block, steps, remasking, temperature, cfg
+    (16, 8, 6, "low_confidence", 0.0, 0.0),   # 8 % 3 = 2 remainder
+    (12, 4, 9, "low_confidence", 0.0, 0.0),   # three blocks, 4 % 3 = 1
+    (10, 10, 4, "random", 0.0, 0.0),          # one block, remainder 2
+    (8, 4, 10, "low_confidence", 0.0, 0.0),   # more steps than tokens: zero-commit steps
+    (16, 8, 8, "low_confidence", 0.0, 1.5),   # CFG
+    (12, 6, 4, "random", 0.0, 0.5),           # random remasking with CFG
+    (16, 8, 6, "low_confidence", 0.8, 0.0),   # Gumbel sampling with shared noise
+]
+
+
+@pytest.mark.parametrize("gen, block, steps, remasking, temperature, cfg_scale", CASES)
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_matches_numpy_reference(model, gen, block, steps, remasking, temperature, cfg_scale,
+                                 mask_padding):
+  cfg, graphdef, state = model
+  s = SamplerSettings(gen_length=gen, block_length=block, steps=steps, remasking=remasking,
+                      temperature=temperature, cfg_scale=cfg_scale, mask_id=cfg.mask_token_id,
+                      mask_padding=mask_padding)
+  prompt, lengths = _prompts(cfg)
+  key = jax.random.key(3)
+  rollout = generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(lengths), key, s)
+  expected = reference_generate(graphdef, state, prompt, lengths, key, s)
+  np.testing.assert_array_equal(np.asarray(rollout.tokens), expected)
+  assert not (np.asarray(rollout.completion) == cfg.mask_token_id).any()
+
+
+def test_same_key_same_output_different_key_differs(model):
+  cfg, graphdef, state = model
+  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=1.0,
+                      mask_id=cfg.mask_token_id)
+  prompt, lengths = map(jnp.asarray, _prompts(cfg))
+  a = generate(graphdef, state, prompt, lengths, jax.random.key(0), s)
+  b = generate(graphdef, state, prompt, lengths, jax.random.key(0), s)
+  c = generate(graphdef, state, prompt, lengths, jax.random.key(1), s)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.commit_step, b.commit_step)
+  assert (np.asarray(a.tokens) != np.asarray(c.tokens)).any()
+
+
+@pytest.mark.parametrize("gen, block, steps", [(16, 8, 6), (12, 4, 9), (8, 4, 10)])
+def test_commit_counts_blocks_and_no_remasking(model, gen, block, steps):
+  cfg, graphdef, state = model
+  s = SamplerSettings(gen_length=gen, block_length=block, steps=steps, temperature=0.7,
+                      mask_id=cfg.mask_token_id)
+  prompt, lengths = map(jnp.asarray, _prompts(cfg))
+  every_step = jnp.tile(jnp.arange(steps, dtype=jnp.int32)[None], (prompt.shape[0], 1))
+  r = generate(graphdef, state, prompt, lengths, jax.random.key(5), s, branch_steps=every_step)
+  commit = np.asarray(r.commit_step)
+  for row in commit:
+    np.testing.assert_array_equal(np.bincount(row, minlength=steps), s.commits_per_step())
+  # a block's tokens are committed only during that block's steps
+  block_of_pos = np.arange(gen) // block
+  assert (commit // s.steps_per_block == block_of_pos[None]).all()
+  # the canvas at step t holds exactly the tokens committed before t, never remasked
+  canvases = np.asarray(r.branch_canvas)  # [B, T, G]
+  final = np.asarray(r.completion)
+  for t in range(steps):
+    committed = commit < t
+    state_t = canvases[:, t]
+    np.testing.assert_array_equal(state_t != cfg.mask_token_id, committed)
+    np.testing.assert_array_equal(state_t[committed], final[committed])
+
+
+def test_cached_logits_equal_a_separate_forward(model):
+  cfg, graphdef, state = model
+  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.9,
+                      mask_id=cfg.mask_token_id)
+  prompt, lengths = map(jnp.asarray, _prompts(cfg))
+  branch_steps = jnp.asarray([[2, 7], [0, -1], [5, 6]], jnp.int32)
+  r = generate(graphdef, state, prompt, lengths, jax.random.key(2), s, branch_steps=branch_steps)
+  p = prompt.shape[1]
+  key_mask = jnp.arange(p + 16)[None] >= (p - lengths)[:, None]
+  for row in range(3):
+    for slot in range(2):
+      if int(branch_steps[row, slot]) < 0:
+        continue
+      canvas = jnp.concatenate([prompt[row], r.branch_canvas[row, slot]])[None]
+      logits = _fwd(graphdef, state, canvas, key_mask[row][None])[0, p:]
+      np.testing.assert_allclose(np.asarray(r.branch_logits[row, slot]), np.asarray(logits),
+                                 atol=1e-5, rtol=1e-5)
+  # the state at step 0 is the fully masked completion
+  assert (np.asarray(r.branch_canvas[1, 0]) == cfg.mask_token_id).all()
+
+
+def test_top_k_cache_is_the_top_of_the_full_cache(model):
+  cfg, graphdef, state = model
+  args = dict(gen_length=8, block_length=8, steps=4, temperature=0.5, mask_id=cfg.mask_token_id)
+  prompt, lengths = map(jnp.asarray, _prompts(cfg))
+  steps = jnp.asarray([[1], [2], [3]], jnp.int32)
+  full = generate(graphdef, state, prompt, lengths, jax.random.key(4), SamplerSettings(**args),
+                  branch_steps=steps)
+  top = generate(graphdef, state, prompt, lengths, jax.random.key(4),
+                 SamplerSettings(**args, cache_top_k=5), branch_steps=steps)
+  np.testing.assert_array_equal(full.tokens, top.tokens)
+  assert top.branch_logits.shape == (3, 1, 8, 5)
+  expected = jax.lax.top_k(full.branch_logits.at[..., cfg.mask_token_id].set(-jnp.inf), 5)
+  np.testing.assert_allclose(top.branch_logits, expected[0], atol=1e-6)
+  np.testing.assert_array_equal(top.branch_logit_ids, expected[1])
+
+
+def test_branch_samples_follow_tempered_softmax():
+  """Frequency test on a 5-token vocabulary (id 4 = MASK, which must never be drawn)."""
+  mask_id, z, tau = 4, 40_000, 0.7
+  logits = jnp.asarray([[1.0, 0.0, -1.0, 2.0, 9.0], [0.5, 0.5, 0.0, -3.0, 9.0],
+                        [3.0, 0.0, 0.0, 0.0, 9.0]], jnp.float32)  # [G=3, V=5]
+  canvas = jnp.asarray([[mask_id, 2, mask_id]], jnp.int32)[None]  # [B=1, S=1, G=3]
+  filled, action_mask = sample_branches(jax.random.key(0), canvas, logits[None, None], None,
+                                        num_branches=z, temperature=tau, mask_id=mask_id)
+  filled = np.asarray(filled)[0, 0]  # [Z, G]
+  np.testing.assert_array_equal(np.asarray(action_mask)[0, 0], [True, False, True])
+  assert (filled[:, 1] == 2).all()  # unmasked positions never change
+  assert not (filled == mask_id).any()
+  for pos in (0, 2):
+    expected = np.asarray(jax.nn.softmax(logits[pos, :4] / tau))
+    freq = np.bincount(filled[:, pos], minlength=5)[:4] / z
+    # 5 standard errors of a binomial proportion: a false failure has probability < 1e-5
+    tol = 5 * np.sqrt(expected * (1 - expected) / z)
+    assert (np.abs(freq - expected) <= tol + 1e-12).all(), (pos, freq, expected)
+
+
+def test_branch_top_k_and_greedy():
+  mask_id = 9
+  logits = jnp.asarray([[[[5.0, 1.0, 0.0]]]])  # top-3 values
+  ids = jnp.asarray([[[[9, 3, 7]]]], jnp.int32)  # the best entry is MASK: excluded
+  canvas = jnp.asarray([[[mask_id]]], jnp.int32)
+  filled, _ = sample_branches(jax.random.key(0), canvas, logits, ids, 2000, 1.0, mask_id)
+  values = np.asarray(filled).ravel()
+  assert set(values.tolist()) <= {3, 7}
+  np.testing.assert_allclose((values == 3).mean(), 1 / (1 + np.exp(-1.0)), atol=0.04)
+  greedy, _ = sample_branches(jax.random.key(0), canvas, logits, ids, 3, 0.0, mask_id)
+  assert (np.asarray(greedy) == 3).all()
+
+
+def test_rollout_branches_fill_only_masked_positions(model):
+  cfg, graphdef, state = model
+  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.9,
+                      mask_id=cfg.mask_token_id)
+  prompt, lengths = map(jnp.asarray, _prompts(cfg))
+  r = generate(graphdef, state, prompt, lengths, jax.random.key(2), s,
+               branch_steps=jnp.asarray([[3], [5], [7]], jnp.int32))
+  filled, action = sample_rollout_branches(jax.random.key(9), r, 4, 0.9, cfg.mask_token_id)
+  filled, action, canvas = map(np.asarray, (filled, action, r.branch_canvas))
+  assert filled.shape == (3, 1, 4, 16)
+  assert not (filled == cfg.mask_token_id).any()
+  kept = np.broadcast_to(canvas[:, :, None], filled.shape)
+  np.testing.assert_array_equal(np.where(action[:, :, None], 0, filled),
+                                np.where(action[:, :, None], 0, kept))
+  np.testing.assert_array_equal(action.sum(-1)[:, 0], 16 - np.array([3, 5, 7]) * 2)
+
+
+def test_completion_mask_includes_first_eos():
+  eos = 1
+  comp = jnp.asarray([[5, 6, 1, 7, 1], [1, 2, 3, 4, 5], [2, 2, 2, 2, 2]])
+  np.testing.assert_array_equal(completion_mask(comp, eos),
+                                [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(gen_length=10, block_length=4), "not a multiple of block_length"),
+    (dict(gen_length=16, block_length=8, steps=5), "multiple of the number of blocks"),
+    (dict(remasking="entropy"), "remasking"),
+    (dict(temperature=-1.0), "temperature"),
+])
+def test_settings_validation(bad, match):
+  with pytest.raises(ValueError, match=match):
+    SamplerSettings(**bad)
+
+
+def test_schedule_matches_llada_remainders():
+  s = SamplerSettings(gen_length=64, block_length=32, steps=10)
+  np.testing.assert_array_equal(s.transfer_schedule(), [7, 7, 6, 6, 6])
+  assert s.commits_per_step().sum() == 64
