@@ -1,0 +1,16 @@
+"""RL objectives: surrogate log-probs, advantages, losses, the timestep sampler, diagnostics.
+
+Pure, jittable functions. Rewards arrive as plain arrays: nothing here imports a task.
+"""
+
+from dispo_jax.rl.advantages import ADVANTAGES, get_advantage, group_advantages, register_advantage
+from dispo_jax.rl.diagnostics import branch_diagnostics, group_diagnostics
+from dispo_jax.rl.logprobs import prompt_mask, surrogate_logprobs, token_logprobs
+from dispo_jax.rl.losses import (LOSSES, combine_losses, diffu_grpo_loss, dispo_step_loss,
+                                 get_loss, k3_kl, register_loss)
+from dispo_jax.rl.timesteps import sample_branch_steps, timestep_bins, timestep_weights
+
+__all__ = ["ADVANTAGES", "LOSSES", "branch_diagnostics", "combine_losses", "diffu_grpo_loss",
+           "dispo_step_loss", "get_advantage", "get_loss", "group_advantages", "group_diagnostics",
+           "k3_kl", "prompt_mask", "register_advantage", "register_loss", "sample_branch_steps",
+           "surrogate_logprobs", "timestep_bins", "timestep_weights", "token_logprobs"]

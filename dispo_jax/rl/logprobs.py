@@ -1,0 +1,81 @@
+"""One-step surrogate log-probabilities: one forward pass serves diffu-GRPO and DiSPO.
+
+The surrogate of ``log π(targets | state)`` is a single forward pass on a canvas in which
+
+  * each prompt token is masked independently with probability ``p_mask_prompt`` (keyed, per row),
+  * the completion is the given ``completion_canvas`` (MASK where the action is to be scored),
+
+followed by ``log_softmax`` over the action space (:func:`dispo_jax.sampling.action_logits`) gathered
+at the targets. diffu-GRPO passes a fully masked completion and the sampled completion as targets;
+DiSPO passes the branch state ``x_t`` and its Z fillings as targets ``[R, Z, G]`` — every branch of a
+state reads its labels from the same logits, so Z costs no extra forward pass.
+
+Prompt masks are drawn per row from ``fold_in(key, row_id)``, so they do not depend on how a batch is
+split into micro-batches: the old, reference and current log-probs of one inner iteration use the
+same key and therefore exactly the same masks (ratio exactly 1 on the first inner update).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from dispo_jax.sampling.sampler import action_logits
+
+Array = jax.Array
+# apply_fn(params, tokens [R, L] int32, key_mask [R, L] bool | None) -> logits [R, L, V]
+ApplyFn = Callable[[Any, Array, Array | None], Array]
+
+
+def prompt_mask(key: Array, row_ids: Array, prompt_length: int, p_mask_prompt: float) -> Array:
+  """``[R, P]`` bool: which prompt tokens to mask, independently per row with ``p_mask_prompt``."""
+  def one(row):
+    return jax.random.bernoulli(jax.random.fold_in(key, row), p_mask_prompt, (prompt_length,))
+  return jax.vmap(one)(row_ids.astype(jnp.uint32))
+
+
+def token_logprobs(logits: Array, targets: Array, mask_id: int) -> Array:
+  """``log softmax(action_logits(logits))`` at ``targets`` (fp32).
+
+  Args:
+    logits: ``[R, G, V]``.
+    targets: ``[R, ..., G]`` int ids; extra middle axes (branches) share the logits.
+  Returns:
+    ``[R, ..., G]`` float32 log-probabilities.
+  """
+  logits = action_logits(logits, mask_id)
+  log_norm = jax.nn.logsumexp(logits, axis=-1)  # [R, G]
+  extra = targets.ndim - 2
+  logits = logits.reshape(logits.shape[:1] + (1,) * extra + logits.shape[1:])
+  log_norm = log_norm.reshape(log_norm.shape[:1] + (1,) * extra + log_norm.shape[1:])
+  picked = jnp.take_along_axis(
+      jnp.broadcast_to(logits, targets.shape + logits.shape[-1:]), targets[..., None], axis=-1)
+  return picked[..., 0] - log_norm
+
+
+def surrogate_logprobs(apply_fn: ApplyFn, params: Any, prompt_tokens: Array, prompt_key_mask: Array
+                       | None, completion_canvas: Array, targets: Array, key: Array,
+                       row_ids: Array, *, p_mask_prompt: float, mask_id: int) -> Array:
+  """One forward pass; log-probs of ``targets`` at every completion position.
+
+  Args:
+    apply_fn, params: the policy (see :data:`ApplyFn`).
+    prompt_tokens: ``[R, P]`` int32 left-padded prompts.
+    prompt_key_mask: ``[R, P]`` bool (False on padding) or None to attend to padding.
+    completion_canvas: ``[R, G]`` int32; MASK wherever a target is scored.
+    targets: ``[R, ..., G]`` int32 tokens whose log-probs are returned.
+    key: the inner iteration's mask key. row_ids: ``[R]`` global row indices.
+  Returns:
+    ``[R, ..., G]`` float32; only entries at masked completion positions are meaningful.
+  """
+  r, p = prompt_tokens.shape
+  masked_prompt = jnp.where(prompt_mask(key, row_ids, p, p_mask_prompt), mask_id, prompt_tokens)
+  canvas = jnp.concatenate([masked_prompt, completion_canvas], axis=1)
+  key_mask = None
+  if prompt_key_mask is not None:
+    key_mask = jnp.concatenate(
+        [prompt_key_mask, jnp.ones(completion_canvas.shape, bool)], axis=1)
+  logits = apply_fn(params, canvas, key_mask)[:, p:]
+  return token_logprobs(logits, targets, mask_id)

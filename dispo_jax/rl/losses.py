@@ -1,0 +1,181 @@
+"""Policy losses, registered by name, and their diagnostics.
+
+Every loss works on per-token arrays (log-probs of the current, old and reference policies, an
+advantage broadcast to tokens, and a weight mask) and returns ``(scalar loss, diagnostics dict)``.
+
+* ``diffu_grpo`` (d1): per token ``−min(ρA, clip(ρ, 1−ε, 1+ε)A) + β·KL``, ``ρ = exp(logp − old)``,
+  KL the k3 estimator ``exp(ref − logp) − (ref − logp) − 1``; token-mean over completion tokens up to
+  and including the first EOS, across the batch.
+* ``dispo_step``: the same per-token clipped surrogate and KL on the *action tokens* of branch
+  states, ``A = A_{k,t,z}``; per state ``L_step = −(1/Z) Σ_z ρ_z A_z`` with the token-level ratio of
+  GRPO-style PPO. The normaliser is explicit (SPEC §7):
+    - ``tokens``: mean over all action tokens of all branches (d1-style token mean);
+    - ``nonzero_tokens``: mean over the action tokens of states whose Z advantages are not all zero
+      (tied states contribute nothing, not even KL);
+    - ``states``: token mean within each state-branch, then mean over branches and states;
+    - ``sum``: the paper's literal ``Σ_S −(1/Z) Σ_z A_z Σ_{i∈M} ρ_i`` (sum over tokens and states).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+LossFn = Callable[..., tuple[Array, Dict[str, Array]]]
+LOSSES: Dict[str, LossFn] = {}
+STEP_NORMALISERS = ("tokens", "nonzero_tokens", "states", "sum")
+
+
+def register_loss(name: str):
+  def wrap(fn: LossFn) -> LossFn:
+    if name in LOSSES:
+      raise ValueError(f"loss {name!r} is already registered")
+    LOSSES[name] = fn
+    return fn
+  return wrap
+
+
+def get_loss(name: str) -> LossFn:
+  if name not in LOSSES:
+    raise KeyError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
+  return LOSSES[name]
+
+
+def k3_kl(logp: Array, ref_logp: Array) -> Array:
+  """k3 estimator of KL(π || π_ref) per token: ``exp(ref − logp) − (ref − logp) − 1`` (≥ 0)."""
+  diff = ref_logp - logp
+  return jnp.exp(diff) - diff - 1.0
+
+
+def clipped_token_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
+                       epsilon_low: float, epsilon_high: float, beta: float
+                       ) -> tuple[Array, Dict[str, Array]]:
+  """Per-token PPO/GRPO loss ``−min(ρA, clip(ρ)A) + β·KL`` and per-token diagnostics.
+
+  All arrays broadcast to one shape; ``old_logp``/``ref_logp`` are treated as constants.
+  """
+  old_logp = jax.lax.stop_gradient(old_logp)
+  ratio = jnp.exp(logp - old_logp)
+  clipped = jnp.clip(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
+  loss = -jnp.minimum(ratio * advantages, clipped * advantages)
+  kl = jnp.zeros_like(logp)
+  if ref_logp is not None and beta != 0.0:
+    kl = k3_kl(logp, jax.lax.stop_gradient(ref_logp))
+    loss = loss + beta * kl
+  elif ref_logp is not None:
+    kl = k3_kl(logp, jax.lax.stop_gradient(ref_logp))
+  aux = {
+      "ratio": ratio,
+      "kl": kl,
+      # clipped from below: ρ < 1−ε with A < 0; from above: ρ > 1+ε with A > 0 (where clipping binds)
+      "clip_low": (ratio < 1.0 - epsilon_low) & (advantages < 0),
+      "clip_high": (ratio > 1.0 + epsilon_high) & (advantages > 0),
+  }
+  return loss, aux
+
+
+def _masked_mean(x: Array, weights: Array) -> Array:
+  return jnp.sum(x * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
+
+
+def _masked_ratio_stats(ratio: Array, mask: Array, prefix: str) -> Dict[str, Array]:
+  big = jnp.where(mask, ratio, jnp.inf)
+  small = jnp.where(mask, ratio, -jnp.inf)
+  flat = jnp.where(mask, ratio, jnp.nan).ravel()
+  return {f"{prefix}ratio_min": jnp.min(big), f"{prefix}ratio_max": jnp.max(small),
+          f"{prefix}ratio_median": jnp.nanmedian(flat)}
+
+
+def _token_diagnostics(aux: Dict[str, Array], mask: Array, prefix: str) -> Dict[str, Array]:
+  w = mask.astype(jnp.float32)
+  out = {f"{prefix}kl": _masked_mean(aux["kl"], w),
+         f"{prefix}clip_low_frac": _masked_mean(aux["clip_low"].astype(jnp.float32), w),
+         f"{prefix}clip_high_frac": _masked_mean(aux["clip_high"].astype(jnp.float32), w)}
+  out[f"{prefix}clip_frac"] = out[f"{prefix}clip_low_frac"] + out[f"{prefix}clip_high_frac"]
+  out.update(_masked_ratio_stats(aux["ratio"], mask, prefix))
+  return out
+
+
+@register_loss("diffu_grpo")
+def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
+                    completion_mask: Array, *, epsilon_low: float = 0.5, epsilon_high: float = 0.5,
+                    beta: float = 0.04, num_tokens: Array | None = None
+                    ) -> tuple[Array, Dict[str, Array]]:
+  """d1's diffu-GRPO loss.
+
+  Args:
+    logp, old_logp, ref_logp: ``[N, G]`` float32 per-token log-probs (ref may be None when β = 0).
+    advantages: ``[N]`` float32 (one per completion).
+    completion_mask: ``[N, G]`` bool, up to and including the first EOS.
+    num_tokens: global token count for the mean (gradient accumulation); default the local count.
+  """
+  per_token, aux = clipped_token_loss(logp, old_logp, ref_logp, advantages[:, None],
+                                      epsilon_low, epsilon_high, beta)
+  w = completion_mask.astype(jnp.float32)
+  denom = jnp.sum(w) if num_tokens is None else num_tokens
+  loss = jnp.sum(per_token * w) / jnp.maximum(denom, 1.0)
+  diag = _token_diagnostics(aux, completion_mask, "base/")
+  diag["base/loss"] = loss
+  diag["base/num_tokens"] = jnp.sum(w)
+  return loss, diag
+
+
+@register_loss("dispo_step")
+def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
+                    action_mask: Array, *, epsilon_low: float = 0.5, epsilon_high: float = 0.5,
+                    beta: float = 0.04, normaliser: str = "tokens",
+                    num_tokens: Array | None = None) -> tuple[Array, Dict[str, Array]]:
+  """DiSPO's fixed-state loss over action tokens only.
+
+  Args:
+    logp, old_logp, ref_logp: ``[N, S, Z, G]`` float32 per-token log-probs of each branch's action.
+    advantages: ``[N, S, Z]`` float32 branch advantages.
+    action_mask: ``[N, S, G]`` bool, masked positions of each state (the action's positions); states
+      of unused slots have an all-False mask.
+    normaliser: one of :data:`STEP_NORMALISERS`.
+    num_tokens: global denominator for ``tokens``/``nonzero_tokens`` under gradient accumulation.
+  """
+  if normaliser not in STEP_NORMALISERS:
+    raise ValueError(f"unknown step normaliser {normaliser!r}; choose one of {STEP_NORMALISERS}")
+  z = logp.shape[2]
+  per_token, aux = clipped_token_loss(logp, old_logp, ref_logp, advantages[..., None],
+                                      epsilon_low, epsilon_high, beta)
+  mask = jnp.broadcast_to(action_mask[:, :, None, :], logp.shape)
+  w = mask.astype(jnp.float32)
+  nonzero_state = jnp.any(advantages != 0, axis=-1)  # [N, S]
+  if normaliser == "tokens":
+    denom = jnp.sum(w) if num_tokens is None else num_tokens
+    loss = jnp.sum(per_token * w) / jnp.maximum(denom, 1.0)
+  elif normaliser == "nonzero_tokens":
+    w = w * nonzero_state[:, :, None, None]
+    denom = jnp.sum(w) if num_tokens is None else num_tokens
+    loss = jnp.sum(per_token * w) / jnp.maximum(denom, 1.0)
+  elif normaliser == "states":
+    per_branch = jnp.sum(per_token * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)  # [N, S, Z]
+    has_action = jnp.any(action_mask, -1)  # [N, S]
+    loss = jnp.sum(per_branch.mean(-1) * has_action) / jnp.maximum(jnp.sum(has_action), 1.0)
+  else:  # "sum": Σ_S −(1/Z) Σ_z Σ_i ρ_i A_z (+ β·KL)
+    loss = jnp.sum(per_token * w) / z
+  diag = _token_diagnostics(aux, mask, "step/")
+  diag["step/loss"] = loss
+  diag["step/num_tokens"] = jnp.sum(mask.astype(jnp.float32))
+  return loss, diag
+
+
+def combine_losses(base: tuple[Array, Dict[str, Array]] | None,
+                   step: tuple[Array, Dict[str, Array]] | None, alpha_base: float = 1.0,
+                   alpha_step: float = 0.5) -> tuple[Array, Dict[str, Array]]:
+  """``L = α_base·L_base + α_step·L_step`` with the diagnostics of both."""
+  loss = jnp.float32(0.0)
+  diag: Dict[str, Array] = {}
+  if base is not None:
+    loss = loss + alpha_base * base[0]
+    diag.update(base[1])
+  if step is not None:
+    loss = loss + alpha_step * step[0]
+    diag.update(step[1])
+  diag["loss"] = loss
+  return loss, diag

@@ -1,0 +1,268 @@
+"""RL objectives: exact estimator tests on an enumerable model, and the loss properties."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dispo_jax import rl
+from dispo_jax.model import llada
+from dispo_jax.model.config import get_config
+from dispo_jax.sampling import completion_mask, sample_branches
+
+
+@pytest.fixture(scope="module")
+def micro():
+  """A 1-layer model over a 5-token vocabulary (ids 0..3 are actions, 4 is MASK)."""
+  cfg = get_config("tiny", vocab_size=5, d_model=16, n_layers=1, n_heads=2, mlp_hidden_size=32)
+  graphdef, state = llada.init_model(cfg, seed=7)
+  state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 6  # a spread-out, non-uniform policy
+  apply_fn = lambda params, tokens, key_mask: llada.forward(graphdef, params, tokens, key_mask)
+  return cfg, apply_fn, state
+
+
+def _flat(tree):
+  return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+@pytest.mark.parametrize("advantage, factor", [("mean", 0.5), ("leave_one_out", 1.0)])
+def test_dispo_gradient_matches_exact_fixed_state_objective(micro, advantage, factor):
+  """E[∇(−L_step)] = (Z−1)/Z ∇J_step with the mean baseline, ∇J_step with leave-one-out (Z = 2).
+
+  J_step(θ) = Σ_a π_θ(a | s) R(a) is enumerated over all 4² fillings of the two masked positions.
+  The Monte Carlo mean over 6000 keys is compared along ∇J and three random directions; the
+  tolerance is 5 standard errors of that mean (a false failure has probability < 1e-5 per check).
+  """
+  cfg, apply_fn, params = micro
+  mask = cfg.mask_token_id
+  prompt = jnp.asarray([[1, 0]], jnp.int32)
+  state_canvas = jnp.asarray([[2, mask, mask]], jnp.int32)
+  reward_table = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (4, 4)), jnp.float32)
+  row = jnp.zeros((1,), jnp.int32)
+  key0 = jax.random.key(0)
+
+  def state_logprobs(p, targets):
+    return rl.surrogate_logprobs(apply_fn, p, prompt, None, state_canvas, targets, key0, row,
+                                 p_mask_prompt=0.0, mask_id=mask)
+
+  fillings = jnp.asarray(list(itertools.product(range(4), repeat=2)), jnp.int32)  # [16, 2]
+  full_targets = jnp.concatenate([jnp.full((16, 1), 2, jnp.int32), fillings], axis=1)[None]
+
+  def exact_objective(p):
+    logp = state_logprobs(p, full_targets)[0, :, 1:].sum(-1)  # [16]
+    return jnp.sum(jnp.exp(logp) * reward_table[fillings[:, 0], fillings[:, 1]])
+
+  probs_sum = jnp.exp(state_logprobs(params, full_targets)[0, :, 1:].sum(-1)).sum()
+  np.testing.assert_allclose(probs_sum, 1.0, rtol=1e-5)  # the enumeration is complete
+  grad_exact = _flat(jax.grad(exact_objective)(params))
+
+  logits = apply_fn(params, jnp.concatenate([prompt, state_canvas], 1), None)[:, 2:]  # [1, G, V]
+  action_mask = (state_canvas == mask)[:, None]  # [N=1, S=1, G]
+
+  def one_key(key):
+    filled, _ = sample_branches(key, state_canvas[:, None], logits[:, None], None, 2, 1.0, mask)
+    rewards = reward_table[filled[..., 1], filled[..., 2]]  # [1, 1, Z]
+    adv = rl.get_advantage(advantage)(rewards)
+
+    def neg_loss(p):
+      logp = state_logprobs(p, filled[:, 0])[:, None]  # [1, 1, Z, G]
+      loss, _ = rl.dispo_step_loss(logp, jax.lax.stop_gradient(logp), None, adv, action_mask,
+                                   beta=0.0, normaliser="sum")
+      return -loss
+    return _flat(jax.grad(neg_loss)(params))
+
+  grads = jax.jit(jax.vmap(one_key))(jax.random.split(jax.random.key(1), 6000))  # [M, D]
+  directions = [grad_exact / jnp.linalg.norm(grad_exact)]
+  directions += list(jax.random.normal(jax.random.key(2), (3, grad_exact.size)))
+  for u in directions:
+    proj = grads @ u
+    mean, se = float(proj.mean()), float(proj.std() / np.sqrt(proj.size))
+    target = factor * float(grad_exact @ u)
+    assert abs(mean - target) <= 5 * se, (advantage, mean, target, se)
+  # the test can tell the two estimators apart: along ∇J they differ by many standard errors
+  proj = grads @ directions[0]
+  other = (1.5 - factor) * float(grad_exact @ directions[0])  # 1.0 <-> 0.5
+  assert abs(float(proj.mean()) - other) > 10 * float(proj.std() / np.sqrt(proj.size))
+
+
+def test_diffu_grpo_gradient_at_ratio_one_is_reinforce(micro):
+  cfg, apply_fn, params = micro
+  mask = cfg.mask_token_id
+  rng = np.random.default_rng(0)
+  prompts = jnp.asarray(rng.integers(0, 4, (4, 3)), jnp.int32)
+  completion = jnp.asarray([[0, 1, 3, 2], [2, 2, 2, 2], [3, 0, 1, 1], [1, 3, 3, 0]], jnp.int32)
+  cmask = completion_mask(completion, cfg.eos_token_id)  # eos = 3
+  rewards = jnp.asarray([1.0, 0.0, 0.2, 0.9])
+  adv = rl.group_advantages(rewards, group_size=2)
+  key, rows = jax.random.key(3), jnp.arange(4)
+  masked = jnp.full(completion.shape, mask, jnp.int32)
+
+  def logp_fn(p):
+    return rl.surrogate_logprobs(apply_fn, p, prompts, None, masked, completion, key, rows,
+                                 p_mask_prompt=0.15, mask_id=mask)
+
+  def grpo(p):
+    logp = logp_fn(p)
+    return rl.diffu_grpo_loss(logp, jax.lax.stop_gradient(logp), None, adv, cmask, beta=0.0)[0]
+
+  def reinforce(p):
+    w = cmask.astype(jnp.float32)
+    return -jnp.sum(adv[:, None] * logp_fn(p) * w) / w.sum()
+
+  g1, g2 = jax.grad(grpo)(params), jax.grad(reinforce)(params)
+  np.testing.assert_allclose(_flat(g1), _flat(g2), rtol=1e-5, atol=1e-8)
+  assert float(jnp.abs(_flat(g1)).max()) > 0
+
+
+def test_only_action_positions_receive_gradient():
+  rng = np.random.default_rng(0)
+  n, s, z, g, v, mask_id = 2, 1, 3, 5, 6, 5
+  logits = jnp.asarray(rng.standard_normal((n * s, g, v)), jnp.float32)
+  action_mask = jnp.asarray([[[1, 0, 1, 0, 0]], [[0, 0, 0, 1, 1]]], bool)
+  targets = jnp.asarray(rng.integers(0, 5, (n * s, z, g)), jnp.int32)
+  adv = jnp.asarray(rng.standard_normal((n, s, z)), jnp.float32)
+  old = rl.token_logprobs(logits, targets, mask_id).reshape(n, s, z, g) - 0.3
+  ref = old + 0.1
+
+  def loss(lg):
+    logp = rl.token_logprobs(lg, targets, mask_id).reshape(n, s, z, g)
+    return rl.dispo_step_loss(logp, old, ref, adv, action_mask, beta=0.04)[0]
+
+  grad = np.asarray(jax.grad(loss)(logits)).reshape(n, s, g, v)
+  am = np.asarray(action_mask)
+  assert (grad[~am] == 0).all()  # exactly zero off the action positions
+  assert (np.abs(grad[am]).sum(-1) > 0).all()
+  assert (grad[..., mask_id] == 0).all()  # MASK is outside the action space
+
+
+def test_eos_truncation_of_the_completion_mask():
+  logp = jnp.log(jnp.full((1, 5), 0.5))
+  cmask = completion_mask(jnp.asarray([[4, 4, 1, 4, 4]]), eos_id=1)
+  base, _ = rl.diffu_grpo_loss(logp, logp - 0.1, None, jnp.asarray([1.0]), cmask, beta=0.0)
+  after_eos = logp.at[0, 3:].set(-9.0)
+  moved, _ = rl.diffu_grpo_loss(after_eos, logp - 0.1, None, jnp.asarray([1.0]), cmask, beta=0.0)
+  assert float(base) == float(moved)
+  before = logp.at[0, 2].set(-2.0)  # the EOS token itself counts
+  assert float(rl.diffu_grpo_loss(before, logp - 0.1, None, jnp.asarray([1.0]), cmask,
+                                  beta=0.0)[0]) != float(base)
+
+
+def test_clipping_on_both_sides():
+  eps = 0.5
+  old = jnp.zeros((4, 1))
+  logp = jnp.log(jnp.asarray([[2.0], [0.3], [2.0], [0.3]]))  # ratios
+  adv = jnp.asarray([1.0, -1.0, -1.0, 1.0])
+  mask = jnp.ones((4, 1), bool)
+
+  def per_row(lp):
+    loss, aux = rl.losses.clipped_token_loss(lp, old, None, adv[:, None], eps, eps, 0.0)
+    return loss, aux
+
+  loss, aux = per_row(logp)
+  np.testing.assert_allclose(np.asarray(loss)[:, 0], [-1.5, 0.5, 2.0, -0.3], rtol=1e-6)
+  grads = np.asarray(jax.grad(lambda lp: per_row(lp)[0].sum())(logp))[:, 0]
+  assert grads[0] == 0 and grads[1] == 0  # clipped above (A>0) and below (A<0): no gradient
+  assert grads[2] != 0 and grads[3] != 0  # the pessimistic branch is unclipped
+  _, diag = rl.diffu_grpo_loss(logp, old, None, adv, mask, epsilon_low=eps, epsilon_high=eps,
+                               beta=0.0)
+  np.testing.assert_allclose([diag["base/clip_high_frac"], diag["base/clip_low_frac"]],
+                             [0.25, 0.25])
+  np.testing.assert_allclose([diag["base/ratio_min"], diag["base/ratio_max"]], [0.3, 2.0],
+                             rtol=1e-6)
+
+
+def test_kl_is_zero_when_policies_agree_and_positive_otherwise():
+  logp = jnp.log(jnp.asarray([0.1, 0.5, 0.9]))
+  np.testing.assert_array_equal(rl.k3_kl(logp, logp), 0.0)
+  assert (np.asarray(rl.k3_kl(logp, logp + 0.2)) > 0).all()
+  g = jax.grad(lambda lp: rl.k3_kl(lp, logp).sum())(logp)
+  np.testing.assert_array_equal(g, 0.0)
+
+
+def test_step_normalisers():
+  n, s, z, g = 2, 1, 2, 3
+  logp = jnp.zeros((n, s, z, g))
+  adv = jnp.asarray([[[1.0, -1.0]], [[0.0, 0.0]]])
+  action = jnp.asarray([[[1, 1, 0]], [[1, 1, 1]]], bool)
+  # at ratio 1 and β = 0 each action token contributes −A
+  tokens = rl.dispo_step_loss(logp, logp, None, adv, action, beta=0.0, normaliser="tokens")[0]
+  assert float(tokens) == 0.0
+  adv2 = jnp.asarray([[[1.0, 0.0]], [[0.0, 0.0]]])
+  results = {name: float(rl.dispo_step_loss(logp, logp, None, adv2, action, beta=0.0,
+                                            normaliser=name)[0])
+             for name in ("tokens", "nonzero_tokens", "states", "sum")}
+  np.testing.assert_allclose(results["tokens"], -2 / 10)      # 2 tokens × −1 over 10 tokens
+  np.testing.assert_allclose(results["nonzero_tokens"], -2 / 4)  # only state 1's 4 tokens
+  np.testing.assert_allclose(results["states"], (-0.5 + 0) / 2)
+  np.testing.assert_allclose(results["sum"], -2 / 2)
+  with pytest.raises(ValueError, match="unknown step normaliser"):
+    rl.dispo_step_loss(logp, logp, None, adv, action, normaliser="bogus")
+
+
+def test_advantages():
+  r = jnp.asarray([[1.0, 0.0, 0.5], [2.0, 2.0, 2.0]])
+  np.testing.assert_allclose(rl.get_advantage("mean")(r), [[0.5, -0.5, 0.0], [0, 0, 0]])
+  loo = np.asarray(rl.get_advantage("leave_one_out")(r))
+  np.testing.assert_allclose(loo[0], [1 - 0.25, 0 - 0.75, 0.5 - 0.5])
+  np.testing.assert_allclose(rl.group_advantages(jnp.asarray([1.0, 0, 3, 5]), 2), [0.5, -0.5, -1, 1])
+  with pytest.raises(KeyError, match="unknown advantage 'bogus'"):
+    rl.get_advantage("bogus")
+  with pytest.raises(ValueError, match="groups of 3"):
+    rl.group_advantages(jnp.ones(4), 3)
+
+
+def test_timestep_weights_and_sampler():
+  w = rl.timestep_weights(4, "late", 4)
+  np.testing.assert_allclose(w, np.array([1, 16, 81, 256]) / 354)
+  np.testing.assert_allclose(rl.timestep_weights(4, "early", 4), np.array([256, 81, 16, 1]) / 354)
+  np.testing.assert_allclose(rl.timestep_weights(5, "uniform"), np.full(5, 0.2))
+  steps = np.asarray(rl.sample_branch_steps(jax.random.key(0), 3000, 4, 8, states_per_prompt=2))
+  assert steps.shape == (12000, 2)
+  groups = steps.reshape(3000, 4, 2)
+  assert (groups == groups[:, :1]).all()  # shared by the K trajectories of a prompt
+  assert (groups[..., 0] < groups[..., 1]).all()  # distinct, sorted
+  one = np.asarray(rl.sample_branch_steps(jax.random.key(1), 20000, 1, 8))[:, 0]
+  freq = np.bincount(one, minlength=8) / one.size
+  expected = rl.timestep_weights(8)
+  assert (np.abs(freq - expected) <= 5 * np.sqrt(expected * (1 - expected) / one.size)).all()
+  with pytest.raises(ValueError, match="unknown timestep schedule"):
+    rl.timestep_weights(4, "middle")
+
+
+def test_branch_diagnostics_by_bin():
+  rewards = jnp.asarray([[[1.0, 0.0]], [[1.0, 1.0]], [[0.0, 0.5]], [[0.2, 0.2]]])
+  adv = rl.get_advantage("mean")(rewards)
+  steps = jnp.asarray([[1], [5], [9], [-1]])  # T = 10: early, mid, late, unused
+  d = rl.branch_diagnostics(rewards, adv, steps, 10)
+  np.testing.assert_allclose([d["step/distinguishable_early"], d["step/distinguishable_mid"],
+                              d["step/distinguishable_late"]], [1.0, 0.0, 1.0])
+  np.testing.assert_allclose(d["step/zero_adv_frac"], 1 / 3)
+  assert int(d["step/states_late"]) == 1
+
+
+def test_prompt_masks_are_per_row_and_independent_of_batch_split():
+  key = jax.random.key(0)
+  full = np.asarray(rl.prompt_mask(key, jnp.arange(64), 200, 0.15))
+  half = np.asarray(rl.prompt_mask(key, jnp.arange(32, 64), 200, 0.15))
+  np.testing.assert_array_equal(full[32:], half)
+  assert abs(full.mean() - 0.15) < 0.01
+  other = np.asarray(rl.prompt_mask(jax.random.key(1), jnp.arange(64), 200, 0.15))
+  assert (full != other).any()
+
+
+def test_branches_share_one_forward(micro):
+  """Log-probs of Z targets read from one forward equal Z separate passes."""
+  cfg, apply_fn, params = micro
+  mask = cfg.mask_token_id
+  prompt = jnp.asarray([[1, 0, 2]], jnp.int32)
+  canvas = jnp.asarray([[mask, 1, mask, mask]], jnp.int32)
+  targets = jnp.asarray([[[0, 1, 2, 3], [3, 1, 0, 0], [1, 1, 1, 1]]], jnp.int32)
+  args = dict(p_mask_prompt=0.15, mask_id=mask)
+  together = rl.surrogate_logprobs(apply_fn, params, prompt, None, canvas, targets,
+                                   jax.random.key(4), jnp.zeros(1, jnp.int32), **args)
+  for zi in range(3):
+    alone = rl.surrogate_logprobs(apply_fn, params, prompt, None, canvas, targets[:, zi],
+                                  jax.random.key(4), jnp.zeros(1, jnp.int32), **args)
+    np.testing.assert_allclose(together[:, zi], alone, atol=1e-6)
