@@ -191,3 +191,34 @@ def test_config_validation_names_the_field(bad, match):
 def test_unknown_preset():
   with pytest.raises(KeyError, match="Unknown LLaDA preset"):
     get_config("llada_80b")
+
+
+def test_lora_starts_as_the_base_model_and_reference_ignores_adapters(tiny_cfg):
+  from dispo_jax.model.config import LoRAConfig
+  from dispo_jax.model.llada import LoRACall
+  lora = LoRAConfig(rank=4, alpha=8, dropout=0.1)
+  graphdef, state = llada.init_model(tiny_cfg, seed=3, lora=lora)
+  g_base, base_only = llada.init_model(tiny_cfg, seed=3)
+  tokens = jnp.arange(9, dtype=jnp.int32)[None]
+  g, lora_state, base_state = llada.split_lora(graphdef, state)
+  n_lora = llada.count_params(lora_state)
+  # q, k, v: d×r + r×d each; up: d×r + r×mlp; per layer
+  d, m, r = tiny_cfg.d_model, tiny_cfg.mlp_hidden_size, 4
+  assert n_lora == tiny_cfg.n_layers * (3 * 2 * d * r + d * r + r * m)
+  with_lora = llada.forward(g, (base_state, lora_state), tokens)
+  np.testing.assert_allclose(with_lora, llada.forward(g_base, base_only, tokens), atol=1e-6)
+  bumped = jax.tree.map(lambda x: x + 0.1, lora_state)
+  on = llada.forward(g, (base_state, bumped), tokens)
+  off = llada.forward(g, (base_state, bumped), tokens, lora=LoRACall(False))
+  assert float(jnp.abs(on - with_lora).max()) > 1e-3
+  np.testing.assert_allclose(off, with_lora, atol=1e-6)
+  dropped = llada.forward(g, (base_state, bumped), tokens, lora=LoRACall(True, jax.random.key(0)))
+  assert float(jnp.abs(dropped - on).max()) > 1e-6  # dropout acts only when given a key
+
+
+def test_lora_config_validation():
+  from dispo_jax.model.config import LoRAConfig
+  with pytest.raises(ValueError, match=r"unknown \['lm_head'\]"):
+    LoRAConfig(targets=("q_proj", "lm_head"))
+  with pytest.raises(ValueError, match="rank must be positive"):
+    LoRAConfig(rank=0)

@@ -101,6 +101,36 @@ class LLaDAConfig:
     return 2 * v * d + self.n_layers * per_block + d
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+  """Low-rank adapters as separate parameters: ``W x + (alpha / rank) · B(A(dropout(x)))``.
+
+  The default targets are what d1's target list actually matched in LLaDA: q, k, v and up.
+  """
+
+  rank: int = 128
+  alpha: float = 64.0
+  dropout: float = 0.05
+  targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "up_proj")
+
+  def __post_init__(self):
+    if self.rank <= 0:
+      raise ValueError(f"LoRAConfig.rank must be positive, got {self.rank}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout}")
+    unknown = [t for t in self.targets if t not in LORA_TARGETS]
+    if unknown or not self.targets:
+      raise ValueError(f"LoRAConfig.targets {list(self.targets)}: unknown {unknown}; choose from "
+                       f"{list(LORA_TARGETS)}")
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+
 def _tiny_ids(vocab_size: int) -> dict[str, int]:
   """Special ids at the top of a small vocabulary: bos, eos(=pad), mask."""
   return dict(bos_token_id=vocab_size - 3, eos_token_id=vocab_size - 2,

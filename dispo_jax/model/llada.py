@@ -14,15 +14,31 @@ Numerics follow LLaDA's reference implementation:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, Optional
+import zlib
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dispo_jax.model.config import LLaDAConfig
+from dispo_jax.model.config import LLaDAConfig, LoRAConfig
 
 Array = jax.Array
+
+
+class LoRAParam(nnx.Param):
+  """A LoRA adapter matrix: a separate variable type, so ``nnx.split(model, LoRAParam, ...)`` gives
+  the trainable adapters apart from the frozen base weights."""
+
+
+class LoRACall(NamedTuple):
+  """How adapters run in one forward: ``enabled=False`` is the base (reference) model; ``key``
+  drives LoRA dropout (None: no dropout)."""
+  enabled: bool = True
+  key: Optional[Array] = None
+
+
+_NO_LORA = LoRACall(enabled=False)
 
 _INIT_STD = 0.02
 
@@ -37,15 +53,36 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype,
 
 
 class Linear(nnx.Module):
-  """Bias-free linear layer with kernel ``[in, out]`` (the transpose of torch's ``[out, in]``)."""
+  """Bias-free linear layer with kernel ``[in, out]`` (the transpose of torch's ``[out, in]``),
+  with an optional LoRA adapter (``lora_a [in, r]``, ``lora_b [r, out]``, B initialised to 0)."""
 
   def __init__(self, in_features: int, out_features: int, axes: tuple[str, str],
-               cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+               cfg: LLaDAConfig, *, rngs: nnx.Rngs, name: str = "",
+               lora: LoRAConfig | None = None):
     self.kernel = _param(rngs, (in_features, out_features), axes, cfg.jnp_param_dtype)
     self.compute_dtype = cfg.jnp_compute_dtype
+    self.has_lora = lora is not None and name in lora.targets
+    if self.has_lora:
+      a = jax.random.normal(rngs.params(), (in_features, lora.rank), jnp.float32)
+      self.lora_a = LoRAParam((a / jnp.sqrt(in_features)).astype(jnp.float32),
+                              logical_axes=(axes[0], "lora_rank"))
+      self.lora_b = LoRAParam(jnp.zeros((lora.rank, out_features), jnp.float32),
+                              logical_axes=("lora_rank", axes[1]))
+      self.lora_scale = lora.scale
+      self.lora_dropout = lora.dropout
+      self.lora_salt = zlib.crc32(name.encode())
 
-  def __call__(self, x: Array) -> Array:
-    return jnp.dot(x.astype(self.compute_dtype), self.kernel[...].astype(self.compute_dtype))
+  def __call__(self, x: Array, lora: LoRACall = _NO_LORA) -> Array:
+    x = x.astype(self.compute_dtype)
+    y = jnp.dot(x, self.kernel[...].astype(self.compute_dtype))
+    if self.has_lora and lora.enabled:
+      if lora.key is not None and self.lora_dropout > 0:
+        keep = jax.random.bernoulli(jax.random.fold_in(lora.key, self.lora_salt),
+                                    1.0 - self.lora_dropout, x.shape)
+        x = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(x.dtype)
+      low = jnp.dot(x, self.lora_a[...].astype(self.compute_dtype))
+      y = y + self.lora_scale * jnp.dot(low, self.lora_b[...].astype(self.compute_dtype))
+    return y
 
 
 class RMSNorm(nnx.Module):
@@ -82,85 +119,94 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 class Attention(nnx.Module):
   """Bidirectional multi-head attention with LLaDA's projection names."""
 
-  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs, lora: LoRAConfig | None = None):
     d = cfg.d_model
-    self.q_proj = Linear(d, d, ("embed", "heads"), cfg, rngs=rngs)
-    self.k_proj = Linear(d, d, ("embed", "heads"), cfg, rngs=rngs)
-    self.v_proj = Linear(d, d, ("embed", "heads"), cfg, rngs=rngs)
-    self.attn_out = Linear(d, d, ("heads", "embed"), cfg, rngs=rngs)
+    kw = dict(rngs=rngs, lora=lora)
+    self.q_proj = Linear(d, d, ("embed", "heads"), cfg, name="q_proj", **kw)
+    self.k_proj = Linear(d, d, ("embed", "heads"), cfg, name="k_proj", **kw)
+    self.v_proj = Linear(d, d, ("embed", "heads"), cfg, name="v_proj", **kw)
+    self.attn_out = Linear(d, d, ("heads", "embed"), cfg, name="attn_out", **kw)
     self.n_heads = cfg.n_heads
     self.head_dim = cfg.head_dim
 
-  def __call__(self, x: Array, cos: Array, sin: Array, key_mask: Array | None) -> Array:
+  def __call__(self, x: Array, cos: Array, sin: Array, key_mask: Array | None,
+               lora: LoRACall = _NO_LORA) -> Array:
     b, l, _ = x.shape
     split = lambda t: t.reshape(b, l, self.n_heads, self.head_dim)
-    q = apply_rope(split(self.q_proj(x)), cos, sin)
-    k = apply_rope(split(self.k_proj(x)), cos, sin)
-    v = split(self.v_proj(x))
+    q = apply_rope(split(self.q_proj(x, lora)), cos, sin)
+    k = apply_rope(split(self.k_proj(x, lora)), cos, sin)
+    v = split(self.v_proj(x, lora))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(self.head_dim))
     if key_mask is not None:
       scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, self.n_heads * self.head_dim)
-    return self.attn_out(out)
+    return self.attn_out(out, lora)
 
 
 class MLP(nnx.Module):
   """SwiGLU: ``ff_out(silu(ff_proj(x)) * up_proj(x))`` (``ff_proj`` is the gate)."""
 
-  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs, lora: LoRAConfig | None = None):
     d, m = cfg.d_model, cfg.mlp_hidden_size
-    self.ff_proj = Linear(d, m, ("embed", "mlp"), cfg, rngs=rngs)
-    self.up_proj = Linear(d, m, ("embed", "mlp"), cfg, rngs=rngs)
-    self.ff_out = Linear(m, d, ("mlp", "embed"), cfg, rngs=rngs)
+    kw = dict(rngs=rngs, lora=lora)
+    self.ff_proj = Linear(d, m, ("embed", "mlp"), cfg, name="ff_proj", **kw)
+    self.up_proj = Linear(d, m, ("embed", "mlp"), cfg, name="up_proj", **kw)
+    self.ff_out = Linear(m, d, ("mlp", "embed"), cfg, name="ff_out", **kw)
 
-  def __call__(self, x: Array) -> Array:
-    return self.ff_out(jax.nn.silu(self.ff_proj(x)) * self.up_proj(x))
+  def __call__(self, x: Array, lora: LoRACall = _NO_LORA) -> Array:
+    return self.ff_out(jax.nn.silu(self.ff_proj(x, lora)) * self.up_proj(x, lora), lora)
 
 
 class Block(nnx.Module):
   """Pre-norm transformer block: ``x + attn(attn_norm(x))`` then ``x + mlp(ff_norm(x))``."""
 
-  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs, lora: LoRAConfig | None = None):
     self.attn_norm = RMSNorm(cfg, rngs=rngs)
-    self.attn = Attention(cfg, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs, lora=lora)
     self.ff_norm = RMSNorm(cfg, rngs=rngs)
-    self.mlp = MLP(cfg, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs, lora=lora)
 
-  def __call__(self, x: Array, cos: Array, sin: Array, key_mask: Array | None) -> Array:
-    x = x + self.attn(self.attn_norm(x), cos, sin, key_mask)
-    return x + self.mlp(self.ff_norm(x))
-
-
-def _run_block(block: Block, x: Array, cos: Array, sin: Array, key_mask: Array | None) -> Array:
-  return block(x, cos, sin, key_mask)
-
-
-_run_block_remat = nnx.remat(_run_block)
+  def __call__(self, x: Array, cos: Array, sin: Array, key_mask: Array | None,
+               lora: LoRACall = _NO_LORA) -> Array:
+    x = x + self.attn(self.attn_norm(x), cos, sin, key_mask, lora)
+    return x + self.mlp(self.ff_norm(x), lora)
 
 
 class LLaDA(nnx.Module):
   """The LLaDA transformer. ``__call__(tokens [B, L] int) -> logits [B, L, V]``."""
 
-  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs, lora: LoRAConfig | None = None):
     self.cfg = cfg
+    self.lora = lora
     self.wte = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.jnp_param_dtype)
-    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.blocks = nnx.List([Block(cfg, rngs=rngs, lora=lora) for _ in range(cfg.n_layers)])
     self.ln_f = RMSNorm(cfg, rngs=rngs)
     self.ff_out = Linear(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), cfg, rngs=rngs)
 
   def hidden_states(self, tokens: Array, key_mask: Array | None = None,
-                    positions: Array | None = None) -> Array:
-    """Final-norm hidden states ``[B, L, d_model]`` in the compute dtype."""
+                    positions: Array | None = None, lora: LoRACall = LoRACall()) -> Array:
+    """Final-norm hidden states ``[B, L, d_model]`` in the compute dtype.
+
+    ``lora`` only matters for a model built with adapters: ``LoRACall(enabled=False)`` runs the base
+    model (the reference policy); ``LoRACall(key=k)`` applies LoRA dropout.
+    """
     cfg = self.cfg
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
     x = jnp.take(self.wte[...], tokens, axis=0).astype(cfg.jnp_compute_dtype)
-    run = _run_block_remat if cfg.remat else _run_block
-    for block in self.blocks:
-      x = run(block, x, cos, sin, key_mask)
+    enabled = bool(lora.enabled and self.lora is not None)
+
+    def run(block, x, cos, sin, key_mask, key):
+      return block(x, cos, sin, key_mask, LoRACall(enabled, key))
+
+    if cfg.remat:
+      run = nnx.remat(run)
+    for i, block in enumerate(self.blocks):
+      key = None if lora.key is None else jax.random.fold_in(lora.key, i)
+      x = run(block, x, cos, sin, key_mask, key)
     return self.ln_f(x)
 
   def logits(self, hidden: Array) -> Array:
@@ -168,8 +214,8 @@ class LLaDA(nnx.Module):
     return self.ff_out(hidden)
 
   def __call__(self, tokens: Array, key_mask: Array | None = None,
-               positions: Array | None = None) -> Array:
-    return self.logits(self.hidden_states(tokens, key_mask, positions))
+               positions: Array | None = None, lora: LoRACall = LoRACall()) -> Array:
+    return self.logits(self.hidden_states(tokens, key_mask, positions, lora))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,36 +223,56 @@ class LLaDA(nnx.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-def init_model(cfg: LLaDAConfig, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
+def init_model(cfg: LLaDAConfig, seed: int = 0, lora: LoRAConfig | None = None
+               ) -> tuple[nnx.GraphDef, nnx.State]:
   """Randomly initialised ``(graphdef, state)`` on the default device."""
-  return nnx.split(LLaDA(cfg, rngs=nnx.Rngs(seed)))
+  return nnx.split(LLaDA(cfg, rngs=nnx.Rngs(seed), lora=lora))
 
 
-def abstract_model(cfg: LLaDAConfig) -> tuple[nnx.GraphDef, nnx.State]:
+def abstract_model(cfg: LLaDAConfig, lora: LoRAConfig | None = None
+                   ) -> tuple[nnx.GraphDef, nnx.State]:
   """``(graphdef, state)`` whose leaves are ``jax.ShapeDtypeStruct`` (no memory allocated)."""
-  return nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))
+  return nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0), lora=lora)))
 
 
 def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens: Array,
-            key_mask: Array | None = None, positions: Array | None = None) -> Array:
+            key_mask: Array | None = None, positions: Array | None = None,
+            lora: LoRACall = LoRACall()) -> Array:
   """Logits ``[B, L, V]`` for ``tokens [B, L]`` (int32).
 
   Args:
+    state: the model state; with adapters it may be given as several states merged here
+      (e.g. ``(base, lora)``, see :func:`split_lora`).
     key_mask: optional ``[B, L]`` bool, False for keys no query may attend to (left padding).
     positions: optional ``[B, L]`` RoPE positions; default ``0..L-1`` for every row, as LLaDA.
+    lora: adapters on/off and the dropout key (no effect without adapters).
   """
-  return nnx.merge(graphdef, state)(tokens, key_mask, positions)
+  return merge_model(graphdef, state)(tokens, key_mask, positions, lora)
+
+
+def merge_model(graphdef: nnx.GraphDef, state) -> "LLaDA":
+  """The module from a state, or from a tuple of states (e.g. ``(base, lora)``)."""
+  if isinstance(state, tuple):
+    return nnx.merge(graphdef, *state)
+  return nnx.merge(graphdef, state)
+
+
+def split_lora(graphdef: nnx.GraphDef, state: nnx.State
+               ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """``(graphdef, lora_state, base_state)``: the trainable adapters apart from the frozen base."""
+  graphdef, lora_state, base_state = nnx.split(nnx.merge(graphdef, state), LoRAParam, ...)
+  return graphdef, lora_state, base_state
 
 
 def hidden_states(graphdef: nnx.GraphDef, state: nnx.State, tokens: Array,
                   key_mask: Array | None = None, positions: Array | None = None) -> Array:
   """Final-norm hidden states ``[B, L, d_model]``; apply :func:`lm_head` to any slice of them."""
-  return nnx.merge(graphdef, state).hidden_states(tokens, key_mask, positions)
+  return merge_model(graphdef, state).hidden_states(tokens, key_mask, positions)
 
 
 def lm_head(graphdef: nnx.GraphDef, state: nnx.State, hidden: Array) -> Array:
   """Logits ``[..., V]`` from hidden states ``[..., d_model]``."""
-  return nnx.merge(graphdef, state).logits(hidden)
+  return merge_model(graphdef, state).logits(hidden)
 
 
 def count_params(state: Any) -> int:

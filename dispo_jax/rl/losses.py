@@ -102,7 +102,7 @@ def _token_diagnostics(aux: Dict[str, Array], mask: Array, prefix: str) -> Dict[
 @register_loss("diffu_grpo")
 def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
                     completion_mask: Array, *, epsilon_low: float = 0.5, epsilon_high: float = 0.5,
-                    beta: float = 0.04, num_tokens: Array | None = None
+                    beta: float = 0.04, denominator: Array | None = None
                     ) -> tuple[Array, Dict[str, Array]]:
   """d1's diffu-GRPO loss.
 
@@ -110,12 +110,12 @@ def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
     logp, old_logp, ref_logp: ``[N, G]`` float32 per-token log-probs (ref may be None when β = 0).
     advantages: ``[N]`` float32 (one per completion).
     completion_mask: ``[N, G]`` bool, up to and including the first EOS.
-    num_tokens: global token count for the mean (gradient accumulation); default the local count.
+    denominator: global token count for the mean (micro-batching); default the local count.
   """
   per_token, aux = clipped_token_loss(logp, old_logp, ref_logp, advantages[:, None],
                                       epsilon_low, epsilon_high, beta)
   w = completion_mask.astype(jnp.float32)
-  denom = jnp.sum(w) if num_tokens is None else num_tokens
+  denom = jnp.sum(w) if denominator is None else denominator
   loss = jnp.sum(per_token * w) / jnp.maximum(denom, 1.0)
   diag = _token_diagnostics(aux, completion_mask, "base/")
   diag["base/loss"] = loss
@@ -127,7 +127,7 @@ def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
 def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
                     action_mask: Array, *, epsilon_low: float = 0.5, epsilon_high: float = 0.5,
                     beta: float = 0.04, normaliser: str = "tokens",
-                    num_tokens: Array | None = None) -> tuple[Array, Dict[str, Array]]:
+                    denominator: Array | None = None) -> tuple[Array, Dict[str, Array]]:
   """DiSPO's fixed-state loss over action tokens only.
 
   Args:
@@ -136,7 +136,8 @@ def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
     action_mask: ``[N, S, G]`` bool, masked positions of each state (the action's positions); states
       of unused slots have an all-False mask.
     normaliser: one of :data:`STEP_NORMALISERS`.
-    num_tokens: global denominator for ``tokens``/``nonzero_tokens`` under gradient accumulation.
+    denominator: the global count the normaliser divides by (tokens, non-zero-state tokens or
+      states; see :func:`step_denominator`) when a batch is split into micro-batches.
   """
   if normaliser not in STEP_NORMALISERS:
     raise ValueError(f"unknown step normaliser {normaliser!r}; choose one of {STEP_NORMALISERS}")
@@ -145,24 +146,35 @@ def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
                                       epsilon_low, epsilon_high, beta)
   mask = jnp.broadcast_to(action_mask[:, :, None, :], logp.shape)
   w = mask.astype(jnp.float32)
-  nonzero_state = jnp.any(advantages != 0, axis=-1)  # [N, S]
-  if normaliser == "tokens":
-    denom = jnp.sum(w) if num_tokens is None else num_tokens
-    loss = jnp.sum(per_token * w) / jnp.maximum(denom, 1.0)
-  elif normaliser == "nonzero_tokens":
-    w = w * nonzero_state[:, :, None, None]
-    denom = jnp.sum(w) if num_tokens is None else num_tokens
-    loss = jnp.sum(per_token * w) / jnp.maximum(denom, 1.0)
+  if denominator is None:
+    denominator = step_denominator(advantages, action_mask, normaliser)
+  if normaliser in ("tokens", "nonzero_tokens"):
+    if normaliser == "nonzero_tokens":
+      w = w * jnp.any(advantages != 0, axis=-1)[:, :, None, None]
+    loss = jnp.sum(per_token * w) / jnp.maximum(denominator, 1.0)
   elif normaliser == "states":
     per_branch = jnp.sum(per_token * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)  # [N, S, Z]
-    has_action = jnp.any(action_mask, -1)  # [N, S]
-    loss = jnp.sum(per_branch.mean(-1) * has_action) / jnp.maximum(jnp.sum(has_action), 1.0)
+    loss = jnp.sum(per_branch.mean(-1)) / jnp.maximum(denominator, 1.0)
   else:  # "sum": Σ_S −(1/Z) Σ_z Σ_i ρ_i A_z (+ β·KL)
     loss = jnp.sum(per_token * w) / z
   diag = _token_diagnostics(aux, mask, "step/")
   diag["step/loss"] = loss
   diag["step/num_tokens"] = jnp.sum(mask.astype(jnp.float32))
   return loss, diag
+
+
+def step_denominator(advantages: Array, action_mask: Array, normaliser: str) -> Array:
+  """What :func:`dispo_step_loss` divides by: action tokens (× Z), those of states with a non-zero
+  advantage, or the number of states with an action; 1 for ``sum``."""
+  z = advantages.shape[-1]
+  tokens_per_state = jnp.sum(action_mask, -1).astype(jnp.float32)  # [N, S]
+  if normaliser == "tokens":
+    return z * jnp.sum(tokens_per_state)
+  if normaliser == "nonzero_tokens":
+    return z * jnp.sum(tokens_per_state * jnp.any(advantages != 0, axis=-1))
+  if normaliser == "states":
+    return jnp.sum(tokens_per_state > 0).astype(jnp.float32)
+  return jnp.float32(1.0)
 
 
 def combine_losses(base: tuple[Array, Dict[str, Array]] | None,

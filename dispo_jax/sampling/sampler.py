@@ -198,7 +198,7 @@ def _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings
   if branch_steps is None:
     branch_steps = jnp.full((b, 0), -1, jnp.int32)
   n_states = branch_steps.shape[1]
-  model = nnx.merge(graphdef, params)
+  model = llada.merge_model(graphdef, params)
   compute_dtype = model.cfg.jnp_compute_dtype
   vocab = model.cfg.vocab_size
 

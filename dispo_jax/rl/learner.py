@@ -1,0 +1,281 @@
+"""The RL update: old/reference log-probs for μ mask seeds, the combined loss, and one optimizer step.
+
+Data flow (d1's, with DiSPO's branch states riding along)::
+
+  RLBatch (rollout + rewards + advantages)  ->  with_old_and_ref_logprobs (once per rollout batch)
+    ->  μ × update(iteration i, mask key i)  ->  new trainable params
+
+Everything here is a pure function of arrays: the policy arrives as ``apply_fn(params, tokens,
+key_mask, dropout_key) -> logits`` and the reference as ``ref_apply_fn(params, tokens, key_mask)``, so
+LoRA (reference = base model, adapters off) and full fine-tuning (reference = a frozen copy) share it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from dispo_jax.rl import losses as losses_lib
+from dispo_jax.rl.logprobs import surrogate_logprobs
+
+Array = jax.Array
+# (params, tokens [R, L], key_mask [R, L] | None, dropout_key | None) -> logits [R, L, V]
+PolicyApply = Callable[[Any, Array, Optional[Array], Optional[Array]], Array]
+# (params, tokens, key_mask) -> logits of the reference policy
+ReferenceApply = Callable[[Any, Array, Optional[Array]], Array]
+METHODS = ("diffu_grpo", "dispo")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSettings:
+  """Static settings of the loss (hashable).
+
+  Attributes:
+    method: "diffu_grpo" (terminal term only) or "dispo" (terminal + fixed-state term).
+    base_loss: registered base loss (see :data:`dispo_jax.rl.losses.LOSSES`).
+    alpha_base, alpha_step: L = α_base·L_base + α_step·L_step.
+    epsilon_low, epsilon_high: PPO clip range ``[1−ε_low, 1+ε_high]``.
+    beta: KL coefficient (k3 estimator against the reference policy); 0 skips the reference.
+    p_mask_prompt: prompt-token mask probability of the surrogate.
+    step_normaliser: see :data:`dispo_jax.rl.losses.STEP_NORMALISERS`.
+    mask_id: MASK token id.
+  """
+
+  method: str = "dispo"
+  base_loss: str = "diffu_grpo"
+  alpha_base: float = 1.0
+  alpha_step: float = 0.5
+  epsilon_low: float = 0.5
+  epsilon_high: float = 0.5
+  beta: float = 0.04
+  p_mask_prompt: float = 0.15
+  step_normaliser: str = "tokens"
+  mask_id: int = 126336
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"method={self.method!r} is not one of {METHODS}")
+    if self.step_normaliser not in losses_lib.STEP_NORMALISERS:
+      raise ValueError(f"step_normaliser={self.step_normaliser!r} is not one of "
+                       f"{losses_lib.STEP_NORMALISERS}")
+    losses_lib.get_loss(self.base_loss)
+
+  @property
+  def use_step(self) -> bool:
+    return self.method == "dispo"
+
+
+@struct.dataclass
+class RLBatch:
+  """One rollout batch of N = prompts × K rows (a pytree; ``None`` fields are absent).
+
+  Attributes:
+    prompt_tokens: ``[N, P]`` int32 left-padded prompts.
+    prompt_key_mask: ``[N, P]`` bool (False on padding) or None (attend to padding, as d1).
+    completion: ``[N, G]`` int32 sampled completions.
+    completion_mask: ``[N, G]`` bool, up to and including the first EOS.
+    advantages: ``[N]`` float32 terminal advantages.
+    row_ids: ``[N]`` int32 global row indices (prompt masks per row).
+    base_old_logp, base_ref_logp: ``[μ, N, G]`` float32, filled by
+      :func:`with_old_and_ref_logprobs`.
+    state_canvas: ``[N, S, G]`` int32 branch-state completions (MASK at the action positions).
+    actions: ``[N, S, Z, G]`` int32 filled canvases of the Z branches.
+    action_mask: ``[N, S, G]`` bool action positions (all False for unused slots).
+    branch_advantages: ``[N, S, Z]`` float32.
+    step_old_logp, step_ref_logp: ``[μ, N, S, Z, G]`` float32.
+  """
+
+  prompt_tokens: Array
+  prompt_key_mask: Optional[Array]
+  completion: Array
+  completion_mask: Array
+  advantages: Array
+  row_ids: Array
+  base_old_logp: Optional[Array] = None
+  base_ref_logp: Optional[Array] = None
+  state_canvas: Optional[Array] = None
+  actions: Optional[Array] = None
+  action_mask: Optional[Array] = None
+  branch_advantages: Optional[Array] = None
+  step_old_logp: Optional[Array] = None
+  step_ref_logp: Optional[Array] = None
+
+  @property
+  def num_rows(self) -> int:
+    return self.completion.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Log-probs
+# ----------------------------------------------------------------------------------------------
+
+
+def _base_key(key: Array) -> Array:
+  return jax.random.fold_in(key, 0)
+
+
+def _step_key(key: Array) -> Array:
+  return jax.random.fold_in(key, 1)
+
+
+def base_logprobs(apply: Callable[[Array, Optional[Array]], Array], batch: RLBatch, key: Array,
+                  s: ObjectiveSettings) -> Array:
+  """diffu-GRPO's one-step mean-field log-probs ``[N, G]``: whole completion masked."""
+  masked = jnp.full(batch.completion.shape, s.mask_id, jnp.int32)
+  return surrogate_logprobs(lambda _, t, m: apply(t, m), None, batch.prompt_tokens,
+                            batch.prompt_key_mask, masked, batch.completion, _base_key(key),
+                            batch.row_ids, p_mask_prompt=s.p_mask_prompt, mask_id=s.mask_id)
+
+
+def step_logprobs(apply: Callable[[Array, Optional[Array]], Array], batch: RLBatch, key: Array,
+                  s: ObjectiveSettings) -> Array:
+  """DiSPO's state surrogate ``[N, S, Z, G]``: one forward per state serves its Z branches."""
+  n, n_states, z, g = batch.actions.shape
+  rows = n * n_states
+  prompt = jnp.repeat(batch.prompt_tokens, n_states, axis=0)
+  key_mask = (None if batch.prompt_key_mask is None
+              else jnp.repeat(batch.prompt_key_mask, n_states, axis=0))
+  row_ids = (batch.row_ids[:, None] * n_states + jnp.arange(n_states)[None]).reshape(rows)
+  logp = surrogate_logprobs(lambda _, t, m: apply(t, m), None, prompt, key_mask,
+                            batch.state_canvas.reshape(rows, g), batch.actions.reshape(rows, z, g),
+                            _step_key(key), row_ids, p_mask_prompt=s.p_mask_prompt,
+                            mask_id=s.mask_id)
+  return logp.reshape(n, n_states, z, g)
+
+
+def with_old_and_ref_logprobs(apply_fn: PolicyApply, ref_apply_fn: ReferenceApply | None,
+                              params: Any, batch: RLBatch, mask_keys: Array,
+                              s: ObjectiveSettings) -> RLBatch:
+  """Fills the ``*_old_logp`` / ``*_ref_logp`` fields for every one of the μ mask keys.
+
+  Computed once per rollout batch with the behaviour policy (``params`` before any inner update);
+  the inner update ``i`` uses ``mask_keys[i]`` again, so its masks are exactly the same.
+  """
+  old = lambda t, m: apply_fn(params, t, m, None)
+  ref = None if (ref_apply_fn is None or s.beta == 0) else (lambda t, m: ref_apply_fn(params, t, m))
+
+  def per_key(key):
+    out = {"base_old_logp": base_logprobs(old, batch, key, s)}
+    if ref is not None:
+      out["base_ref_logp"] = base_logprobs(ref, batch, key, s)
+    if s.use_step:
+      out["step_old_logp"] = step_logprobs(old, batch, key, s)
+      if ref is not None:
+        out["step_ref_logp"] = step_logprobs(ref, batch, key, s)
+    return out
+
+  stacked = jax.lax.map(per_key, mask_keys)
+  return batch.replace(**jax.tree.map(jax.lax.stop_gradient, stacked))
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss and update
+# ----------------------------------------------------------------------------------------------
+
+
+def loss_denominators(batch: RLBatch, s: ObjectiveSettings) -> Dict[str, Array]:
+  """Global normalisers, computed on the whole batch before it is split into micro-batches."""
+  out = {"base": jnp.sum(batch.completion_mask.astype(jnp.float32))}
+  if s.use_step:
+    out["step"] = losses_lib.step_denominator(batch.branch_advantages, batch.action_mask,
+                                              s.step_normaliser)
+  return out
+
+
+def policy_loss(params: Any, apply_fn: PolicyApply, batch: RLBatch, iteration: Array,
+                mask_key: Array, s: ObjectiveSettings, denominators: Dict[str, Array] | None = None,
+                dropout_key: Array | None = None) -> tuple[Array, Dict[str, Array]]:
+  """``L = α_base·L_base + α_step·L_step`` for inner iteration ``iteration`` (its mask key)."""
+  denominators = denominators or loss_denominators(batch, s)
+  policy = lambda t, m: apply_fn(params, t, m, dropout_key)
+  pick = lambda x: None if x is None else x[iteration]
+  base_loss = losses_lib.get_loss(s.base_loss)
+  base = base_loss(base_logprobs(policy, batch, mask_key, s), pick(batch.base_old_logp),
+                   pick(batch.base_ref_logp), batch.advantages, batch.completion_mask,
+                   epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high, beta=s.beta,
+                   denominator=denominators["base"])
+  step = None
+  if s.use_step:
+    step = losses_lib.dispo_step_loss(
+        step_logprobs(policy, batch, mask_key, s), pick(batch.step_old_logp),
+        pick(batch.step_ref_logp), batch.branch_advantages, batch.action_mask,
+        epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high, beta=s.beta,
+        normaliser=s.step_normaliser, denominator=denominators["step"])
+  return losses_lib.combine_losses(base, step, s.alpha_base, s.alpha_step)
+
+
+def split_microbatches(batch: RLBatch, num_microbatches: int) -> RLBatch:
+  """Reshapes every row-indexed field to ``[M, N/M, ...]`` (μ-indexed fields keep axis 0 first)."""
+  n = batch.num_rows
+  if n % num_microbatches:
+    raise ValueError(f"{n} rows do not split into {num_microbatches} micro-batches")
+
+  def split(path, x):
+    if x is None:
+      return None
+    name = path[0].name
+    if name.endswith("_old_logp") or name.endswith("_ref_logp"):  # [μ, N, ...] -> [M, μ, N/M, ...]
+      x = x.reshape((x.shape[0], num_microbatches, n // num_microbatches) + x.shape[2:])
+      return jnp.moveaxis(x, 1, 0)
+    return x.reshape((num_microbatches, n // num_microbatches) + x.shape[1:])
+
+  return jax.tree_util.tree_map_with_path(split, batch)
+
+
+def _tree_all_finite(tree) -> Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def make_update_fn(apply_fn: PolicyApply, optimizer: optax.GradientTransformation,
+                   s: ObjectiveSettings, num_microbatches: int = 1,
+                   lora_dropout: bool = False) -> Callable:
+  """Builds ``update(trainable, frozen, opt_state, batch, iteration, mask_key, dropout_key)``.
+
+  ``apply_fn`` receives ``(trainable, frozen)`` as its params. Gradients are accumulated over
+  ``num_microbatches`` with ``lax.scan`` (the loss uses whole-batch normalisers, so the accumulated
+  gradient equals the full-batch gradient). A non-finite loss or gradient skips the update and
+  reports ``skipped = 1``. Returns ``(trainable, opt_state, metrics)``; jit it with shardings and
+  ``donate_argnums`` for the params and optimizer state.
+  """
+
+  def grads_of(trainable, frozen, batch, iteration, mask_key, denominators, dropout_key):
+    def loss(t):
+      return policy_loss((t, frozen), apply_fn, batch, iteration, mask_key, s, denominators,
+                         dropout_key if lora_dropout else None)
+    return jax.value_and_grad(loss, has_aux=True)(trainable)
+
+  def update(trainable, frozen, opt_state, batch: RLBatch, iteration, mask_key, dropout_key=None):
+    denominators = loss_denominators(batch, s)
+    if num_microbatches == 1:
+      (loss, diag), grads = grads_of(trainable, frozen, batch, iteration, mask_key, denominators,
+                                     dropout_key)
+    else:
+      micro = split_microbatches(batch, num_microbatches)
+      zeros = jax.tree.map(jnp.zeros_like, trainable)
+
+      def body(acc, xs):
+        mb, index = xs
+        key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+        (l, d), g = grads_of(trainable, frozen, mb, iteration, mask_key, denominators, key)
+        return jax.tree.map(jnp.add, acc, g), (l, d)
+
+      grads, (losses, diags) = jax.lax.scan(body, zeros, (micro, jnp.arange(num_microbatches)))
+      loss = losses.sum()  # each micro-batch loss is already divided by the global denominator
+      diag = jax.tree.map(jnp.mean, diags)
+      diag["loss"] = loss
+    finite = jnp.isfinite(loss) & _tree_all_finite(grads)
+    updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
+    new_trainable = optax.apply_updates(trainable, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    metrics = dict(diag)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["skipped"] = (~finite).astype(jnp.float32)
+    return keep(new_trainable, trainable), keep(new_opt_state, opt_state), metrics
+
+  return update
