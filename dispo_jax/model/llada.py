@@ -63,7 +63,7 @@ class Linear(nnx.Module):
     self.compute_dtype = cfg.jnp_compute_dtype
     self.has_lora = lora is not None and name in lora.targets
     if self.has_lora:
-      a = jax.random.normal(rngs.params(), (in_features, lora.rank), jnp.float32)
+      a = jax.random.normal(rngs.lora(), (in_features, lora.rank), jnp.float32)
       self.lora_a = LoRAParam((a / jnp.sqrt(in_features)).astype(jnp.float32),
                               logical_axes=(axes[0], "lora_rank"))
       self.lora_b = LoRAParam(jnp.zeros((lora.rank, out_features), jnp.float32),
@@ -178,6 +178,9 @@ class LLaDA(nnx.Module):
   """The LLaDA transformer. ``__call__(tokens [B, L] int) -> logits [B, L, V]``."""
 
   def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs, lora: LoRAConfig | None = None):
+    if lora is not None and "lora" not in rngs:
+      raise ValueError("a model with LoRA adapters needs an 'lora' rng stream, e.g. "
+                       "nnx.Rngs(params=0, lora=1), so the base weights do not depend on it")
     self.cfg = cfg
     self.lora = lora
     self.wte = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.jnp_param_dtype)
@@ -226,13 +229,18 @@ class LLaDA(nnx.Module):
 def init_model(cfg: LLaDAConfig, seed: int = 0, lora: LoRAConfig | None = None
                ) -> tuple[nnx.GraphDef, nnx.State]:
   """Randomly initialised ``(graphdef, state)`` on the default device."""
-  return nnx.split(LLaDA(cfg, rngs=nnx.Rngs(seed), lora=lora))
+  return nnx.split(LLaDA(cfg, rngs=model_rngs(seed), lora=lora))
 
 
 def abstract_model(cfg: LLaDAConfig, lora: LoRAConfig | None = None
                    ) -> tuple[nnx.GraphDef, nnx.State]:
   """``(graphdef, state)`` whose leaves are ``jax.ShapeDtypeStruct`` (no memory allocated)."""
-  return nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0), lora=lora)))
+  return nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=model_rngs(0), lora=lora)))
+
+
+def model_rngs(seed: int) -> nnx.Rngs:
+  """Separate streams for base weights and adapters: the base is the same with or without LoRA."""
+  return nnx.Rngs(params=seed, lora=seed + 1)
 
 
 def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens: Array,

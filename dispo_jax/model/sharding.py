@@ -129,18 +129,18 @@ def logical_sharding(mesh: Mesh, *logical_axes: str | None,
   return NamedSharding(mesh, logical_to_mesh_axes(logical_axes, rules))
 
 
-def init_sharded(cfg, mesh: Mesh, seed: int = 0, rules=LOGICAL_AXIS_RULES):
+def init_sharded(cfg, mesh: Mesh, seed: int = 0, rules=LOGICAL_AXIS_RULES, lora=None):
   """Initialises the model directly into its sharding: no device ever holds all the weights.
 
   Returns ``(graphdef, state)`` with every parameter a global ``jax.Array`` sharded per the rules.
   """
-  from dispo_jax.model.llada import LLaDA, abstract_model  # local: llada does not import us
+  from dispo_jax.model.llada import LLaDA, abstract_model, model_rngs  # llada never imports us
 
-  graphdef, abstract_state = abstract_model(cfg)
+  graphdef, abstract_state = abstract_model(cfg, lora)
   shardings = state_shardings(abstract_state, mesh, rules)
 
   def init():
-    return nnx.split(LLaDA(cfg, rngs=nnx.Rngs(seed)))[1]
+    return nnx.split(LLaDA(cfg, rngs=model_rngs(seed), lora=lora))[1]
 
   state = jax.jit(init, out_shardings=shardings)()
   return graphdef, state
