@@ -1,0 +1,25 @@
+"""Tasks: prompts, rewards, parsers, metrics and datasets. The RL core never imports this package;
+training wires a task's reward into a plain function."""
+
+from __future__ import annotations
+
+from dispo_jax.tasks import countdown, gsm8k, math500, sudoku
+from dispo_jax.tasks.base import Score, Task, metric
+
+_FACTORIES = {
+    "sudoku": lambda d1_compat: sudoku.TASK,
+    "countdown": countdown.make_task,
+    "gsm8k": gsm8k.make_task,
+    "math500": math500.make_task,
+}
+TASK_NAMES = tuple(_FACTORIES)
+
+
+def get_task(name: str, d1_compat: bool = False) -> Task:
+  """The task ``name``; ``d1_compat=True`` reproduces d1's reward bugs exactly (see each module)."""
+  if name not in _FACTORIES:
+    raise KeyError(f"unknown task {name!r}; choose one of {list(TASK_NAMES)}")
+  return _FACTORIES[name](d1_compat)
+
+
+__all__ = ["Score", "TASK_NAMES", "Task", "get_task", "metric"]

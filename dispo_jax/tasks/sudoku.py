@@ -1,0 +1,161 @@
+"""4×4 Sudoku (d1): prompts, the cell-accuracy reward, a unique-solution generator and grid split.
+
+Grids are 16-character row-major strings of digits 1–4; puzzles use '0' for an empty cell.
+Reward = fraction of the puzzle's empty cells whose digit in the last ``<answer>`` block (digits
+only, right-padded with '0' or truncated to 16) equals the solution. The evaluation metric is the same
+cell accuracy, aggregated as Σ correct / Σ empty over the set (not puzzle accuracy).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Iterable
+
+import numpy as np
+
+from dispo_jax.tasks.base import Example, Score, Task, last_answer_block
+
+# d1's Sudoku prompt (Apache-2.0, dllm-reasoning/d1), verbatim: part of the protocol.
+SUDOKU_SYSTEM_PROMPT = """
+Please solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading left-to-right, top-to-bottom, where '0' represents empty cells.
+
+Rules:
+- Fill empty cells with digits 1-4
+- Each row must contain digits 1-4 exactly once
+- Each column must contain digits 1-4 exactly once
+- Each 2x2 box must contain digits 1-4 exactly once
+
+Important: Your solution must be a COMPLETE 16-character string with only the digits 1-4, representing your final solved grid.
+
+Respond in this exact format:
+<reasoning>
+Your step-by-step solving process
+</reasoning>
+<answer>
+[16-character solution string with no spaces or separators]
+</answer>
+"""
+
+NUM_GRIDS = 288
+MAX_UNIQUE_BLANKS = 12  # a 4x4 Sudoku needs at least 4 givens for a unique solution
+
+
+def train_prompt(row: Example) -> str:
+  return f"{SUDOKU_SYSTEM_PROMPT}\n\nSolve the following Sudoku puzzle: {row['puzzle']}\n"
+
+
+def eval_prompt(row: Example) -> str:
+  # d1's eval script reuses the same system prompt with the GSM8K-style question wrapper.
+  return f"{SUDOKU_SYSTEM_PROMPT}\n\nSolve the following Sudoku puzzle: {row['puzzle']}\n"
+
+
+def parse_answer(text: str) -> str | None:
+  """Digits of the last ``<answer>`` block, or None without one."""
+  block = last_answer_block(text)
+  if block is None:
+    return None
+  return "".join(ch for ch in block if ch.isdigit() and ch.isascii())
+
+
+def cell_score(text: str, row: Example) -> Score:
+  puzzle, solution = row["puzzle"], row["solution"]
+  empty = [i for i in range(16) if puzzle[i] == "0"]
+  answer = parse_answer(text)
+  if not answer:
+    return Score(0.0, float(len(empty)))
+  answer = (answer + "0" * 16)[:16]
+  return Score(float(sum(answer[i] == solution[i] for i in empty)), float(len(empty)))
+
+
+def reward(text: str, row: Example) -> float:
+  s = cell_score(text, row)
+  return s.correct / s.total if s.total else 0.0
+
+
+TASK = Task(name="sudoku", train_prompt=train_prompt, eval_prompt=eval_prompt,
+            reward_terms={"cells": reward}, score=cell_score, max_reward=1.0, eval_size=256)
+
+
+# ----------------------------------------------------------------------------------------------
+# Grids, puzzles, split
+# ----------------------------------------------------------------------------------------------
+
+
+def is_valid_grid(grid: str) -> bool:
+  if len(grid) != 16 or set(grid) - set("1234"):
+    return False
+  rows = [grid[4 * r:4 * r + 4] for r in range(4)]
+  cols = ["".join(rows[r][c] for r in range(4)) for c in range(4)]
+  boxes = ["".join(grid[4 * (2 * br + r) + 2 * bc + c] for r in range(2) for c in range(2))
+           for br in range(2) for bc in range(2)]
+  return all(sorted(unit) == list("1234") for unit in rows + cols + boxes)
+
+
+@functools.lru_cache(maxsize=1)
+def all_grids() -> tuple[str, ...]:
+  """All 288 valid 4×4 grids, sorted."""
+  grids = []
+  perms = ["".join(p) for p in itertools.permutations("1234")]
+  for rows in itertools.product(perms, repeat=4):
+    grid = "".join(rows)
+    if is_valid_grid(grid):
+      grids.append(grid)
+  return tuple(sorted(grids))
+
+
+def count_solutions(puzzle: str, limit: int = 2) -> int:
+  """Number of valid grids consistent with the puzzle's givens (stops at ``limit``)."""
+  given = [(i, ch) for i, ch in enumerate(puzzle) if ch != "0"]
+  count = 0
+  for grid in all_grids():
+    if all(grid[i] == ch for i, ch in given):
+      count += 1
+      if count >= limit:
+        break
+  return count
+
+
+def make_puzzle(grid: str, num_blanks: int, rng: np.random.Generator,
+                max_tries: int = 1000) -> str | None:
+  """Blanks ``num_blanks`` random cells of ``grid`` such that the solution stays unique."""
+  if not 0 <= num_blanks <= MAX_UNIQUE_BLANKS:
+    raise ValueError(f"num_blanks={num_blanks}: a 4x4 puzzle with a unique solution has 0.."
+                     f"{MAX_UNIQUE_BLANKS} blanks")
+  for _ in range(max_tries):
+    blanks = set(rng.choice(16, size=num_blanks, replace=False).tolist())
+    puzzle = "".join("0" if i in blanks else ch for i, ch in enumerate(grid))
+    if count_solutions(puzzle) == 1:
+      return puzzle
+  return None
+
+
+def split_grids(test_fraction: float = 0.2, seed: int = 0,
+                exclude_from_train: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+  """Disjoint (train, test) grid lists. Grids in ``exclude_from_train`` go to test."""
+  grids = list(all_grids())
+  order = np.random.default_rng(seed).permutation(len(grids))
+  n_test = int(round(test_fraction * len(grids)))
+  test = {grids[i] for i in order[:n_test]} | set(exclude_from_train)
+  train = [g for g in grids if g not in test]
+  return train, sorted(test)
+
+
+def generate_puzzles(grids: list[str], num_puzzles: int, num_blanks: int | tuple[int, int],
+                     seed: int = 0) -> list[dict]:
+  """``num_puzzles`` rows ``{"puzzle", "solution"}`` from ``grids`` with unique solutions.
+
+  ``num_blanks`` is a count or an inclusive ``(low, high)`` range drawn per puzzle.
+  """
+  if not grids:
+    raise ValueError("generate_puzzles needs at least one grid")
+  rng = np.random.default_rng(seed)
+  rows = []
+  while len(rows) < num_puzzles:
+    grid = grids[int(rng.integers(len(grids)))]
+    n = num_blanks if isinstance(num_blanks, int) else int(rng.integers(num_blanks[0],
+                                                                        num_blanks[1] + 1))
+    puzzle = make_puzzle(grid, n, rng)
+    if puzzle is not None:
+      rows.append({"puzzle": puzzle, "solution": grid})
+  return rows

@@ -1,0 +1,54 @@
+"""The evaluation command end to end on a tiny model: files, metrics, resume after interruption."""
+
+import json
+import os
+
+import pytest
+
+from dispo_jax import evaluate
+from dispo_jax.model import checkpoint, llada, tokenizer as tok
+from dispo_jax.model.config import get_config
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+  folder = str(tmp_path_factory.mktemp("tiny_ckpt"))
+  corpus = ["Solve the following Sudoku puzzle: 3102200002100320 <answer>3142</answer>"] * 30
+  t = tok.build_bpe_tokenizer(corpus, vocab_size=300, folder=folder)
+  ids = tok.special_ids(t)
+  cfg = get_config("tiny", vocab_size=len(t), bos_token_id=ids.bos, eos_token_id=ids.eos,
+                   pad_token_id=ids.pad, mask_token_id=ids.mask)
+  _, state = llada.init_model(cfg)
+  checkpoint.export_hf_checkpoint(cfg, state, folder, dtype="float32")
+  return folder
+
+
+def _config(checkpoint_dir):
+  from configs import eval as eval_config
+  c = eval_config.get_config("tiny")
+  c.checkpoint = checkpoint_dir
+  c.limit = 6
+  c.batch_size = 4
+  c.gen_lengths = (16,)
+  return c
+
+
+def test_evaluate_end_to_end_and_resume(tiny_checkpoint, tmp_path, capsys):
+  workdir = str(tmp_path / "eval")
+  config = _config(tiny_checkpoint)
+  first = evaluate.run(config, workdir)
+  out_file = os.path.join(workdir, "sudoku_16.jsonl")
+  lines = open(out_file).read().splitlines()
+  assert len(lines) == 6 and first["sudoku"][16]["n"] == 6
+  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  assert 0.0 <= metrics["sudoku"]["16"]["accuracy"] <= 1.0
+  assert "sudoku" in capsys.readouterr().out  # the table
+  # Interrupt: keep 2 complete lines and half of the third (a torn write).
+  with open(out_file, "w") as f:
+    f.write("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+  second = evaluate.run(config, workdir)
+  assert second["sudoku"][16]["resumed_from"] == 2
+  assert open(out_file).read().splitlines() == lines  # greedy: identical generations
+  assert second["sudoku"][16]["accuracy"] == first["sudoku"][16]["accuracy"]
+  # Complete: a third run evaluates nothing new.
+  assert evaluate.run(config, workdir)["sudoku"][16]["resumed_from"] == 6

@@ -1,0 +1,292 @@
+"""Rewards, parsers and data: hand-written d1 cases, properties, generators, malformed files."""
+
+import math
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from dispo_jax.tasks import countdown, data, get_task, gsm8k, math500, metric, sudoku
+from dispo_jax.tasks.base import Score, last_answer_block, split_answer
+
+SUDOKU_ROW = {"puzzle": "3102200002100320", "solution": "3142243142131324"}  # 8 blanks
+CD_ROW = {"numbers": [30, 100, 93], "target": 23}
+
+
+# ---------------------------------------------------------------- answer extraction
+
+
+def test_answer_extraction_edge_cases():
+  assert last_answer_block("no tags") is None
+  assert last_answer_block("<answer>1</answer> x <answer>\n 2 \n</answer>") == "2"
+  assert last_answer_block("<answer>unclosed") is None
+  assert split_answer("<answer>unclosed") == "unclosed"  # d1's split-based extraction
+  assert split_answer("plain 42") == "plain 42"
+
+
+# ---------------------------------------------------------------- sudoku
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<answer>3142243142131324</answer>", 1.0),
+    ("no answer at all", 0.0),
+    ("<answer></answer>", 0.0),
+    # several blocks: only the last counts
+    ("<answer>3142243142131324</answer><answer>0000000000000000</answer>", 0.0),
+    # separators are dropped, digits kept
+    ("<answer>3142 2431\n4213 1324</answer>", 1.0),
+    # short answers are right-padded with '0': the first 8 cells hold the blanks 2, 5, 6, 7
+    ("<answer>31422431</answer>", 4 / 8),
+    # long answers are truncated to 16
+    ("<answer>31422431421313249999</answer>", 1.0),
+    # one wrong blank (index 2: '4' -> '1')
+    ("<answer>3112243142131324</answer>", 7 / 8),
+])
+def test_sudoku_reward(text, expected):
+  assert sudoku.TASK.reward(text, SUDOKU_ROW) == pytest.approx(expected)
+
+
+def test_sudoku_metric_is_cell_accuracy_over_all_blanks():
+  rows = [SUDOKU_ROW, {"puzzle": "3142243142131320", "solution": "3142243142131324"}]  # 8 + 1
+  scores = [sudoku.TASK.score("<answer>3142243142131324</answer>", rows[0]),
+            sudoku.TASK.score("nothing", rows[1])]
+  assert metric(scores) == pytest.approx(8 / 9)
+
+
+def test_sudoku_grids_generator_and_split():
+  grids = sudoku.all_grids()
+  assert len(grids) == 288 and len(set(grids)) == 288
+  d1_test_grids = {r["solution"] for r in data.load_rows("sudoku")}
+  train, test = sudoku.split_grids(test_fraction=0.2, seed=0, exclude_from_train=d1_test_grids)
+  assert set(train).isdisjoint(test) and set(train) | set(test) == set(grids)
+  assert d1_test_grids <= set(test)
+  puzzles = sudoku.generate_puzzles(train, 30, num_blanks=(4, 12), seed=1)
+  for row in puzzles:
+    assert row["solution"] in train
+    assert sudoku.count_solutions(row["puzzle"], limit=3) == 1
+    assert all(p in ("0", s) for p, s in zip(row["puzzle"], row["solution"]))
+  assert sudoku.generate_puzzles(train, 5, 8, seed=3) == sudoku.generate_puzzles(train, 5, 8, seed=3)
+  with pytest.raises(ValueError, match="0..12 blanks"):
+    sudoku.generate_puzzles(train, 1, 13)
+
+
+# ---------------------------------------------------------------- countdown
+
+
+@pytest.mark.parametrize("text, expected, compat", [
+    ("<answer>100 - 93 + 30 - 30</answer>", 0.1, False),    # extra number
+    ("<answer>100 - 93 + 30</answer>", 0.1, False),         # = 37, wrong value
+    ("<answer>30 - (100 - 93)</answer>", 1.0, False),       # = 23
+    ("<answer>(100 - 93) * 30 / 30</answer>", 0.1, False),  # uses 30 twice
+    ("no answer", 0.0, False),
+    ("<answer>x + 1</answer>", 0.1, False),                 # invalid characters
+    ("<answer>30 - (100 - 93)</answer><answer>30+93</answer>", 0.1, False),  # last block counts
+    ("<answer>30 / (100 - 100)</answer>", 0.1, False),
+])
+def test_countdown_reward(text, expected, compat):
+  assert countdown.reward(text, CD_ROW, compat) == expected
+
+
+def test_countdown_division_and_powers():
+  row = {"numbers": [8, 2, 3], "target": 12}
+  assert countdown.reward("<answer>8 / 2 * 3</answer>", row) == 1.0
+  assert countdown.safe_evaluate("7/2") == 3.5
+  row = {"numbers": [2, 3, 4], "target": 12}
+  # ** is not arithmetic of the task: invalid by default, evaluated (bounded) in d1_compat
+  assert countdown.reward("<answer>2**3+4</answer>", row) == 0.1
+  assert countdown.reward("<answer>2**3+4</answer>", row, d1_compat=True) == 1.0
+  start = time.perf_counter()
+  assert countdown.safe_evaluate("9**9**9**9", d1_compat=True) is None
+  assert countdown.safe_evaluate("(" * 500 + "1" + ")" * 500) is None
+  assert time.perf_counter() - start < 1.0
+
+
+def test_countdown_eval_reads_boxed_first():
+  text = "<answer>\n\\boxed{30 - (100 - 93)}\n</answer>"
+  assert countdown.TASK.score(text, CD_ROW) == Score(1.0, 1.0)
+  assert countdown.TASK.score("<answer>30-(100-93)</answer>", CD_ROW) == Score(1.0, 1.0)
+  assert countdown.TASK.score("\\boxed{30 \\times 1}", CD_ROW) == Score(0.0, 1.0)
+
+
+def test_countdown_generator_is_solvable_and_roundtrips(tmp_path):
+  rows = countdown.generate_problems(50, seed=0)
+  for row in rows:
+    assert countdown.equation_reward(row["solution"], row) == 1.0
+  path = tmp_path / "cd.jsonl"
+  path.write_text("\n".join(countdown.to_jsonl_row(r) for r in rows) + "\n")
+  loaded = data.load_countdown(str(path))
+  assert [(r["numbers"], r["target"]) for r in loaded] == [(r["numbers"], r["target"]) for r in rows]
+
+
+# ---------------------------------------------------------------- gsm8k
+
+
+GSM_ROW = {"question": "2+2?", "answer": "Two and two.\n#### 4"}
+GOOD = "<reasoning>\nadd\nthem\n</reasoning>\n<answer>\n4\n</answer>\n"
+
+
+def test_gsm8k_terms_default_and_d1_compat():
+  terms = gsm8k.TASK.reward_breakdown(GOOD, GSM_ROW)
+  assert terms == {"xml_count": 0.5, "soft_format": 0.5, "strict_format": 0.5, "int": 0.5,
+                   "correctness": 2.0}
+  compat = get_task("gsm8k", d1_compat=True).reward_breakdown(GOOD, GSM_ROW)
+  # without DOTALL a multi-line <reasoning> block never matches either format
+  assert compat["soft_format"] == 0.0 and compat["strict_format"] == 0.0
+  one_line = "<reasoning>\nadd\n</reasoning>\n<answer>\n4\n</answer>\n"
+  assert get_task("gsm8k", d1_compat=True).reward_breakdown(one_line, GSM_ROW)["strict_format"] == 0.5
+  assert gsm8k.TASK.reward("<answer>5</answer>", GSM_ROW) < 2.0
+  assert gsm8k.xml_count_reward(GOOD + "trailing junk", GSM_ROW) < 0.5
+
+
+def test_gsm8k_eval_parser():
+  assert gsm8k.TASK.score("<answer>\\boxed{4}</answer>", GSM_ROW) == Score(1.0, 1.0)
+  assert gsm8k.TASK.score("<answer>so it is 3 then 4</answer>", GSM_ROW) == Score(1.0, 1.0)
+  assert gsm8k.TASK.score("\\boxed{...} <answer>5</answer>", GSM_ROW) == Score(0.0, 1.0)
+
+
+# ---------------------------------------------------------------- math500
+
+
+@pytest.mark.parametrize("a, b", [
+    ("\\frac12", "\\frac{1}{2}"), ("0.5", "\\frac{1}{2}"), ("1/2", "\\frac{1}{2}"),
+    ("\\dfrac{3}{4}", "\\frac{3}{4}"), ("\\left(1,2\\right)", "(1,2)"), ("x = 5", "5"),
+    ("90^\\circ", "90"), ("\\sqrt2", "\\sqrt{2}"), (".5", "0.5"), ("10\\%", "10"),
+    ("5 \\text{ cm}", "5"), ("\\$3", "3"),
+])
+def test_math_normalisation_equivalences(a, b):
+  assert math500.is_equiv(a, b)
+
+
+def test_math_not_equivalent_and_boxed_extraction():
+  assert not math500.is_equiv("\\frac{1}{3}", "\\frac{1}{2}")
+  assert math500.last_boxed("a \\boxed{\\frac{1}{2}} b \\boxed{x^{2}}") == "\\boxed{x^{2}}"
+  assert math500.strip_boxed("\\boxed{x^{2}}") == "x^{2}"
+  assert math500.last_boxed("\\boxed{unclosed") is None
+
+
+def test_math_rewards_default_and_d1_compat():
+  row = {"problem": "?", "answer": "\\frac{1}{2}"}
+  text = "<reasoning>r</reasoning><answer>\\boxed{\\dfrac{1}{2}}</answer>"
+  assert math500.TASK.reward_breakdown(text, row) == {"correctness": 2.0, "format": 1.0}
+  # d1's "\boxed" literal is a backspace + "oxed": the boxed bonus never applies
+  assert get_task("math500", d1_compat=True).reward_breakdown(text, row)["format"] == 0.75
+  assert math500.TASK.reward_breakdown("\\boxed{3}", row) == {"correctness": 0.0, "format": 0.5}
+  assert math500.TASK.score(text, row) == Score(1.0, 1.0)
+  solution_only = {"problem": "?", "solution": "so \\boxed{7}."}
+  assert math500.TASK.score("\\boxed{7}", solution_only) == Score(1.0, 1.0)
+
+
+# ---------------------------------------------------------------- properties
+
+ANY_TEXT = st.one_of(
+    st.text(max_size=300),
+    st.builds(lambda a, b: f"<answer>{a}</answer>{b}", st.text(max_size=200), st.text(max_size=50)),
+    st.builds(lambda n: f"<answer>{n}**{n}**{n}</answer>", st.integers(-10**30, 10**30)),
+    st.builds(lambda d: "<answer>" + "(" * d + "1+2" + ")" * d + "</answer>",
+              st.integers(0, 3000)),
+    st.builds(lambda s: "\\boxed{" + s + "}", st.text(max_size=100)),
+    st.just("<answer>" + "9" * 5000 + "</answer>" * 3),
+)
+RANGES = {"sudoku": (0.0, 1.0), "countdown": (0.0, 1.0), "gsm8k": (-math.inf, 4.0),
+          "math500": (0.0, 3.0)}
+ROWS = {"sudoku": SUDOKU_ROW, "countdown": CD_ROW, "gsm8k": GSM_ROW,
+        "math500": {"problem": "?", "answer": "\\frac{1}{2}"}}
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=ANY_TEXT, compat=st.booleans())
+def test_rewards_and_metrics_never_raise_and_stay_in_range(text, compat):
+  for name, (low, high) in RANGES.items():
+    task = get_task(name, d1_compat=compat)
+    start = time.perf_counter()
+    value = task.reward(text, ROWS[name])
+    s = task.score(text, ROWS[name])
+    assert time.perf_counter() - start < 2.0
+    assert math.isfinite(value) and low <= value <= high, (name, value)
+    assert 0.0 <= s.correct <= s.total
+
+
+@settings(max_examples=200, deadline=None)
+@given(expr=st.text(alphabet="0123456789+-*/(). ", max_size=120))
+def test_safe_evaluate_is_arithmetic_only_and_bounded(expr):
+  for compat in (False, True):
+    start = time.perf_counter()
+    value = countdown.safe_evaluate(expr, compat)
+    assert time.perf_counter() - start < 0.5
+    assert value is None or (math.isfinite(value) and abs(value) <= countdown.MAX_MAGNITUDE)
+
+
+def test_safe_evaluate_never_executes_code():
+  for attack in ["__import__('os').system('true')", "(1).__class__", "[1]*10**9", "1 if 1 else 2",
+                 "lambda: 1", "1e400"]:
+    assert countdown.safe_evaluate(attack, d1_compat=True) is None
+
+
+# ---------------------------------------------------------------- data files
+
+
+def test_malformed_rows_name_file_and_line(tmp_path):
+  csv_path = tmp_path / "s.csv"
+  csv_path.write_text("Puzzle,Solution\n3102200002100320,3142243142131324\n31022000021003,314\n")
+  with pytest.raises(data.DataError, match=r"s\.csv:3: puzzle '31022000021003' is not 16 digits"):
+    data.load_sudoku_csv(str(csv_path))
+  csv_path.write_text("Puzzle,Solution\n3102200002100320,3142243142131323\n")
+  with pytest.raises(data.DataError, match=r"s\.csv:2: solution .* is not a valid 4x4 grid"):
+    data.load_sudoku_csv(str(csv_path))
+  csv_path.write_text("puzzle;solution\n")
+  with pytest.raises(data.DataError, match=r"s\.csv:1: expected header"):
+    data.load_sudoku_csv(str(csv_path))
+  jl = tmp_path / "c.jsonl"
+  jl.write_text('{"input": "1,2,3", "output": "6"}\n{"input": "1,2", "output": oops}\n')
+  with pytest.raises(data.DataError, match=r"c\.jsonl:2: invalid JSON"):
+    data.load_countdown(str(jl))
+  jl.write_text('{"input": "1,2,3", "output": "6"}\n\n{"input": "1,x,3", "output": "6"}\n')
+  with pytest.raises(data.DataError, match=r"c\.jsonl:3: numbers/target are not integers"):
+    data.load_countdown(str(jl))
+  g = tmp_path / "g.jsonl"
+  g.write_text('{"question": "q", "answer": "no hash"}\n')
+  with pytest.raises(data.DataError, match=r"g\.jsonl:1: answer has no '#### <number>'"):
+    data.load_gsm8k(str(g))
+  m = tmp_path / "m.jsonl"
+  m.write_text('{"problem": "p", "answer": "1"}\n{"question": "p"}\n')
+  with pytest.raises(data.DataError, match=r"m\.jsonl:2: missing field\(s\) \['problem'\]"):
+    data.load_math(str(m))
+  with pytest.raises(data.DataError, match="does not exist"):
+    data.load_gsm8k(str(tmp_path / "absent.jsonl"))
+
+
+def test_hf_formats_from_local_files(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  pq.write_table(pa.table({"question": ["a?", "b?"], "answer": ["x\n#### 1", "y\n#### 2"]}),
+                 str(tmp_path / "gsm.parquet"))
+  rows = data.load_gsm8k(str(tmp_path / "gsm.parquet"))
+  assert [gsm8k.reference_answer(r) for r in rows] == ["1", "2"]
+  pq.write_table(pa.table({"nums": [[1, 2, 3]], "target": [6]}), str(tmp_path / "cd.parquet"))
+  assert data.load_countdown(str(tmp_path / "cd.parquet")) == [{"numbers": [1, 2, 3], "target": 6}]
+  (tmp_path / "math.jsonl").write_text(
+      '{"problem": "p", "solution": "s \\\\boxed{2}", "answer": "2", "subject": "Algebra", '
+      '"level": 1, "unique_id": "test/x.json"}\n')
+  row = data.load_math(str(tmp_path / "math.jsonl"))[0]
+  assert math500.reference_answer(row) == "2"
+
+
+def test_bundled_sets_and_d1_subset():
+  sud, cd = data.load_rows("sudoku"), data.load_rows("countdown")
+  assert len(sud) == 500 and len(cd) == 256
+  idx = data.d1_eval_subset(sud, 256, seed=42)
+  assert len(set(idx)) == 256 and idx == data.d1_eval_subset(sud, 256, seed=42)
+  assert sorted(data.d1_eval_subset(cd, 256)) == list(range(256))
+
+
+def test_tfds_data_source_without_tensorflow(tmp_path):
+  import importlib.util
+  from dispo_jax.tasks import tfds_builder
+  assert importlib.util.find_spec("tensorflow") is None
+  (tmp_path / "manual").mkdir()
+  (tmp_path / "manual" / "train.jsonl").write_text(
+      "\n".join(countdown.to_jsonl_row(r) for r in countdown.generate_problems(5)) + "\n")
+  sources = tfds_builder.prepare("countdown", str(tmp_path / "tfds"), str(tmp_path / "manual"))
+  assert set(sources) == {"train", "test"}
+  assert tfds_builder.rows_in_order(sources["test"]) == data.load_rows("countdown")
+  assert len(sources["train"]) == 5
