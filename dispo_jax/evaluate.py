@@ -57,10 +57,16 @@ def _read_done(path: str) -> list[dict]:
 def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, gen_length: int,
                   block_length: int, batch_size: int, max_prompt_length: int, mask_id: int,
                   eos_id: int, out_path: str | None = None, mask_padding: bool = True,
-                  seed: int = 0, progress: bool = True) -> dict[str, Any]:
-  """Greedy d1-protocol evaluation of ``rows``; appends to ``out_path`` and resumes from it."""
+                  seed: int = 0, progress: bool = True, prompt_fn=None,
+                  steps: int | None = None) -> dict[str, Any]:
+  """Greedy d1-protocol evaluation of ``rows``; appends to ``out_path`` and resumes from it.
+
+  ``prompt_fn`` (default ``task.eval_prompt``) gives the user content; ``steps`` defaults to d1's
+  ``gen_length // 2``.
+  """
+  prompt_fn = prompt_fn or task.eval_prompt
   settings = SamplerSettings(gen_length=gen_length, block_length=min(block_length, gen_length),
-                             steps=gen_length // 2, temperature=0.0, mask_id=mask_id,
+                             steps=steps or gen_length // 2, temperature=0.0, mask_id=mask_id,
                              mask_padding=mask_padding)
   done = _read_done(out_path) if out_path else []
   scores = [Score(d["correct"], d["total"]) for d in done]
@@ -70,7 +76,7 @@ def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, g
     for lo in tqdm(range(start, len(rows), batch_size), disable=not progress,
                    desc=f"{task.name}@{gen_length}"):
       batch = rows[lo:lo + batch_size]
-      prompts = [tok.render_chat(task.eval_prompt(r)) for r in batch]
+      prompts = [tok.render_chat(prompt_fn(r)) for r in batch]
       pad = batch_size - len(batch)  # keep one compiled shape
       texts = generate_texts(graphdef, state, tokenizer, prompts + prompts[:1] * pad, settings,
                              max_prompt_length, eos_id, jax.random.key(seed + lo))[:len(batch)]

@@ -25,8 +25,9 @@ def test_mesh_axis_types_are_explicitly_auto():
   assert mesh.axis_names == ("data", "fsdp", "tensor")
   assert tuple(mesh.axis_types) == (AxisType.Auto,) * 3
   assert sharding.make_mesh(data=-1, tensor=2).shape["data"] == 4
-  with pytest.raises(ValueError, match="needs 6 devices"):
-    sharding.make_mesh(data=3, fsdp=2)
+  with pytest.raises(ValueError, match="needs 16 devices"):
+    sharding.make_mesh(data=4, fsdp=4)
+  assert sharding.make_mesh(data=1).devices.size == 1  # a sub-mesh of the first devices
 
 
 def test_indivisible_dimension_is_replicated():

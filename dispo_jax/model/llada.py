@@ -265,6 +265,16 @@ def merge_model(graphdef: nnx.GraphDef, state) -> "LLaDA":
   return nnx.merge(graphdef, state)
 
 
+def add_lora(cfg: LLaDAConfig, base_state: nnx.State, lora: LoRAConfig, seed: int = 0
+             ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """``(graphdef, lora_state, base_state)`` for a base model (e.g. a loaded checkpoint) plus fresh
+  adapters; only the adapters are materialised (the jitted init's base weights are dead code)."""
+  graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=model_rngs(seed), lora=lora)),
+                             LoRAParam, ...)
+  init = jax.jit(lambda: nnx.split(LLaDA(cfg, rngs=model_rngs(seed), lora=lora), LoRAParam, ...)[1])
+  return graphdef, init(), base_state
+
+
 def split_lora(graphdef: nnx.GraphDef, state: nnx.State
                ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
   """``(graphdef, lora_state, base_state)``: the trainable adapters apart from the frozen base."""

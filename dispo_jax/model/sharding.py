@@ -57,9 +57,13 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
     if len(devices) % known:
       raise ValueError(f"{len(devices)} devices cannot fill mesh {dict(zip(MESH_AXES, shape))}")
     shape[shape.index(-1)] = len(devices) // known
-  if math.prod(shape) != len(devices):
+  if math.prod(shape) > len(devices):
     raise ValueError(f"Mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
                      f"have {len(devices)}")
+  if math.prod(shape) < len(devices):
+    logging.warning("Mesh %s uses %d of %d devices", dict(zip(MESH_AXES, shape)),
+                    math.prod(shape), len(devices))
+    devices = devices[:math.prod(shape)]
   return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 

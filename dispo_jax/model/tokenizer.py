@@ -108,18 +108,22 @@ def padding_mask(lengths: np.ndarray, length: int) -> np.ndarray:
   return np.arange(length)[None, :] >= (length - np.asarray(lengths))[:, None]
 
 
-def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, folder: str | None = None):
+def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, folder: str | None = None,
+                        individual_digits: bool = False):
   """Trains a small byte-level BPE tokenizer with LLaDA's special tokens.
 
   The special tokens take ids ``0..5`` in :data:`SPECIAL_TOKENS` order. If ``folder`` is given the
   tokenizer is saved there (``tokenizer.json`` + config) and can be loaded with
-  :func:`load_tokenizer`. Returns the ``PreTrainedTokenizerFast``.
+  :func:`load_tokenizer`. ``individual_digits`` keeps every digit its own token (Sudoku cells).
+  Returns the ``PreTrainedTokenizerFast``.
   """
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
   from transformers import PreTrainedTokenizerFast
 
   tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                byte_level]) if individual_digits else byte_level)
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

@@ -46,6 +46,14 @@ class RolloutSettings:
   branch_advantage: str = "mean"
 
 
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-host sharded) array as a full host ``np.ndarray`` on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def _checked_rewards(values, expected: int, what: str) -> np.ndarray:
   rewards = np.asarray(values, dtype=np.float32)
   if rewards.shape != (expected,):
@@ -58,12 +66,13 @@ def _checked_rewards(values, expected: int, what: str) -> np.ndarray:
 def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
             prompt_lengths: np.ndarray, reward_fn: RewardFn, sampler: SamplerSettings,
             objective: ObjectiveSettings, rollout: RolloutSettings, eos_id: int,
-            row_offset: int = 0) -> tuple[RLBatch, Dict[str, Any]]:
+            row_offset: int = 0, row_sharding=None) -> tuple[RLBatch, Dict[str, Any]]:
   """Runs the rollout for ``n`` prompts × K and returns the batch (without old/ref log-probs).
 
   Args:
     prompt_tokens: ``[n, P]`` int32 left-padded prompts; lengths ``[n]``.
     row_offset: global index of this batch's first row (for per-row prompt masks across hosts).
+    row_sharding: optional ``NamedSharding`` of ``[rows, length]`` arrays (rows over the data axes).
   Returns:
     ``(batch, metrics)``; metrics hold host floats and the rollout itself under ``"rollout"``.
   """
@@ -72,6 +81,10 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
   rows = n_prompts * k
   prompts = jnp.repeat(jnp.asarray(prompt_tokens, jnp.int32), k, axis=0)
   lengths = jnp.repeat(jnp.asarray(prompt_lengths, jnp.int32), k, axis=0)
+  if row_sharding is not None:
+    rows_1d = jax.sharding.NamedSharding(row_sharding.mesh,
+                                         jax.sharding.PartitionSpec(row_sharding.spec[0]))
+    prompts, lengths = jax.device_put((prompts, lengths), (row_sharding, rows_1d))
   prompt_index = np.repeat(np.arange(n_prompts), k)
   step_key, sample_key, branch_key = jax.random.split(key, 3)
 
@@ -82,7 +95,7 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
                                        rollout.timestep_degree)
   result = generate(graphdef, params, prompts, lengths, sample_key, sampler, branch_steps)
   completion = result.completion
-  rewards = _checked_rewards(reward_fn(np.asarray(completion), prompt_index), rows, "completions")
+  rewards = _checked_rewards(reward_fn(to_host(completion), prompt_index), rows, "completions")
   advantages = group_advantages(jnp.asarray(rewards), k, rollout.terminal_advantage)
   metrics: Dict[str, Any] = dict(group_diagnostics(jnp.asarray(rewards), advantages, k))
 
@@ -100,7 +113,7 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
     filled, action_mask = sample_branches(branch_key, result.branch_canvas, result.branch_logits,
                                           result.branch_logit_ids, z, temperature, sampler.mask_id)
     n_states = filled.shape[1]
-    flat = np.asarray(filled).reshape(rows * n_states * z, -1)
+    flat = to_host(filled).reshape(rows * n_states * z, -1)
     branch_rewards = _checked_rewards(
         reward_fn(flat, np.repeat(prompt_index, n_states * z)), flat.shape[0], "branches")
     branch_rewards = jnp.asarray(branch_rewards.reshape(rows, n_states, z))

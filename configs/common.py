@@ -1,0 +1,117 @@
+"""The paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO, SPEC §1-2) as one table of hyperparameters,
+and the tiny CPU variant. Task config files override what differs."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "sudoku"
+  c.method = "dispo"             # diffu_grpo | dispo
+  c.d1_compat = False
+  c.seed = 0
+  c.num_steps = 3800             # optimizer steps (d1: Sudoku 3800, Countdown 5000, GSM8K 7700, MATH 6600)
+  c.max_steps = -1               # >0 caps this run (the schedule still uses num_steps)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.checkpoint = ""        # HF LLaDA folder (LLaDA-8B-Instruct); "" = tiny setting
+  c.model.tokenizer = ""         # default: the checkpoint folder
+  c.model.preset = "tiny"        # tiny setting only
+  c.model.overrides = ml_collections.ConfigDict()
+  c.model.param_dtype = "bfloat16"
+  c.model.compute_dtype = "bfloat16"
+  c.model.remat = True
+
+  c.lora = ml_collections.ConfigDict()
+  c.lora.enabled = True
+  c.lora.rank = 128
+  c.lora.alpha = 64.0
+  c.lora.dropout = 0.05
+  c.lora.targets = ("q_proj", "k_proj", "v_proj", "up_proj")
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 3e-6
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.99
+  c.optim.weight_decay = 0.1
+  c.optim.grad_clip = 0.2
+  c.optim.warmup_steps = 0
+
+  c.rollout = ml_collections.ConfigDict()
+  c.rollout.prompts_per_step = 16
+  c.rollout.group_size = 6
+  c.rollout.gen_length = 256
+  c.rollout.block_length = 32
+  c.rollout.steps = 128
+  c.rollout.temperature = 0.9
+  c.rollout.remasking = "low_confidence"
+  c.rollout.max_prompt_length = 200
+  c.rollout.mask_padding = True
+  c.rollout.cache_top_k = 0      # 0 caches full-vocabulary logits at branch states
+
+  c.rl = ml_collections.ConfigDict()
+  c.rl.num_iterations = 8        # μ
+  c.rl.epsilon = 0.5
+  c.rl.beta = 0.04
+  c.rl.p_mask_prompt = 0.15
+  c.rl.alpha_base = 1.0
+  c.rl.alpha_step = 0.5
+  c.rl.num_branches = 2          # Z
+  c.rl.states_per_prompt = 1     # |T_sub|
+  c.rl.timestep_schedule = "late"
+  c.rl.timestep_degree = 4.0
+  c.rl.branch_advantage = "mean"  # mean (paper) | leave_one_out (unbiased)
+  c.rl.step_normaliser = "tokens"
+  c.rl.num_microbatches = 1
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train_file = ""         # local HF-format file (GSM8K, MATH, Countdown); Sudoku: d1 CSV
+  c.data.eval_file = ""
+  c.data.num_train = 4000        # tiny setting: generated puzzles
+  c.data.num_test = 256
+  c.data.test_fraction = 0.2
+  c.data.num_blanks = (6, 10)
+
+  c.base = ml_collections.ConfigDict()  # tiny setting: SFT of the base model
+  c.base.steps = 0
+  c.base.batch_size = 64
+  c.base.learning_rate = 3e-3
+
+  c.checkpoint_every = 100
+  c.keep_checkpoints = 3
+  c.log_every = 1
+  c.eval_every = 200
+  c.eval_rows = 256
+  c.max_bad_steps = 5            # consecutive non-finite updates before the run stops
+  c.export_hf = True
+  return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The CPU setting: a tiny LLaDA SFT'd here on compact Sudoku, full fine-tuning, fp32."""
+  c.model.checkpoint = ""
+  c.model.preset = "tiny"
+  c.model.overrides = ml_collections.ConfigDict({"d_model": 128, "n_layers": 4, "n_heads": 4,
+                                                 "mlp_hidden_size": 384})
+  c.model.param_dtype = "float32"
+  c.model.compute_dtype = "float32"
+  c.model.remat = False
+  c.lora.enabled = False
+  c.optim.learning_rate = 3e-5
+  c.optim.grad_clip = 1.0
+  c.rollout.prompts_per_step = 8
+  c.rollout.group_size = 8
+  c.rollout.gen_length = 24
+  c.rollout.block_length = 24
+  c.rollout.steps = 6
+  c.rollout.max_prompt_length = 32
+  c.rollout.temperature = 0.9
+  c.rl.num_iterations = 4
+  c.num_steps = 60
+  c.base.steps = 600
+  c.checkpoint_every = 20
+  c.eval_every = 30
+  c.eval_rows = 128
+  return c

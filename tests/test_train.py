@@ -1,0 +1,219 @@
+"""The training program: config guards, a short tiny run, resume exactness, SIGTERM, sharding."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import sudoku as sudoku_config
+from dispo_jax import train as train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(**changes):
+  """The tiny Sudoku config shrunk further for tests (the base SFT takes seconds)."""
+  c = sudoku_config.get_config("tiny")
+  c.model.overrides.d_model = 32
+  c.model.overrides.n_layers = 1
+  c.model.overrides.n_heads = 2
+  c.model.overrides.mlp_hidden_size = 64
+  c.base.steps = 150
+  c.base.learning_rate = 1e-2
+  c.rollout.prompts_per_step = 2
+  c.rollout.group_size = 4
+  c.rl.num_iterations = 2
+  c.data.num_train = 200
+  c.data.num_test = 16
+  c.eval_rows = 8
+  c.eval_every = 0
+  c.checkpoint_every = 2
+  c.num_steps = 4
+  c.export_hf = False
+  c.mesh.data = 1  # the same single device in-process (8 fake devices) and in subprocesses
+  for key, value in changes.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+  """A workdir holding the SFT'd tiny base and tokenizer, copied into each test's workdir."""
+  folder = str(tmp_path_factory.mktemp("base"))
+  train_lib.tiny_lib.prepare_base(small_config(), folder)
+  return folder
+
+
+def _workdir(tmp_path, base_dir, name):
+  path = tmp_path / name
+  path.mkdir()
+  for sub in ("base", "tokenizer"):
+    shutil.copytree(os.path.join(base_dir, sub), path / sub)
+  return str(path)
+
+
+def _metrics(workdir):
+  return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("rl.alpha_step", -0.5, r"config\.rl\.alpha_step=-0\.5 is invalid"),
+    ("method", "ppo", r"config\.method='ppo' is invalid"),
+    ("rollout.group_size", 1, r"config\.rollout\.group_size=1 is invalid"),
+    ("rl.num_microbatches", 3, r"config\.rl\.num_microbatches=3 is invalid"),
+    ("rollout.block_length", 7, r"gen_length=24 is not a multiple of block_length=7"),
+    ("lora.rank", 0, r"rank must be positive"),
+])
+def test_bad_config_values_fail_before_compute(key, value, match):
+  c = small_config(**{key: value})
+  if key == "lora.rank":
+    c.lora.enabled = True
+  with pytest.raises(ValueError, match=match):
+    train_lib.validate_config(c)
+
+
+def test_unknown_config_key_is_named_on_the_command_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "dispo_jax.train", "--config=configs/sudoku.py:tiny",
+       f"--workdir={tmp_path}", "--config.rl.alpha_stepp=0.1"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "alpha_stepp" in result.stderr
+  assert not os.path.exists(tmp_path / "base")  # nothing was computed
+
+
+def test_tiny_run_logs_checkpoints_and_exports(tmp_path, base_dir):
+  workdir = _workdir(tmp_path, base_dir, "run")
+  c = small_config(export_hf=True, eval_every=2)
+  final = train_lib.train(c, workdir)
+  rows = _metrics(workdir)
+  assert [r["step"] for r in rows if "reward_mean" in r] == [0, 1, 2, 3]
+  assert any("eval/accuracy" in r for r in rows)
+  train_rows = [r for r in rows if "reward_mean" in r]
+  for name in ("reward_mean", "base/kl", "base/clip_frac", "step/distinguishable_frac",
+               "step/distinguishable_late", "loss", "grad_norm"):
+    assert name in train_rows[0], name
+  assert final["skipped_updates"] == 0
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"
+  assert os.path.exists(os.path.join(workdir, "export", "model.safetensors.index.json"))
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def _trainable_leaves(workdir):
+  import orbax.checkpoint as ocp
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  step = manager.latest_step()
+  restored = manager.restore(step, args=ocp.args.Composite(
+      trainable=ocp.args.StandardRestore()))
+  return step, jax.tree.leaves(restored["trainable"])
+
+
+def _cli(workdir):
+  return [sys.executable, "-m", "dispo_jax.train", "--config=configs/sudoku.py:tiny",
+          f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in _flags().items()]
+
+
+def test_resume_after_kill_9_repeats_the_straight_run(tmp_path, base_dir):
+  """All runs are subprocesses: the same XLA environment (threads, devices) for every one."""
+  straight = _workdir(tmp_path, base_dir, "straight")
+  subprocess.run(_cli(straight), cwd=REPO, check=True, capture_output=True, timeout=600)
+
+  resumed = _workdir(tmp_path, base_dir, "resumed")
+  proc = subprocess.Popen(_cli(resumed) + ["--config.checkpoint_every=2"], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  ckpt = os.path.join(resumed, "checkpoints", "2")
+  while time.time() < deadline and not os.path.isdir(ckpt):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.isdir(ckpt), "no checkpoint at step 2 before the kill"
+  subprocess.run(_cli(resumed), cwd=REPO, check=True, capture_output=True, timeout=600)
+
+  a_step, a = _trainable_leaves(straight)
+  b_step, b = _trainable_leaves(resumed)
+  assert a_step == b_step == 4
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  ma = {r["step"]: r for r in _metrics(straight) if "reward_mean" in r}
+  mb = {r["step"]: r for r in _metrics(resumed) if "reward_mean" in r}
+  assert sorted(ma) == sorted(mb) == [0, 1, 2, 3]
+  for step in ma:
+    for key in ("reward_mean", "loss", "base/kl"):
+      assert ma[step][key] == mb[step][key], (step, key)
+
+
+def _flags():
+  """small_config() as command-line overrides of configs/sudoku.py:tiny."""
+  return {"model.overrides.d_model": 32, "model.overrides.n_layers": 1,
+          "model.overrides.n_heads": 2, "model.overrides.mlp_hidden_size": 64,
+          "base.steps": 150, "base.learning_rate": 0.01, "rollout.prompts_per_step": 2, "rollout.group_size": 4,
+          "rl.num_iterations": 2, "data.num_train": 200, "data.num_test": 16, "eval_rows": 8,
+          "eval_every": 0, "num_steps": 4, "export_hf": False, "mesh.data": 1}
+
+
+def test_sigterm_saves_a_usable_checkpoint(tmp_path, base_dir):
+  workdir = _workdir(tmp_path, base_dir, "term")
+  proc = subprocess.Popen(_cli(workdir) + ["--config.num_steps=1000", "--config.checkpoint_every=1000"],
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and not (os.path.exists(metrics) and open(metrics).read()):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  step, leaves = _trainable_leaves(workdir)
+  assert 1 <= step < 1000 and leaves
+  c = small_config(num_steps=1000, max_steps=1)  # resumes from it
+  train_lib.train(c, workdir)
+  assert _trainable_leaves(workdir)[0] == step + 1
+
+
+def test_non_finite_updates_stop_the_run_with_the_checkpoint_intact(tmp_path, base_dir, monkeypatch):
+  workdir = _workdir(tmp_path, base_dir, "nan")
+  train_lib.train(small_config(num_steps=2), workdir)  # a good checkpoint at step 2
+  real = train_lib.learner.make_update_fn
+
+  def poisoned(*args, **kwargs):
+    update = real(*args, **kwargs)
+    def wrapped(trainable, frozen, opt_state, batch, *rest):
+      return update(trainable, frozen, opt_state,
+                    batch.replace(advantages=batch.advantages * np.nan), *rest)
+    return wrapped
+
+  monkeypatch.setattr(train_lib.learner, "make_update_fn", poisoned)
+  with pytest.raises(RuntimeError, match=r"2 consecutive steps had non-finite losses.*last good "
+                     r"checkpoint \(step 2\) is intact"):
+    train_lib.train(small_config(num_steps=10, max_bad_steps=2), workdir)
+  assert _trainable_leaves(workdir)[0] == 2
+  rows = [r for r in _metrics(workdir) if "skipped_updates" in r]
+  assert rows[-1]["skipped_updates"] == 2.0
+
+
+@pytest.mark.parametrize("mesh", [(2, 4, 1), (8, 1, 1)])
+def test_sharded_training_matches_one_device(tmp_path, base_dir, mesh):
+  results = {}
+  for name, shape in (("one", (1, 1, 1)), ("many", mesh)):
+    workdir = _workdir(tmp_path, base_dir, name)
+    c = small_config(num_steps=2)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = shape
+    train_lib.train(c, workdir)
+    results[name] = ([r for r in _metrics(workdir) if "loss" in r], _trainable_leaves(workdir)[1])
+  (m1, p1), (m8, p8) = results["one"], results["many"]
+  for a, b in zip(m1, m8):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
+    assert a["reward_mean"] == b["reward_mean"]
+  for x, y in zip(p1, p8):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
