@@ -259,10 +259,13 @@ def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens: Array,
 
 
 def merge_model(graphdef: nnx.GraphDef, state) -> "LLaDA":
-  """The module from a state, or from a tuple of states (e.g. ``(base, lora)``)."""
-  if isinstance(state, tuple):
-    return nnx.merge(graphdef, *state)
-  return nnx.merge(graphdef, state)
+  """The module from a state, or from a tuple of states (e.g. ``(base, lora)``).
+
+  The states are rebuilt (``tree.map`` identity) so that a state captured from an outer trace, e.g.
+  frozen weights closed over by a ``lax.scan`` body, yields variables of the current trace.
+  """
+  states = state if isinstance(state, tuple) else (state,)
+  return nnx.merge(graphdef, *(jax.tree.map(lambda x: x, s) for s in states))
 
 
 def add_lora(cfg: LLaDAConfig, base_state: nnx.State, lora: LoRAConfig, seed: int = 0

@@ -1,0 +1,151 @@
+"""Writes the Colab notebooks from these cell sources (the .ipynb files are generated; edit here).
+
+  python notebooks/make_notebooks.py
+"""
+
+import os
+
+import nbformat
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+INSTALL = """\
+# Colab / fresh runtime: install dispo_jax (skipped when it is already importable, e.g. in the tests).
+import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("dispo_jax") is None:
+    if not os.path.exists("dispo_jax"):
+        repo = os.environ.get("DISPO_JAX_REPO")  # e.g. %env DISPO_JAX_REPO=https://github.com/<you>/dispo_jax
+        if not repo:
+            raise RuntimeError("Set DISPO_JAX_REPO to the git URL of dispo_jax (or upload the repo "
+                               "folder as ./dispo_jax) and rerun this cell.")
+        subprocess.run(["git", "clone", "--depth=1", repo, "dispo_jax"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "dispo_jax"], check=True)
+    sys.path.insert(0, os.path.abspath("dispo_jax"))
+"""
+
+RUNTIME = """\
+import jax
+backend = jax.default_backend()   # 'cpu', 'gpu' or 'tpu'
+print(f"JAX {jax.__version__} on {backend}: {jax.device_count()} device(s) {jax.devices()[0].device_kind}")
+# On CPU we keep everything tiny; on an accelerator the same cells run larger settings.
+SMOKE = os.environ.get("DISPO_NOTEBOOK_SMOKE") == "1"   # the test suite runs a reduced setting
+"""
+
+SAMPLER_CELLS = [
+    ("markdown", "# LLaDA's sampler, step by step\n\nA masked diffusion LM starts from a canvas of "
+     "`[MASK]` tokens and commits a few tokens per step, most confident first, block by block. "
+     "This notebook trains a tiny LLaDA on compact 4×4 Sudoku (LLaDA's SFT objective), then shows "
+     "**which token is committed at which step** — the `commit_step` record that the jitted sampler "
+     "returns — and the state canvases DiSPO branches from."),
+    ("code", INSTALL),
+    ("code", RUNTIME),
+    ("code", """\
+import numpy as np, matplotlib.pyplot as plt, jax.numpy as jnp
+from configs import sudoku as sudoku_config
+from dispo_jax import tiny
+from dispo_jax.model import tokenizer as tok
+from dispo_jax.sampling import SamplerSettings, generate
+
+c = sudoku_config.get_config("tiny")
+c.base.steps = 40 if SMOKE else (300 if backend == "cpu" else 1500)
+if SMOKE:
+    c.model.overrides.d_model, c.model.overrides.n_layers = 32, 1
+    c.data.num_train = 200
+workdir = "/tmp/dispo_notebook_sampler" + ("_smoke" if SMOKE else "")
+tokenizer, cfg, graphdef, state = tiny.prepare_base(c, workdir)
+train_rows, test_rows = tiny.task_rows(c)
+print(cfg)"""),
+    ("code", """\
+rows = test_rows[:4]
+prompts = [tok.render_chat(tiny.compact_prompt(r)) for r in rows]
+tokens, lengths = tok.encode_prompts(tokenizer, prompts, c.rollout.max_prompt_length)
+settings = SamplerSettings(gen_length=c.rollout.gen_length, block_length=c.rollout.gen_length // 2,
+                           steps=8, temperature=0.0, mask_id=cfg.mask_token_id)
+every_step = jnp.tile(jnp.arange(settings.steps)[None], (len(rows), 1))
+rollout = generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths),
+                   jax.random.key(0), settings, branch_steps=every_step)
+commit = np.asarray(rollout.commit_step)
+print("tokens committed per step:", settings.commits_per_step())"""),
+    ("code", """\
+fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.4 * len(rows)), squeeze=False)
+for ax, row, steps, toks in zip(axes[:, 0], rows, commit, np.asarray(rollout.completion)):
+    ax.imshow(steps[None], cmap="viridis", aspect="auto", vmin=0, vmax=settings.steps - 1)
+    for i, t in enumerate(toks):
+        ax.text(i, 0, tokenizer.decode([int(t)]), ha="center", va="center", color="w", fontsize=8)
+    ax.set_yticks([]); ax.set_title(f"puzzle {row['puzzle']}  solution {row['solution']}", fontsize=9)
+axes[-1, 0].set_xlabel("completion position (colour = step at which the token was committed)")
+plt.tight_layout(); plt.show()"""),
+    ("code", """\
+# The state canvases x_t of row 0 (what DiSPO branches from): MASK shown as '·'.
+for t in range(settings.steps):
+    canvas = np.asarray(rollout.branch_canvas[0, t])
+    text = "".join("·" if x == cfg.mask_token_id else tokenizer.decode([int(x)]) for x in canvas)
+    print(f"t={t}: {text}")"""),
+]
+
+DISPO_CELLS = [
+    ("markdown", "# DiSPO vs diffu-GRPO on tiny Sudoku\n\nBoth methods use the same rollouts, the "
+     "same number of optimizer steps and μ inner updates (matched compute). DiSPO adds a "
+     "fixed-state term: at one intermediate state per trajectory (drawn from a late-biased ω(t)) "
+     "it draws Z = 2 fillings of the masked cells from the cached logits, scores them with the "
+     "same reward, and pushes up the better filling. See `docs/RESULTS.md` for the multi-seed "
+     "study."),
+    ("code", INSTALL),
+    ("code", RUNTIME),
+    ("code", """\
+import json, shutil
+import matplotlib.pyplot as plt
+from configs import sudoku as sudoku_config
+from dispo_jax import train
+
+def config(method):
+    c = sudoku_config.get_config("tiny")
+    c.method = method
+    if SMOKE:
+        c.model.overrides.d_model, c.model.overrides.n_layers = 32, 1
+        c.base.steps, c.num_steps, c.data.num_train, c.eval_rows = 40, 2, 200, 8
+        c.rollout.prompts_per_step, c.rollout.group_size, c.rl.num_iterations = 2, 4, 1
+        c.eval_every, c.export_hf = 2, False
+    return c
+
+root = "/tmp/dispo_notebook_compare" + ("_smoke" if SMOKE else "")
+runs = {}
+for method in ("diffu_grpo", "dispo"):
+    workdir = f"{root}/{method}"
+    if method == "dispo" and os.path.exists(f"{root}/diffu_grpo/base"):   # share the SFT'd base
+        for sub in ("base", "tokenizer"):
+            if not os.path.exists(f"{workdir}/{sub}"):
+                shutil.copytree(f"{root}/diffu_grpo/{sub}", f"{workdir}/{sub}")
+    train.train(config(method), workdir)
+    runs[method] = [json.loads(l) for l in open(f"{workdir}/metrics.jsonl")]"""),
+    ("code", """\
+fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))
+for method, rows in runs.items():
+    steps = [r["step"] for r in rows if "reward_mean" in r]
+    a.plot(steps, [r["reward_mean"] for r in rows if "reward_mean" in r], label=method)
+    ev = [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+    b.plot(*zip(*ev), marker="o", label=method)
+a.set(xlabel="optimizer step", ylabel="rollout reward", title="training reward")
+b.set(xlabel="optimizer step", ylabel="held-out cell accuracy", title="greedy evaluation")
+a.legend(); b.legend(); plt.tight_layout(); plt.show()"""),
+    ("code", """\
+# DiSPO's diagnostics: how often do the Z = 2 branches of a state get different rewards, by timestep bin?
+dispo = [r for r in runs["dispo"] if "step/distinguishable_frac" in r]
+for name in ("early", "mid", "late"):
+    vals = [r[f"step/distinguishable_{name}"] for r in dispo if r.get(f"step/states_{name}", 0) > 0]
+    print(f"{name:5s}: {sum(vals) / len(vals):.3f} over {len(vals)} steps" if vals else f"{name:5s}: no states")"""),
+]
+
+
+def write(name, cells):
+  nb = nbformat.v4.new_notebook()
+  nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+  nb.metadata["colab"] = {"provenance": []}
+  nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "markdown"
+              else nbformat.v4.new_code_cell(src) for kind, src in cells]
+  nbformat.write(nb, os.path.join(HERE, name))
+
+
+if __name__ == "__main__":
+  write("sampler_visualised.ipynb", SAMPLER_CELLS)
+  write("dispo_vs_diffu_grpo.ipynb", DISPO_CELLS)
