@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_test = 256
   c.data.test_fraction = 0.2
   c.data.num_blanks = (6, 10)
+  c.data.seed = 0                # data generation and the grid split (independent of c.seed)
 
   c.base = ml_collections.ConfigDict()  # tiny setting: SFT of the base model
   c.base.steps = 0

@@ -42,7 +42,7 @@ def task_rows(config) -> tuple[list[dict], list[dict]]:
     from dispo_jax.tasks import countdown
     test_keys = {(tuple(sorted(r["numbers"])), r["target"]) for r in data_lib.load_rows("countdown")}
     rows = [r for r in countdown.generate_problems(config.data.num_train + config.data.num_test,
-                                                   seed=config.seed)
+                                                   seed=config.data.seed)
             if (tuple(sorted(r["numbers"])), r["target"]) not in test_keys]
     return rows[config.data.num_test:], rows[:config.data.num_test]
   raise ValueError(f"task={config.task!r}: the tiny setting implements {TINY_TASKS}")
@@ -51,11 +51,13 @@ def task_rows(config) -> tuple[list[dict], list[dict]]:
 def sudoku_rows(config) -> tuple[list[dict], list[dict]]:
   """(train, held-out test) rows: generated puzzles on disjoint grids; d1's test grids held out."""
   d1_grids = {r["solution"] for r in data_lib.load_rows("sudoku")}
-  train_grids, test_grids = sudoku.split_grids(config.data.test_fraction, config.seed,
+  train_grids, test_grids = sudoku.split_grids(config.data.test_fraction, config.data.seed,
                                                exclude_from_train=d1_grids)
   blanks = tuple(config.data.num_blanks)
-  train = sudoku.generate_puzzles(train_grids, config.data.num_train, blanks, seed=config.seed)
-  test = sudoku.generate_puzzles(test_grids, config.data.num_test, blanks, seed=config.seed + 1)
+  train = sudoku.generate_puzzles(train_grids, config.data.num_train, blanks,
+                                  seed=config.data.seed)
+  test = sudoku.generate_puzzles(test_grids, config.data.num_test, blanks,
+                                 seed=config.data.seed + 1)
   return train, test
 
 
@@ -91,7 +93,7 @@ def prepare_base(config, workdir: str):
   cfg = get_config(config.model.preset, vocab_size=len(tokenizer), bos_token_id=ids.bos,
                    eos_token_id=ids.eos, pad_token_id=ids.pad, mask_token_id=ids.mask,
                    **dict(config.model.overrides))
-  graphdef, state = llada.init_model(cfg, seed=config.seed)
+  graphdef, state = llada.init_model(cfg, seed=config.data.seed)
   prompts, lengths, completions = encode_pairs(tokenizer, train_rows,
                                                config.rollout.max_prompt_length,
                                                config.rollout.gen_length)
@@ -99,7 +101,7 @@ def prepare_base(config, workdir: str):
   log_every = max(1, config.base.steps // 10)
   state = train_sft(graphdef, state, prompts, lengths, completions, steps=config.base.steps,
                     batch_size=config.base.batch_size, learning_rate=config.base.learning_rate,
-                    mask_id=cfg.mask_token_id, seed=config.seed,
+                    mask_id=cfg.mask_token_id, seed=config.data.seed,
                     callback=lambda i, loss: (i % log_every == 0) and logging.info(
                         "base SFT step %d loss %.4f", i, loss))
   logging.info("base SFT: %d steps in %.1fs", config.base.steps, time.perf_counter() - start)

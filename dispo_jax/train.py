@@ -128,6 +128,8 @@ def initialize_distributed() -> None:
   multi_slurm = int(env.get("SLURM_NTASKS", "1")) > 1
   tpu_pod = len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
   if env.get("JAX_COORDINATOR_ADDRESS"):
+    if env.get("JAX_PLATFORMS", "cpu") == "cpu":  # CPU processes talk through gloo
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
                                num_processes=int(env["JAX_NUM_PROCESSES"]),
                                process_id=int(env["JAX_PROCESS_ID"]))
@@ -279,8 +281,8 @@ def train(c, workdir: str) -> dict[str, Any]:
    eval_prompt_fn) = load_model_and_data(c, workdir)
   ids = tok.special_ids(tokenizer)
   policy, trainable, frozen = make_params(c, cfg, graphdef, state)
-  trainable = jax.device_put(trainable, sharding.state_shardings(trainable, mesh))
-  frozen = jax.device_put(frozen, sharding.state_shardings(frozen, mesh))
+  trainable = sharding.place(trainable, sharding.state_shardings(trainable, mesh))
+  frozen = sharding.place(frozen, sharding.state_shardings(frozen, mesh))
 
   sampler = sampler_settings(c, cfg.mask_token_id)
   objective = objective_settings(c, cfg.mask_token_id)
@@ -291,9 +293,10 @@ def train(c, workdir: str) -> dict[str, Any]:
                   if c.optim.warmup_steps else c.optim.learning_rate,
                   b1=c.optim.b1, b2=c.optim.b2, weight_decay=c.optim.weight_decay))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  opt_state = jax.tree.map(  # moments follow the params; counters are replicated on the mesh
-      lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding)
-      else jax.device_put(x, replicated), jax.jit(optimizer.init)(trainable))
+  opt_state = jax.jit(optimizer.init)(trainable)
+  opt_state = sharding.place(opt_state, [  # moments follow the params; counters are replicated
+      x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh
+      else replicated for x in jax.tree.leaves(opt_state)])
 
   manager = checkpoint_manager(workdir, c.keep_checkpoints)
   start_step = 0

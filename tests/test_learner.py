@@ -123,3 +123,35 @@ def test_reward_rises_on_a_learnable_task(method, use_lora):
       trainable, opt_state, m = update(trainable, frozen, opt_state, batch, i, mask_keys[i])
       assert float(m["skipped"]) == 0.0
   assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.15, rewards
+
+
+def test_a_registered_base_loss_plugs_in_without_touching_the_rest():
+  from dispo_jax.rl import losses
+
+  calls = []
+
+  @losses.register_loss("test_reinforce")
+  def reinforce(logp, old_logp, ref_logp, advantages, mask, *, epsilon_low, epsilon_high, beta,
+                denominator):
+    calls.append(logp.shape)
+    loss = -jnp.sum(advantages[:, None] * logp * mask) / denominator
+    return loss, {"base/loss": loss}
+
+  try:
+    with pytest.raises(ValueError, match="already registered"):
+      losses.register_loss("test_reinforce")(reinforce)
+    setup = _setup("dispo")
+    cfg, policy, trainable, frozen, sampler, _, rs, prompts, lengths = setup
+    objective = learner.ObjectiveSettings(method="dispo", base_loss="test_reinforce",
+                                          mask_id=cfg.mask_token_id)
+    batch, _ = rollout.collect(jax.random.key(0), policy.graphdef,
+                               policy.model_state((trainable, frozen)), prompts, lengths,
+                               reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
+    keys = jax.random.split(jax.random.key(1), 1)
+    batch = learner.with_old_and_ref_logprobs(policy.apply, policy.apply_reference,
+                                              (trainable, frozen), batch, keys, objective)
+    loss, diag = learner.policy_loss((trainable, frozen), policy.apply, batch, 0, keys[0],
+                                     objective)
+    assert calls and np.isfinite(float(loss)) and "step/loss" in diag
+  finally:
+    del losses.LOSSES["test_reinforce"]

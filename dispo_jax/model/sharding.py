@@ -127,6 +127,29 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> n
                       is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def place(tree: Any, shardings: Any) -> Any:
+  """Puts every array of ``tree`` into the matching sharding of ``shardings`` (same leaf order, e.g.
+  from :func:`state_shardings`), copying to each device only its slice of the host value.
+
+  Unlike ``jax.device_put`` this works for shardings that span other processes' devices (every
+  process holds the same host value), with no cross-host transfer.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  targets = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  if len(targets) == 1 and len(leaves) > 1:
+    targets = targets * len(leaves)
+  if len(targets) != len(leaves):
+    raise ValueError(f"{len(leaves)} arrays but {len(targets)} shardings")
+
+  def put(x, target):
+    if isinstance(x, jax.Array) and x.sharding == target:
+      return x
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+  return treedef.unflatten([put(x, t) for x, t in zip(leaves, targets)])
+
+
 def logical_sharding(mesh: Mesh, *logical_axes: str | None,
                      rules=LOGICAL_AXIS_RULES) -> NamedSharding:
   """``NamedSharding`` for an activation or batch with the given logical axes."""

@@ -7,29 +7,18 @@ Branch (DiSPO): ``A_z = R_z − mean_z R`` (paper; biased by (Z−1)/Z in expect
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from dispo_jax.registry import Registry
+
 Array = jax.Array
 AdvantageFn = Callable[[Array], Array]
-ADVANTAGES: Dict[str, AdvantageFn] = {}
-
-
-def register_advantage(name: str):
-  def wrap(fn: AdvantageFn) -> AdvantageFn:
-    if name in ADVANTAGES:
-      raise ValueError(f"advantage {name!r} is already registered")
-    ADVANTAGES[name] = fn
-    return fn
-  return wrap
-
-
-def get_advantage(name: str) -> AdvantageFn:
-  if name not in ADVANTAGES:
-    raise KeyError(f"unknown advantage {name!r}; registered: {sorted(ADVANTAGES)}")
-  return ADVANTAGES[name]
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage")
+register_advantage = ADVANTAGES.register
+get_advantage = ADVANTAGES.get
 
 
 @register_advantage("mean")

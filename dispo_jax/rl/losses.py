@@ -23,25 +23,14 @@ from typing import Callable, Dict
 import jax
 import jax.numpy as jnp
 
+from dispo_jax.registry import Registry
+
 Array = jax.Array
 LossFn = Callable[..., tuple[Array, Dict[str, Array]]]
-LOSSES: Dict[str, LossFn] = {}
+LOSSES: Registry[LossFn] = Registry("loss")
+register_loss = LOSSES.register
+get_loss = LOSSES.get
 STEP_NORMALISERS = ("tokens", "nonzero_tokens", "states", "sum")
-
-
-def register_loss(name: str):
-  def wrap(fn: LossFn) -> LossFn:
-    if name in LOSSES:
-      raise ValueError(f"loss {name!r} is already registered")
-    LOSSES[name] = fn
-    return fn
-  return wrap
-
-
-def get_loss(name: str) -> LossFn:
-  if name not in LOSSES:
-    raise KeyError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
-  return LOSSES[name]
 
 
 def k3_kl(logp: Array, ref_logp: Array) -> Array:

@@ -54,6 +54,23 @@ def to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def _placer(row_sharding):
+  """Host array -> global array with rows sharded over the data axes (identity without a mesh).
+
+  Every process holds the same host rows; ``make_array_from_process_local_data`` hands each
+  device its slice, so the batch is sharded by process on multi-host meshes.
+  """
+  if row_sharding is None:
+    return jnp.asarray
+
+  def place(x):
+    x = np.asarray(x)
+    spec = jax.sharding.PartitionSpec(row_sharding.spec[0], *([None] * (x.ndim - 1)))
+    sharding = jax.sharding.NamedSharding(row_sharding.mesh, spec)
+    return jax.make_array_from_process_local_data(sharding, x, x.shape)
+  return place
+
+
 def _checked_rewards(values, expected: int, what: str) -> np.ndarray:
   rewards = np.asarray(values, dtype=np.float32)
   if rewards.shape != (expected,):
@@ -79,32 +96,33 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
   k = rollout.group_size
   n_prompts = prompt_tokens.shape[0]
   rows = n_prompts * k
-  prompts = jnp.repeat(jnp.asarray(prompt_tokens, jnp.int32), k, axis=0)
-  lengths = jnp.repeat(jnp.asarray(prompt_lengths, jnp.int32), k, axis=0)
-  if row_sharding is not None:
-    rows_1d = jax.sharding.NamedSharding(row_sharding.mesh,
-                                         jax.sharding.PartitionSpec(row_sharding.spec[0]))
-    prompts, lengths = jax.device_put((prompts, lengths), (row_sharding, rows_1d))
+  prompts = np.repeat(np.asarray(prompt_tokens, np.int32), k, axis=0)
+  lengths = np.repeat(np.asarray(prompt_lengths, np.int32), k, axis=0)
+  place = _placer(row_sharding)
+  prompts, lengths = place(prompts), place(lengths)
   prompt_index = np.repeat(np.arange(n_prompts), k)
   step_key, sample_key, branch_key = jax.random.split(key, 3)
 
   branch_steps = None
   if objective.use_step:
-    branch_steps = sample_branch_steps(step_key, n_prompts, k, sampler.steps,
-                                       rollout.states_per_prompt, rollout.timestep_schedule,
-                                       rollout.timestep_degree)
+    branch_steps = place(to_host(sample_branch_steps(
+        step_key, n_prompts, k, sampler.steps, rollout.states_per_prompt,
+        rollout.timestep_schedule, rollout.timestep_degree)))
   result = generate(graphdef, params, prompts, lengths, sample_key, sampler, branch_steps)
   completion = result.completion
   rewards = _checked_rewards(reward_fn(to_host(completion), prompt_index), rows, "completions")
   advantages = group_advantages(jnp.asarray(rewards), k, rollout.terminal_advantage)
   metrics: Dict[str, Any] = dict(group_diagnostics(jnp.asarray(rewards), advantages, k))
+  advantages = place(to_host(advantages))
 
   key_mask = None
   if sampler.mask_padding:
-    key_mask = jnp.arange(prompts.shape[1])[None] >= (prompts.shape[1] - lengths)[:, None]
+    host_lengths = np.repeat(np.asarray(prompt_lengths, np.int32), k, axis=0)
+    width = prompts.shape[1]
+    key_mask = place(np.arange(width)[None] >= (width - host_lengths)[:, None])
   batch = RLBatch(prompt_tokens=prompts, prompt_key_mask=key_mask, completion=completion,
                   completion_mask=completion_mask(completion, eos_id), advantages=advantages,
-                  row_ids=jnp.arange(rows, dtype=jnp.int32) + row_offset)
+                  row_ids=place(np.arange(rows, dtype=np.int32) + row_offset))
 
   if objective.use_step:
     z = rollout.num_branches
@@ -116,14 +134,16 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
     flat = to_host(filled).reshape(rows * n_states * z, -1)
     branch_rewards = _checked_rewards(
         reward_fn(flat, np.repeat(prompt_index, n_states * z)), flat.shape[0], "branches")
-    branch_rewards = jnp.asarray(branch_rewards.reshape(rows, n_states, z))
-    branch_adv = get_advantage(rollout.branch_advantage)(branch_rewards)
-    used = (branch_steps >= 0)
-    action_mask = action_mask & used[..., None]
-    branch_adv = jnp.where(used[..., None], branch_adv, 0.0)
+    branch_rewards = branch_rewards.reshape(rows, n_states, z)
+    used = to_host(branch_steps) >= 0
+    branch_adv = np.asarray(get_advantage(rollout.branch_advantage)(jnp.asarray(branch_rewards)))
+    branch_adv = place(np.where(used[..., None], branch_adv, 0.0).astype(np.float32))
+    action_mask = action_mask & place(used)[..., None]
+    branch_steps_host = to_host(branch_steps)
     batch = batch.replace(state_canvas=result.branch_canvas, actions=filled,
                           action_mask=action_mask, branch_advantages=branch_adv)
-    metrics.update(branch_diagnostics(branch_rewards, branch_adv, branch_steps, sampler.steps))
+    metrics.update(branch_diagnostics(jnp.asarray(branch_rewards), jnp.asarray(to_host(branch_adv)),
+                                      jnp.asarray(branch_steps_host), sampler.steps))
   metrics = {name: float(value) for name, value in metrics.items()}
   metrics["rollout"] = result
   metrics["rewards"] = rewards

@@ -1,0 +1,50 @@
+"""Two processes on loopback (jax.distributed, 4 CPU devices each) train like one 8-device process."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.test_train import REPO, _flags, _metrics, _trainable_leaves, _workdir, base_dir  # noqa: F401
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _cmd(workdir):
+  flags = {**_flags(), "num_steps": 2, "mesh.data": 8}
+  return [sys.executable, "-m", "dispo_jax.train", "--config=configs/sudoku.py:tiny",
+          f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in flags.items()]
+
+
+def test_two_processes_match_one(tmp_path, base_dir):  # noqa: F811
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  single = _workdir(tmp_path, base_dir, "single")
+  subprocess.run(_cmd(single), cwd=REPO, check=True, capture_output=True, timeout=600,
+                 env={**env, "JAX_NUM_CPU_DEVICES": "8"})
+  multi = _workdir(tmp_path, base_dir, "multi")
+  port = _free_port()
+  procs = [subprocess.Popen(_cmd(multi), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**env, "JAX_NUM_CPU_DEVICES": "4",
+                                 "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                                 "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+           for i in range(2)]
+  errors = [p.communicate(timeout=600)[1] for p in procs]
+  for p, err in zip(procs, errors):
+    assert p.returncode == 0, err[-3000:]
+  m1 = [r for r in _metrics(single) if "loss" in r]
+  m2 = [r for r in _metrics(multi) if "loss" in r]
+  assert len(m1) == len(m2) == 2
+  for a, b in zip(m1, m2):
+    assert a["reward_mean"] == b["reward_mean"]
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
+  for x, y in zip(_trainable_leaves(single)[1], _trainable_leaves(multi)[1]):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
