@@ -1,5 +1,5 @@
-"""gsm8k: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). (No tiny variant: the CPU setting
-covers Sudoku and Countdown, whose data it generates.)
+"""gsm8k: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). `--config=configs/gsm8k.py:tiny` runs on a CPU
+(synthetic arithmetic rows with the task's fields and reward; see dispo_jax/tiny.py).
 
   python -m dispo_jax.train --config=configs/gsm8k.py --workdir=/tmp/gsm8k \\
       --config.model.checkpoint=/path/to/LLaDA-8B-Instruct --config.method=dispo
@@ -13,6 +13,9 @@ def get_config(arg: str = ""):
   c.task = "gsm8k"
   c.num_steps = 7700
   c.rl.num_iterations = 12
-  if arg:
-    raise ValueError(f"unknown config variant {arg!r}; {c.task} has only the 8B recipe")
+  if arg == "tiny":
+    c = common.tiny(c)
+    c.task = "gsm8k"
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r}; use '' or 'tiny'")
   return c

@@ -1,5 +1,5 @@
-"""math500: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). (No tiny variant: the CPU setting
-covers Sudoku and Countdown, whose data it generates.)
+"""math500: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). `--config=configs/math500.py:tiny` runs on a CPU
+(synthetic arithmetic rows with the task's fields and reward; see dispo_jax/tiny.py).
 
   python -m dispo_jax.train --config=configs/math500.py --workdir=/tmp/math500 \\
       --config.model.checkpoint=/path/to/LLaDA-8B-Instruct --config.method=dispo
@@ -13,6 +13,9 @@ def get_config(arg: str = ""):
   c.task = "math500"
   c.num_steps = 6600
   c.rl.num_iterations = 12
-  if arg:
-    raise ValueError(f"unknown config variant {arg!r}; {c.task} has only the 8B recipe")
+  if arg == "tiny":
+    c = common.tiny(c)
+    c.task = "math500"
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r}; use '' or 'tiny'")
   return c

@@ -21,17 +21,40 @@ from dispo_jax.pretrain import train_sft
 from dispo_jax.tasks import data as data_lib, sudoku
 
 
-TINY_TASKS = ("sudoku", "countdown")
+TINY_TASKS = ("sudoku", "countdown", "gsm8k", "math500")
 
 
 def compact_prompt(row) -> str:
   if "puzzle" in row:
     return f"Sudoku {row['puzzle']}"
-  return f"Countdown {' '.join(map(str, row['numbers']))} target {row['target']}"
+  if "numbers" in row:
+    return f"Countdown {' '.join(map(str, row['numbers']))} target {row['target']}"
+  return str(row.get("question") or row["problem"])
 
 
 def compact_completion(row) -> str:
-  return f"<answer>{row['solution']}</answer>"
+  if "puzzle" in row:
+    return f"<answer>{row['solution']}</answer>"
+  if "numbers" in row:
+    return f"<answer>{row['solution']}</answer>"
+  if "question" in row:  # GSM8K-style: the answer after '####'
+    return f"<answer>{row['answer'].split('####')[1].strip()}</answer>"
+  return f"<answer>\\boxed{{{row['answer']}}}</answer>"
+
+
+def arithmetic_rows(task: str, count: int, seed: int) -> list[dict]:
+  """Synthetic stand-ins with the real rows' fields and rewards, small enough for a CPU model:
+  GSM8K-style word sums (``answer`` ends in ``#### n``) and MATH-style products (``answer``)."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(count):
+    a, b = (int(x) for x in rng.integers(2, 50, 2))
+    if task == "gsm8k":
+      rows.append({"question": f"Ann has {a} pens and buys {b} more. How many pens?",
+                   "answer": f"{a} + {b} = {a + b}\n#### {a + b}"})
+    else:
+      rows.append({"problem": f"Compute ${a} \\times {b}$.", "answer": str(a * b)})
+  return rows
 
 
 def task_rows(config) -> tuple[list[dict], list[dict]]:
@@ -44,6 +67,10 @@ def task_rows(config) -> tuple[list[dict], list[dict]]:
     rows = [r for r in countdown.generate_problems(config.data.num_train + config.data.num_test,
                                                    seed=config.data.seed)
             if (tuple(sorted(r["numbers"])), r["target"]) not in test_keys]
+    return rows[config.data.num_test:], rows[:config.data.num_test]
+  if config.task in ("gsm8k", "math500"):
+    rows = arithmetic_rows(config.task, config.data.num_train + config.data.num_test,
+                           config.data.seed)
     return rows[config.data.num_test:], rows[:config.data.num_test]
   raise ValueError(f"task={config.task!r}: the tiny setting implements {TINY_TASKS}")
 

@@ -217,3 +217,16 @@ def test_sharded_training_matches_one_device(tmp_path, base_dir, mesh):
     assert a["reward_mean"] == b["reward_mean"]
   for x, y in zip(p1, p8):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["countdown", "gsm8k", "math500"])
+def test_every_task_has_a_tiny_variant_that_trains(tmp_path, task):
+  import importlib
+  c = importlib.import_module(f"configs.{task}").get_config("tiny")
+  c.model.overrides.d_model, c.model.overrides.n_layers = 32, 1
+  c.model.overrides.n_heads, c.model.overrides.mlp_hidden_size = 2, 64
+  c.base.steps, c.num_steps, c.data.num_train, c.data.num_test = 20, 1, 100, 8
+  c.rollout.prompts_per_step, c.rollout.group_size, c.rl.num_iterations = 2, 4, 1
+  c.eval_rows, c.eval_every, c.export_hf, c.mesh.data = 4, 1, False, 1
+  final = train_lib.train(c, str(tmp_path))
+  assert final["skipped_updates"] == 0 and 0.0 <= final["eval/accuracy"] <= 1.0
