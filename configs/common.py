@@ -100,7 +100,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.compute_dtype = "float32"
   c.model.remat = False
   c.lora.enabled = False
-  c.optim.learning_rate = 3e-5
+  c.optim.learning_rate = 1e-4
   c.optim.grad_clip = 1.0
   c.rollout.prompts_per_step = 8
   c.rollout.group_size = 8
@@ -110,9 +110,11 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.rollout.max_prompt_length = 32
   c.rollout.temperature = 0.9
   c.rl.num_iterations = 4
-  c.num_steps = 60
-  c.base.steps = 600
+  c.num_steps = 40
+  # 200 SFT steps leave room for RL: held-out greedy cell accuracy ≈ 0.25, rollout reward ≈ 0.3
+  # (600 steps: rollout reward ≈ 0.8). See docs/RESULTS.md.
+  c.base.steps = 200
   c.checkpoint_every = 20
-  c.eval_every = 30
-  c.eval_rows = 128
+  c.eval_every = 20
+  c.eval_rows = 256
   return c

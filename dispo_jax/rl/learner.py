@@ -210,19 +210,24 @@ def policy_loss(params: Any, apply_fn: PolicyApply, batch: RLBatch, iteration: A
 
 
 def split_microbatches(batch: RLBatch, num_microbatches: int) -> RLBatch:
-  """Reshapes every row-indexed field to ``[M, N/M, ...]`` (μ-indexed fields keep axis 0 first)."""
+  """Reshapes every row-indexed field to ``[M, N/M, ...]`` (μ-indexed fields: ``[M, μ, N/M, ...]``).
+
+  Micro-batch ``m`` takes rows ``m, m + M, m + 2M, ...``: the reshape ``[N] -> [N/M, M]`` keeps the
+  row axis's device sharding on its leading part, so every device still holds its own rows of each
+  micro-batch (a contiguous split would hand whole micro-batches to a few devices).
+  """
   n = batch.num_rows
-  if n % num_microbatches:
-    raise ValueError(f"{n} rows do not split into {num_microbatches} micro-batches")
+  m = num_microbatches
+  if n % m:
+    raise ValueError(f"{n} rows do not split into {m} micro-batches")
 
   def split(path, x):
     if x is None:
       return None
     name = path[0].name
     if name.endswith("_old_logp") or name.endswith("_ref_logp"):  # [μ, N, ...] -> [M, μ, N/M, ...]
-      x = x.reshape((x.shape[0], num_microbatches, n // num_microbatches) + x.shape[2:])
-      return jnp.moveaxis(x, 1, 0)
-    return x.reshape((num_microbatches, n // num_microbatches) + x.shape[1:])
+      return jnp.moveaxis(x.reshape((x.shape[0], n // m, m) + x.shape[2:]), 2, 0)
+    return jnp.moveaxis(x.reshape((n // m, m) + x.shape[1:]), 1, 0)
 
   return jax.tree_util.tree_map_with_path(split, batch)
 
