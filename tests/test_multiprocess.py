@@ -38,8 +38,9 @@ def test_two_processes_match_one(tmp_path, base_dir):  # noqa: F811
                                  "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
            for i in range(2)]
   errors = [p.communicate(timeout=600)[1] for p in procs]
-  for p, err in zip(procs, errors):
-    assert p.returncode == 0, err[-3000:]
+  assert all(p.returncode == 0 for p in procs), "\n\n".join(
+      f"process {i} (exit {p.returncode}):\n{err[-2500:]}" for i, (p, err) in
+      enumerate(zip(procs, errors)))
   m1 = [r for r in _metrics(single) if "loss" in r]
   m2 = [r for r in _metrics(multi) if "loss" in r]
   assert len(m1) == len(m2) == 2

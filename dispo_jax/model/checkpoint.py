@@ -280,7 +280,7 @@ def load_hf_checkpoint(folder: str, mesh: Mesh | None = None, *, config: LLaDACo
     shardings = dict(nnx.to_flat_state(sharding_lib.state_shardings(abstract, mesh, **kwargs)))
   else:
     shardings = {}
-  default = SingleDeviceSharding(jax.devices()[0])
+  default = SingleDeviceSharding(jax.local_devices()[0])
   np_dtype = _NP_DTYPES[cfg.param_dtype]
   values = {}
   for _, path, array in iter_hf_tensors(folder, cfg):

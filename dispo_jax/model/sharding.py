@@ -145,7 +145,8 @@ def place(tree: Any, shardings: Any) -> Any:
     if isinstance(x, jax.Array) and x.sharding == target:
       return x
     host = np.asarray(jax.device_get(x))
-    return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+    return jax.make_array_from_callback(host.shape, target, lambda index: host[index],
+                                        dtype=host.dtype)
 
   return treedef.unflatten([put(x, t) for x, t in zip(leaves, targets)])
 
