@@ -27,13 +27,15 @@ from dispo_jax.rl.policy import make_policy
 from dispo_jax.sampling import SamplerSettings
 
 
+LORA = LoRAConfig(rank=16, alpha=8, dropout=0.0)
+
+
 def reward_fn(completions, prompt_index):
   return (np.asarray(completions) % 7 == 0).mean(-1)
 
 
 def build(method, z, args, cfg, graphdef, state):
-  policy, trainable, frozen = make_policy(graphdef, state, use_lora=True)
-  trainable = jax.tree.map(lambda x: x.copy(), trainable)  # donated by the update below
+  policy, trainable, frozen = make_policy(cfg, graphdef, state, LORA)
   sampler = SamplerSettings(gen_length=args.gen, block_length=32, steps=args.steps,
                             temperature=0.9, mask_id=cfg.mask_token_id)
   objective = learner.ObjectiveSettings(method=method, mask_id=cfg.mask_token_id)
@@ -56,7 +58,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
   cfg = get_config("small")
-  graphdef, state = llada.init_model(cfg, lora=LoRAConfig(rank=16, alpha=8, dropout=0.0))
+  graphdef, state = llada.init_model(cfg)
   prompts = np.random.default_rng(0).integers(0, 100, (args.prompts, args.prompt_len)).astype(np.int32)
   lengths = np.full((args.prompts,), args.prompt_len, np.int32)
   print(f"backend={jax.default_backend()} preset=small rows={args.prompts * args.group} "

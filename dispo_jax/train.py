@@ -33,7 +33,7 @@ from dispo_jax import tiny as tiny_lib
 from dispo_jax.model import checkpoint as hf_io, llada, sharding, tokenizer as tok
 from dispo_jax.model.config import LoRAConfig
 from dispo_jax.rl import learner, rollout as rollout_lib, timesteps
-from dispo_jax.rl.policy import Policy
+from dispo_jax.rl.policy import make_policy
 from dispo_jax.sampling import SamplerSettings, decode_completions
 from dispo_jax.tasks import TASK_NAMES, data as data_lib, get_task
 
@@ -168,13 +168,11 @@ def load_model_and_data(c, workdir: str):
 
 def make_params(c, cfg, graphdef, state):
   """``(policy, trainable, frozen)`` with LoRA adapters (reference = base) or full fine-tuning."""
+  lora = None
   if c.lora.enabled:
     lora = LoRAConfig(rank=c.lora.rank, alpha=c.lora.alpha, dropout=c.lora.dropout,
                       targets=tuple(c.lora.targets))
-    graphdef, lora_state, base_state = llada.add_lora(cfg, state, lora, seed=c.seed)
-    return Policy(graphdef, True), lora_state, base_state
-  frozen = jax.tree.map(jnp.copy, state) if c.rl.beta > 0 else state
-  return Policy(graphdef, False), state, frozen
+  return make_policy(cfg, graphdef, state, lora, seed=c.seed, copy_reference=c.rl.beta > 0)
 
 
 def prompts_for_step(rows: list, step: int, per_step: int, seed: int) -> list:

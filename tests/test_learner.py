@@ -23,12 +23,12 @@ def reward_fn(completions, prompt_index):
 def _setup(method="dispo", use_lora=False, beta=0.04, seed=0):
   cfg = get_config("tiny", vocab_size=16, d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=64)
   lora = LoRAConfig(rank=4, alpha=8, dropout=0.0) if use_lora else None
-  graphdef, state = llada.init_model(cfg, seed=seed, lora=lora)
+  graphdef, state = llada.init_model(cfg, seed=seed)
   if use_lora:
     # A random base's head (std 0.02 after RMSNorm) caps every logit near ±0.6, so adapters on
     # q/k/v/up alone could not make any token likely; scale it like a trained model's head.
     state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 20
-  policy, trainable, frozen = make_policy(graphdef, state, use_lora)
+  policy, trainable, frozen = make_policy(cfg, graphdef, state, lora, seed=seed)
   sampler = SamplerSettings(gen_length=8, block_length=8, steps=4, temperature=1.0,
                             mask_id=cfg.mask_token_id)
   objective = learner.ObjectiveSettings(method=method, mask_id=cfg.mask_token_id, beta=beta)

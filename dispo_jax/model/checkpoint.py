@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from dispo_jax.model import sharding as sharding_lib
 from dispo_jax.model.config import LLaDAConfig
 from dispo_jax.model.llada import abstract_model
 
@@ -260,8 +261,6 @@ def load_hf_checkpoint(folder: str, mesh: Mesh | None = None, *, config: LLaDACo
     config: optional expected config; it must agree with ``config.json`` on every architecture field.
     param_dtype / compute_dtype: override the dtypes (e.g. "float32" for CPU tests).
   """
-  from dispo_jax.model import sharding as sharding_lib
-
   overrides = {k: v for k, v in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype))
                if v is not None}
   if config is not None:
@@ -296,13 +295,6 @@ def load_hf_checkpoint(folder: str, mesh: Mesh | None = None, *, config: LLaDACo
 # ----------------------------------------------------------------------------------------------
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
-    x = multihost_utils.process_allgather(x, tiled=True)
-  return np.asarray(jax.device_get(x))
-
-
 def export_hf_checkpoint(cfg: LLaDAConfig, state: nnx.State, folder: str, *,
                          dtype: str = "bfloat16", max_shard_bytes: int = 5 * 2**30,
                          on_tensor: Callable[[str], None] | None = None) -> list[str]:
@@ -319,7 +311,7 @@ def export_hf_checkpoint(cfg: LLaDAConfig, state: nnx.State, folder: str, *,
   for name, (path, transpose) in names.items():
     if path not in flat:
       raise CheckpointError(f"state has no parameter at {'.'.join(map(str, path))} for {name!r}")
-    array = _to_host(flat[path].get_value())
+    array = sharding_lib.to_host(flat[path].get_value())
     array = np.ascontiguousarray(array.T if transpose else array).astype(np_dtype)
     if sizes[-1] and sizes[-1] + array.nbytes > max_shard_bytes:
       shards.append({})

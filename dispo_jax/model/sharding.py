@@ -151,6 +151,14 @@ def place(tree: Any, shardings: Any) -> Any:
   return treedef.unflatten([put(x, t) for x, t in zip(leaves, targets)])
 
 
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-host sharded) array as a full host ``np.ndarray`` on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))
+
+
 def logical_sharding(mesh: Mesh, *logical_axes: str | None,
                      rules=LOGICAL_AXIS_RULES) -> NamedSharding:
   """``NamedSharding`` for an activation or batch with the given logical axes."""

@@ -14,9 +14,11 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from dispo_jax.model import llada
+from dispo_jax.model.config import LLaDAConfig, LoRAConfig
 from dispo_jax.model.llada import LoRACall
 
 
@@ -41,17 +43,18 @@ class Policy:
     return (frozen, trainable) if self.use_lora else trainable
 
 
-def make_policy(graphdef: nnx.GraphDef, state: nnx.State, use_lora: bool
+def make_policy(cfg: LLaDAConfig, graphdef: nnx.GraphDef, base_state: nnx.State,
+                lora: LoRAConfig | None = None, seed: int = 0, copy_reference: bool = True
                 ) -> tuple[Policy, nnx.State, nnx.State]:
-  """``(policy, trainable, frozen)`` from a model (with adapters if ``use_lora``).
+  """``(policy, trainable, frozen)`` from a base model (freshly initialised or loaded).
 
-  LoRA: trainable = the adapters, frozen = the base weights. Full fine-tuning: trainable = all
-  weights, frozen = a copy of them as the reference (skip it with β = 0 by passing the same arrays).
+  LoRA (``lora`` given): fresh adapters are added (:func:`llada.add_lora`); trainable = the
+  adapters, frozen = the base weights, which are also the reference. Full fine-tuning: trainable =
+  all weights, frozen = a copy of them as the reference (``copy_reference=False`` shares the arrays,
+  enough when β = 0).
   """
-  if use_lora:
-    graphdef, lora_state, base_state = llada.split_lora(graphdef, state)
-    if not jax.tree.leaves(lora_state):
-      raise ValueError("use_lora=True but the model has no LoRA adapters (build it with a LoRAConfig)")
-    return Policy(graphdef, True), lora_state, base_state
-  frozen = jax.tree.map(lambda x: x.copy(), state)
-  return Policy(graphdef, False), state, frozen
+  if lora is not None:
+    graphdef, lora_state, base = llada.add_lora(cfg, base_state, lora, seed=seed)
+    return Policy(graphdef, True), lora_state, base
+  frozen = jax.tree.map(jnp.copy, base_state) if copy_reference else base_state
+  return Policy(graphdef, False), base_state, frozen

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dispo_jax.model.sharding import to_host
 from dispo_jax.rl.advantages import get_advantage, group_advantages
 from dispo_jax.rl.diagnostics import branch_diagnostics, group_diagnostics
 from dispo_jax.rl.learner import ObjectiveSettings, RLBatch
@@ -44,14 +45,6 @@ class RolloutSettings:
   branch_temperature: float | None = None
   terminal_advantage: str = "mean"
   branch_advantage: str = "mean"
-
-
-def to_host(x) -> np.ndarray:
-  """A (possibly multi-host sharded) array as a full host ``np.ndarray`` on every process."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)
 
 
 def _placer(row_sharding):
@@ -96,18 +89,19 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
   k = rollout.group_size
   n_prompts = prompt_tokens.shape[0]
   rows = n_prompts * k
-  prompts = np.repeat(np.asarray(prompt_tokens, np.int32), k, axis=0)
-  lengths = np.repeat(np.asarray(prompt_lengths, np.int32), k, axis=0)
+  host_prompts = np.repeat(np.asarray(prompt_tokens, np.int32), k, axis=0)
+  host_lengths = np.repeat(np.asarray(prompt_lengths, np.int32), k, axis=0)
   place = _placer(row_sharding)
-  prompts, lengths = place(prompts), place(lengths)
+  prompts, lengths = place(host_prompts), place(host_lengths)
   prompt_index = np.repeat(np.arange(n_prompts), k)
   step_key, sample_key, branch_key = jax.random.split(key, 3)
 
-  branch_steps = None
+  branch_steps = host_steps = None
   if objective.use_step:
-    branch_steps = place(to_host(sample_branch_steps(
+    host_steps = to_host(sample_branch_steps(
         step_key, n_prompts, k, sampler.steps, rollout.states_per_prompt,
-        rollout.timestep_schedule, rollout.timestep_degree)))
+        rollout.timestep_schedule, rollout.timestep_degree))
+    branch_steps = place(host_steps)
   result = generate(graphdef, params, prompts, lengths, sample_key, sampler, branch_steps)
   completion = result.completion
   rewards = _checked_rewards(reward_fn(to_host(completion), prompt_index), rows, "completions")
@@ -117,8 +111,7 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
 
   key_mask = None
   if sampler.mask_padding:
-    host_lengths = np.repeat(np.asarray(prompt_lengths, np.int32), k, axis=0)
-    width = prompts.shape[1]
+    width = host_prompts.shape[1]
     key_mask = place(np.arange(width)[None] >= (width - host_lengths)[:, None])
   batch = RLBatch(prompt_tokens=prompts, prompt_key_mask=key_mask, completion=completion,
                   completion_mask=completion_mask(completion, eos_id), advantages=advantages,
@@ -135,15 +128,14 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
     branch_rewards = _checked_rewards(
         reward_fn(flat, np.repeat(prompt_index, n_states * z)), flat.shape[0], "branches")
     branch_rewards = branch_rewards.reshape(rows, n_states, z)
-    used = to_host(branch_steps) >= 0
+    used = host_steps >= 0
     branch_adv = np.asarray(get_advantage(rollout.branch_advantage)(jnp.asarray(branch_rewards)))
-    branch_adv = place(np.where(used[..., None], branch_adv, 0.0).astype(np.float32))
+    branch_adv = np.where(used[..., None], branch_adv, 0.0).astype(np.float32)
     action_mask = action_mask & place(used)[..., None]
-    branch_steps_host = to_host(branch_steps)
     batch = batch.replace(state_canvas=result.branch_canvas, actions=filled,
-                          action_mask=action_mask, branch_advantages=branch_adv)
-    metrics.update(branch_diagnostics(jnp.asarray(branch_rewards), jnp.asarray(to_host(branch_adv)),
-                                      jnp.asarray(branch_steps_host), sampler.steps))
+                          action_mask=action_mask, branch_advantages=place(branch_adv))
+    metrics.update(branch_diagnostics(jnp.asarray(branch_rewards), jnp.asarray(branch_adv),
+                                      jnp.asarray(host_steps), sampler.steps))
   metrics = {name: float(value) for name, value in metrics.items()}
   metrics["rollout"] = result
   metrics["rewards"] = rewards
