@@ -7,7 +7,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "sudoku"
-  c.method = "dispo"             # diffu_grpo | dispo
+  c.method = "dispo"             # diffu_grpo | dispo | spg | dispo_spg
   c.d1_compat = False
   c.seed = 0
   c.num_steps = 3800             # optimizer steps (d1: Sudoku 3800, Countdown 5000, GSM8K 7700, MATH 6600)
@@ -63,6 +63,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.branch_advantage = "mean"  # mean (paper) | leave_one_out (unbiased)
   c.rl.step_normaliser = "tokens"
   c.rl.num_microbatches = 1
+  c.rl.spg = ml_collections.ConfigDict()  # SPG's term (method spg | dispo_spg)
+  c.rl.spg.num_masks = 2         # m, Monte Carlo mask samples per completion
+  c.rl.spg.block_length = 32
+  c.rl.spg.negative_bound = "mix"  # mix | eubo | elbo | none (negative-advantage completions)
+  c.rl.spg.mix_weight = 0.5      # ω of mix = ω·EUBO + (1−ω)·ELBO
+  c.rl.spg.eubo_beta = 1.5
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 

@@ -104,7 +104,10 @@ def objective_settings(c, mask_id: int) -> learner.ObjectiveSettings:
   return learner.ObjectiveSettings(
       method=c.method, alpha_base=c.rl.alpha_base, alpha_step=c.rl.alpha_step,
       epsilon_low=c.rl.epsilon, epsilon_high=c.rl.epsilon, beta=c.rl.beta,
-      p_mask_prompt=c.rl.p_mask_prompt, step_normaliser=c.rl.step_normaliser, mask_id=mask_id)
+      p_mask_prompt=c.rl.p_mask_prompt, step_normaliser=c.rl.step_normaliser,
+      spg_num_masks=c.rl.spg.num_masks, spg_block_length=c.rl.spg.block_length,
+      spg_negative_bound=c.rl.spg.negative_bound, spg_mix_weight=c.rl.spg.mix_weight,
+      spg_eubo_beta=c.rl.spg.eubo_beta, mask_id=mask_id)
 
 
 def rollout_settings(c) -> rollout_lib.RolloutSettings:
@@ -369,8 +372,9 @@ def train(c, workdir: str) -> dict[str, Any]:
     metrics["step_seconds"] = time.perf_counter() - start
     bad_steps = bad_steps + 1 if skipped else 0
     writer.write(step, metrics)
-    progress.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['base/kl']:.4f}",
-                         clip=f"{metrics['base/clip_frac']:.3f}")
+    progress.set_postfix({"reward": f"{metrics['reward_mean']:.3f}", **{
+        name: f"{metrics[key]:.4f}" for name, key in (("kl", "base/kl"), ("clip", "base/clip_frac"),
+                                                      ("elbo", "base/elbo")) if key in metrics}})
     if bad_steps >= c.max_bad_steps:
       manager.wait_until_finished()
       raise RuntimeError(

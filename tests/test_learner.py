@@ -44,7 +44,7 @@ def _collect(setup, key):
                          lengths, reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
 
 
-@pytest.mark.parametrize("method", ["diffu_grpo", "dispo"])
+@pytest.mark.parametrize("method", ["diffu_grpo", "dispo", "dispo_spg"])
 def test_first_inner_update_has_ratio_exactly_one(method):
   setup = _setup(method)
   _, policy, trainable, frozen, _, objective, *_ = setup
@@ -52,22 +52,28 @@ def test_first_inner_update_has_ratio_exactly_one(method):
   keys = jax.random.split(jax.random.key(1), 3)
   batch = learner.with_old_and_ref_logprobs(policy.apply, policy.apply_reference,
                                             (trainable, frozen), batch, keys, objective)
-  assert batch.base_old_logp.shape == (3,) + batch.completion.shape
+  if objective.uses_spg:  # SPG's term is ratio-free: old log-probs only for the branch states
+    assert batch.base_old_logp is None and batch.step_old_logp.shape[0] == 3
+    assert batch.sequence_weights.shape == (16,)
+  else:
+    assert batch.base_old_logp.shape == (3,) + batch.completion.shape
   for i in range(3):
     _, diag = learner.policy_loss((trainable, frozen), policy.apply, batch, i, keys[i], objective)
-    for prefix in ("base/",) + (("step/",) if method == "dispo" else ()):
+    prefixes = ("step/",) if objective.uses_spg else ("base/",)
+    for prefix in prefixes + (("step/",) if method == "dispo" else ()):
       # Same masks => ratio 1 up to float reassociation between separately compiled graphs (a
       # different prompt mask would move it by orders of magnitude more).
       np.testing.assert_allclose([float(diag[prefix + "ratio_min"]),
                                   float(diag[prefix + "ratio_max"])], 1.0, atol=1e-6)
       assert float(diag[prefix + "kl"]) < 1e-10  # full fine-tuning: reference == initial policy
-  if method == "dispo":
+  if objective.use_step:
     assert batch.actions.shape == (16, 1, 2, 8)
     assert 0.0 <= metrics["step/distinguishable_frac"] <= 1.0
 
 
-def test_microbatched_gradient_equals_full_batch():
-  setup = _setup("dispo")
+@pytest.mark.parametrize("method", ["dispo", "dispo_spg"])
+def test_microbatched_gradient_equals_full_batch(method):
+  setup = _setup(method)
   _, policy, trainable, frozen, _, objective, *_ = setup
   batch, _ = _collect(setup, jax.random.key(0))
   keys = jax.random.split(jax.random.key(1), 2)
@@ -100,7 +106,8 @@ def test_non_finite_gradient_skips_the_update():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("method, use_lora", [("diffu_grpo", False), ("dispo", True)])
+@pytest.mark.parametrize("method, use_lora", [("diffu_grpo", False), ("dispo", True),
+                                              ("spg", False)])
 def test_reward_rises_on_a_learnable_task(method, use_lora):
   setup = _setup(method, use_lora=use_lora, beta=0.0)
   cfg, policy, trainable, frozen, sampler, objective, rs, prompts, lengths = setup

@@ -21,6 +21,7 @@ import optax
 from flax import struct
 
 from dispo_jax.rl import losses as losses_lib
+from dispo_jax.rl import spg as spg_lib
 from dispo_jax.rl.logprobs import surrogate_logprobs
 
 Array = jax.Array
@@ -28,7 +29,9 @@ Array = jax.Array
 PolicyApply = Callable[[Any, Array, Optional[Array], Optional[Array]], Array]
 # (params, tokens, key_mask) -> logits of the reference policy
 ReferenceApply = Callable[[Any, Array, Optional[Array]], Array]
-METHODS = ("diffu_grpo", "dispo")
+# method -> (base loss, whether DiSPO's fixed-state term is added)
+METHODS = {"diffu_grpo": ("diffu_grpo", False), "dispo": ("diffu_grpo", True),
+           "spg": ("spg", False), "dispo_spg": ("spg", True)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,18 +39,25 @@ class ObjectiveSettings:
   """Static settings of the loss (hashable).
 
   Attributes:
-    method: "diffu_grpo" (terminal term only) or "dispo" (terminal + fixed-state term).
-    base_loss: registered base loss (see :data:`dispo_jax.rl.losses.LOSSES`).
+    method: one of :data:`METHODS`: "diffu_grpo" or "spg" (terminal term only), "dispo" or
+      "dispo_spg" (the base term plus DiSPO's fixed-state term).
+    base_loss: override of the method's registered token-level base loss (see
+      :data:`dispo_jax.rl.losses.LOSSES`); "" = the method's own.
     alpha_base, alpha_step: L = α_base·L_base + α_step·L_step.
-    epsilon_low, epsilon_high: PPO clip range ``[1−ε_low, 1+ε_high]``.
-    beta: KL coefficient (k3 estimator against the reference policy); 0 skips the reference.
-    p_mask_prompt: prompt-token mask probability of the surrogate.
+    epsilon_low, epsilon_high: PPO clip range ``[1−ε_low, 1+ε_high]`` (diffu-GRPO and step term).
+    beta: KL coefficient (k3 estimator against the reference policy) of the diffu-GRPO and step
+      terms; 0 skips the reference. SPG's own term has no KL.
+    p_mask_prompt: prompt-token mask probability of the surrogates and of SPG's earlier blocks.
     step_normaliser: see :data:`dispo_jax.rl.losses.STEP_NORMALISERS`.
+    spg_num_masks: m, SPG's Monte Carlo mask samples per completion.
+    spg_block_length: SPG's mask block size.
+    spg_negative_bound: bound for negative-advantage completions (see
+      :data:`dispo_jax.rl.spg.NEGATIVE_BOUNDS`); spg_mix_weight ω of "mix"; spg_eubo_beta β of EUBO.
     mask_id: MASK token id.
   """
 
   method: str = "dispo"
-  base_loss: str = "diffu_grpo"
+  base_loss: str = ""
   alpha_base: float = 1.0
   alpha_step: float = 0.5
   epsilon_low: float = 0.5
@@ -55,19 +65,42 @@ class ObjectiveSettings:
   beta: float = 0.04
   p_mask_prompt: float = 0.15
   step_normaliser: str = "tokens"
+  spg_num_masks: int = 2
+  spg_block_length: int = 32
+  spg_negative_bound: str = "mix"
+  spg_mix_weight: float = 0.5
+  spg_eubo_beta: float = 1.5
   mask_id: int = 126336
 
   def __post_init__(self):
     if self.method not in METHODS:
-      raise ValueError(f"method={self.method!r} is not one of {METHODS}")
+      raise ValueError(f"method={self.method!r} is not one of {list(METHODS)}")
     if self.step_normaliser not in losses_lib.STEP_NORMALISERS:
       raise ValueError(f"step_normaliser={self.step_normaliser!r} is not one of "
                        f"{losses_lib.STEP_NORMALISERS}")
-    losses_lib.get_loss(self.base_loss)
+    if self.spg_negative_bound not in spg_lib.NEGATIVE_BOUNDS:
+      raise ValueError(f"spg_negative_bound={self.spg_negative_bound!r} is not one of "
+                       f"{spg_lib.NEGATIVE_BOUNDS}")
+    if self.uses_spg and (self.spg_num_masks < 1 or self.spg_block_length < 1
+                          or self.spg_eubo_beta <= 0 or not 0 <= self.spg_mix_weight <= 1):
+      raise ValueError(f"SPG needs spg_num_masks >= 1, spg_block_length >= 1, spg_eubo_beta > 0 "
+                       f"and 0 <= spg_mix_weight <= 1; got {self}")
+    if self.method == "spg" and self.beta != 0:
+      raise ValueError(f"method='spg' has no KL term: beta must be 0, got {self.beta}")
+    losses_lib.get_loss(self.base)
+
+  @property
+  def base(self) -> str:
+    """The registered base loss this objective uses."""
+    return self.base_loss or METHODS[self.method][0]
+
+  @property
+  def uses_spg(self) -> bool:
+    return self.base == "spg"
 
   @property
   def use_step(self) -> bool:
-    return self.method == "dispo"
+    return METHODS[self.method][1]
 
 
 @struct.dataclass
@@ -80,6 +113,7 @@ class RLBatch:
     completion: ``[N, G]`` int32 sampled completions.
     completion_mask: ``[N, G]`` bool, up to and including the first EOS.
     advantages: ``[N]`` float32 terminal advantages.
+    sequence_weights: ``[N]`` float32 SPG loss weights ``L_j / Σ_group L / groups`` (SPG only).
     row_ids: ``[N]`` int32 global row indices (prompt masks per row).
     base_old_logp, base_ref_logp: ``[μ, N, G]`` float32, filled by
       :func:`with_old_and_ref_logprobs`.
@@ -96,6 +130,7 @@ class RLBatch:
   completion_mask: Array
   advantages: Array
   row_ids: Array
+  sequence_weights: Optional[Array] = None
   base_old_logp: Optional[Array] = None
   base_ref_logp: Optional[Array] = None
   state_canvas: Optional[Array] = None
@@ -148,6 +183,24 @@ def step_logprobs(apply: Callable[[Array, Optional[Array]], Array], batch: RLBat
   return logp.reshape(n, n_states, z, g)
 
 
+def spg_objective(apply: Callable[[Array, Optional[Array]], Array], batch: RLBatch, key: Array,
+                  s: ObjectiveSettings) -> tuple[Array, Dict[str, Array]]:
+  """SPG's ratio-free term for one inner iteration: fresh block masks from ``key``, the bounds,
+  and the registered ``spg`` loss."""
+  if batch.sequence_weights is None:
+    raise ValueError("SPG needs RLBatch.sequence_weights (rollout.collect fills them)")
+  prompt_masked, completion_masked, counted = spg_lib.block_masks(
+      _base_key(key), batch.row_ids, batch.completion_mask, batch.prompt_tokens.shape[1],
+      num_samples=s.spg_num_masks, block_length=s.spg_block_length, p_mask_prompt=s.p_mask_prompt)
+  logp = spg_lib.masked_logprobs(apply, batch.prompt_tokens, batch.prompt_key_mask,
+                                 batch.completion, prompt_masked, completion_masked, s.mask_id)
+  seq_logp, diag = spg_lib.sequence_logp(
+      logp, counted, batch.completion_mask, batch.advantages, negative_bound=s.spg_negative_bound,
+      mix_weight=s.spg_mix_weight, eubo_beta=s.spg_eubo_beta)
+  loss, loss_diag = losses_lib.get_loss("spg")(seq_logp, batch.advantages, batch.sequence_weights)
+  return loss, {**diag, **loss_diag}
+
+
 def with_old_and_ref_logprobs(apply_fn: PolicyApply, ref_apply_fn: ReferenceApply | None,
                               params: Any, batch: RLBatch, mask_keys: Array,
                               s: ObjectiveSettings) -> RLBatch:
@@ -160,9 +213,11 @@ def with_old_and_ref_logprobs(apply_fn: PolicyApply, ref_apply_fn: ReferenceAppl
   ref = None if (ref_apply_fn is None or s.beta == 0) else (lambda t, m: ref_apply_fn(params, t, m))
 
   def per_key(key):
-    out = {"base_old_logp": base_logprobs(old, batch, key, s)}
-    if ref is not None:
-      out["base_ref_logp"] = base_logprobs(ref, batch, key, s)
+    out = {}
+    if not s.uses_spg:  # SPG's term is ratio-free: no old or reference log-probs
+      out["base_old_logp"] = base_logprobs(old, batch, key, s)
+      if ref is not None:
+        out["base_ref_logp"] = base_logprobs(ref, batch, key, s)
     if s.use_step:
       out["step_old_logp"] = step_logprobs(old, batch, key, s)
       if ref is not None:
@@ -179,8 +234,13 @@ def with_old_and_ref_logprobs(apply_fn: PolicyApply, ref_apply_fn: ReferenceAppl
 
 
 def loss_denominators(batch: RLBatch, s: ObjectiveSettings) -> Dict[str, Array]:
-  """Global normalisers, computed on the whole batch before it is split into micro-batches."""
-  out = {"base": jnp.sum(batch.completion_mask.astype(jnp.float32))}
+  """Global normalisers, computed on the whole batch before it is split into micro-batches.
+
+  (SPG's per-row weights are global by construction: ``RLBatch.sequence_weights``.)
+  """
+  out = {}
+  if not s.uses_spg:
+    out["base"] = jnp.sum(batch.completion_mask.astype(jnp.float32))
   if s.use_step:
     out["step"] = losses_lib.step_denominator(batch.branch_advantages, batch.action_mask,
                                               s.step_normaliser)
@@ -194,11 +254,14 @@ def policy_loss(params: Any, apply_fn: PolicyApply, batch: RLBatch, iteration: A
   denominators = denominators or loss_denominators(batch, s)
   policy = lambda t, m: apply_fn(params, t, m, dropout_key)
   pick = lambda x: None if x is None else x[iteration]
-  base_loss = losses_lib.get_loss(s.base_loss)
-  base = base_loss(base_logprobs(policy, batch, mask_key, s), pick(batch.base_old_logp),
-                   pick(batch.base_ref_logp), batch.advantages, batch.completion_mask,
-                   epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high, beta=s.beta,
-                   denominator=denominators["base"])
+  if s.uses_spg:
+    base = spg_objective(policy, batch, mask_key, s)
+  else:
+    base = losses_lib.get_loss(s.base)(
+        base_logprobs(policy, batch, mask_key, s), pick(batch.base_old_logp),
+        pick(batch.base_ref_logp), batch.advantages, batch.completion_mask,
+        epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high, beta=s.beta,
+        denominator=denominators["base"])
   step = None
   if s.use_step:
     step = losses_lib.dispo_step_loss(

@@ -1,11 +1,15 @@
 """Policy losses, registered by name, and their diagnostics.
 
-Every loss works on per-token arrays (log-probs of the current, old and reference policies, an
-advantage broadcast to tokens, and a weight mask) and returns ``(scalar loss, diagnostics dict)``.
+Token-level losses (``diffu_grpo``, ``dispo_step`` and any plug-in base loss) work on per-token
+arrays (log-probs of the current, old and reference policies, an advantage broadcast to tokens, and
+a weight mask); the sequence-level ``spg`` loss works on one bound per completion
+(:mod:`dispo_jax.rl.spg`). Every loss returns ``(scalar loss, diagnostics dict)``.
 
 * ``diffu_grpo`` (d1): per token ``−min(ρA, clip(ρ, 1−ε, 1+ε)A) + β·KL``, ``ρ = exp(logp − old)``,
   KL the k3 estimator ``exp(ref − logp) − (ref − logp) − 1``; token-mean over completion tokens up to
   and including the first EOS, across the batch.
+* ``spg`` (SPG): ratio-free REINFORCE on sequence bounds, ``Σ_j −A_j w_j s̄_j`` with
+  ``w_j = L_j / Σ_group L / number of groups``; no clipping, no KL.
 * ``dispo_step``: the same per-token clipped surrogate and KL on the *action tokens* of branch
   states, ``A = A_{k,t,z}``; per state ``L_step = −(1/Z) Σ_z ρ_z A_z`` with the token-level ratio of
   GRPO-style PPO. The normaliser is explicit (SPEC §7):
@@ -110,6 +114,20 @@ def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
   diag["base/loss"] = loss
   diag["base/num_tokens"] = jnp.sum(w)
   return loss, diag
+
+
+@register_loss("spg")
+def spg_loss(sequence_logp: Array, advantages: Array, sequence_weights: Array
+             ) -> tuple[Array, Dict[str, Array]]:
+  """SPG's loss: ``−Σ_j A_j w_j s̄_j``.
+
+  Args:
+    sequence_logp: ``[N]`` float32 bound per completion (ELBO, EUBO or their mixture).
+    advantages: ``[N]`` float32 (``r − group mean``; constants).
+    sequence_weights: ``[N]`` float32 global weights (:func:`dispo_jax.rl.spg.sequence_weights`).
+  """
+  loss = -jnp.sum(jax.lax.stop_gradient(advantages * sequence_weights) * sequence_logp)
+  return loss, {"base/loss": loss}
 
 
 @register_loss("dispo_step")

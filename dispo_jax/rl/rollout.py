@@ -18,6 +18,7 @@ from dispo_jax.model.sharding import to_host
 from dispo_jax.rl.advantages import get_advantage, group_advantages
 from dispo_jax.rl.diagnostics import branch_diagnostics, group_diagnostics
 from dispo_jax.rl.learner import ObjectiveSettings, RLBatch
+from dispo_jax.rl.spg import sequence_weights as spg_sequence_weights
 from dispo_jax.rl.timesteps import sample_branch_steps
 from dispo_jax.sampling import SamplerSettings, completion_mask, generate, sample_branches
 
@@ -116,6 +117,8 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
   batch = RLBatch(prompt_tokens=prompts, prompt_key_mask=key_mask, completion=completion,
                   completion_mask=completion_mask(completion, eos_id), advantages=advantages,
                   row_ids=place(np.arange(rows, dtype=np.int32) + row_offset))
+  if objective.uses_spg:
+    batch = batch.replace(sequence_weights=spg_sequence_weights(batch.completion_mask, k))
 
   if objective.use_step:
     z = rollout.num_branches
