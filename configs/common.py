@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_fraction = 0.2
   c.data.num_blanks = (6, 10)
   c.data.seed = 0                # data generation and the grid split (independent of c.seed)
+  c.data.few_shot = 0            # Sudoku with a checkpoint: worked examples in the prompt (SPG: 3)
 
   c.base = ml_collections.ConfigDict()  # tiny setting: SFT of the base model
   c.base.steps = 0
@@ -92,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 200
   c.eval_rows = 256
   c.max_bad_steps = 5            # consecutive non-finite updates before the run stops
+  c.shuffle_rewards = False      # control run: rewards permuted within each prompt's group
   c.export_hf = True
   return c
 
@@ -123,4 +125,65 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.checkpoint_every = 20
   c.eval_every = 20
   c.eval_rows = 256
+  return c
+
+
+def spg_objective(c: ml_collections.ConfigDict, method: str,
+                  eubo_beta: float = 1.5) -> ml_collections.ConfigDict:
+  """SPG's objective settings (method spg | dispo_spg): no KL, μ = 4, m = 2 block masks, mix ω 0.5."""
+  c.method = method
+  c.rl.beta = 0.0
+  c.rl.num_iterations = 4
+  c.rl.spg.num_masks = 2
+  c.rl.spg.block_length = 32
+  c.rl.spg.negative_bound = "mix"
+  c.rl.spg.mix_weight = 0.5
+  c.rl.spg.eubo_beta = eubo_beta
+  return c
+
+
+def spg_recipe(c: ml_collections.ConfigDict, method: str, num_steps: int, eubo_beta: float = 1.5,
+               temperature: float = 0.9) -> ml_collections.ConfigDict:
+  """SPG's LLaDA-8B recipe (facebookresearch/SPG run scripts): lr 3e-6, 16 prompts × 6,
+  256 tokens in 128 steps with 32-token blocks."""
+  c = spg_objective(c, method, eubo_beta)
+  c.num_steps = num_steps
+  c.optim.learning_rate = 3e-6
+  c.rollout.prompts_per_step = 16
+  c.rollout.group_size = 6
+  c.rollout.gen_length = 256
+  c.rollout.block_length = 32
+  c.rollout.steps = 128
+  c.rollout.temperature = temperature
+  return c
+
+
+def with_variants(c: ml_collections.ConfigDict, arg: str, *, spg_steps: int,
+                  spg_eubo_beta: float = 1.5, spg_temperature: float = 0.9,
+                  extra: dict | None = None) -> ml_collections.ConfigDict:
+  """Applies the comma-separated variants of ``--config=configs/<task>.py:<variants>``.
+
+  ``tiny``: the CPU setting. ``spg`` / ``dispo_spg``: SPG's objective, with SPG's full recipe unless
+  ``tiny`` is also given (the tiny setting keeps its rollout and learning rate). ``extra`` maps
+  task-specific variant names to functions of the config.
+  """
+  task = c.task
+  variants = [v for v in arg.split(",") if v]
+  known = {"tiny", "spg", "dispo_spg", *(extra or {})}
+  for v in variants:
+    if v not in known:
+      raise ValueError(f"unknown config variant {v!r}; use a comma-separated subset of "
+                       f"{sorted(known)}")
+  if "spg" in variants and "dispo_spg" in variants:
+    raise ValueError("config variants 'spg' and 'dispo_spg' exclude each other")
+  if "tiny" in variants:
+    c = tiny(c)
+    c.task = task
+  for method in ("spg", "dispo_spg"):
+    if method in variants:
+      c = (spg_objective(c, method, spg_eubo_beta) if "tiny" in variants else
+           spg_recipe(c, method, spg_steps, spg_eubo_beta, spg_temperature))
+  for v in variants:
+    if v in (extra or {}):
+      c = extra[v](c)
   return c

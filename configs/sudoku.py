@@ -2,6 +2,9 @@
 
   python -m dispo_jax.train --config=configs/sudoku.py --workdir=/tmp/sudoku \\
       --config.model.checkpoint=/path/to/LLaDA-8B-Instruct --config.method=dispo
+
+Variants, comma-separated after the colon: tiny (CPU), spg / dispo_spg (SPG's objective; its
+LLaDA-8B recipe unless with tiny), 3shot (SPG's few-shot prompts). E.g. `--config=configs/sudoku.py:tiny,dispo_spg`.
 """
 
 from configs import common
@@ -12,9 +15,12 @@ def get_config(arg: str = ""):
   c.task = "sudoku"
   c.num_steps = 3800
   c.rl.num_iterations = 8
-  if arg == "tiny":
-    c = common.tiny(c)
-    c.task = "sudoku"
-  elif arg:
-    raise ValueError(f"unknown config variant {arg!r}; use '' or 'tiny'")
+  return common.with_variants(c, arg, spg_steps=2500, spg_eubo_beta=1.0, spg_temperature=0.3,
+                             extra={"3shot": three_shot})
+
+
+def three_shot(c):
+  """SPG's Sudoku prompts: three worked examples before the question (checkpoint runs only)."""
+  c.data.few_shot = 3
+  c.rollout.max_prompt_length = 1500
   return c

@@ -35,7 +35,7 @@ from dispo_jax.model.config import LoRAConfig
 from dispo_jax.rl import learner, rollout as rollout_lib, timesteps
 from dispo_jax.rl.policy import make_policy
 from dispo_jax.sampling import SamplerSettings, decode_completions
-from dispo_jax.tasks import TASK_NAMES, data as data_lib, get_task
+from dispo_jax.tasks import TASK_NAMES, data as data_lib, get_task, sudoku as sudoku_task
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,6 +79,12 @@ def validate_config(c) -> None:
       for part in key.split("."):
         value = value[part]
       raise ValueError(f"config.{key}={value!r} is invalid: must be {what}")
+  if c.data.few_shot and (c.task != "sudoku" or not c.model.checkpoint):
+    raise ValueError(f"config.data.few_shot={c.data.few_shot!r} is invalid: few-shot prompts are "
+                     f"SPG's Sudoku setting (task 'sudoku' with a model.checkpoint)")
+  if c.data.few_shot and not 0 < c.data.few_shot <= len(sudoku_task.FEW_SHOT_PUZZLES):
+    raise ValueError(f"config.data.few_shot={c.data.few_shot!r} is invalid: must be in "
+                     f"[0, {len(sudoku_task.FEW_SHOT_PUZZLES)}]")
   if not c.model.checkpoint and c.task not in tiny_lib.TINY_TASKS:
     raise ValueError(f"config.model.checkpoint is empty and config.task={c.task!r} has no tiny "
                      f"setting ({list(tiny_lib.TINY_TASKS)}): give an HF LLaDA checkpoint")
@@ -161,6 +167,9 @@ def load_model_and_data(c, workdir: str):
         raise ValueError(f"config.data.train_file is empty: give a local {c.task} file")
       train_rows = data_lib.load_rows(c.task, c.data.train_file)
     eval_rows = data_lib.load_rows(c.task, c.data.eval_file or None)[: c.eval_rows]
+    if c.data.few_shot:  # SPG's Sudoku setting: the same few-shot prompt for training and eval
+      prompt = sudoku_task.few_shot_prompt(c.data.few_shot)
+      return tokenizer, cfg, graphdef, state, train_rows, eval_rows, prompt, prompt
     return (tokenizer, cfg, graphdef, state, train_rows, eval_rows, task.train_prompt,
             task.eval_prompt)
   tokenizer, cfg, graphdef, state = tiny_lib.prepare_base(c, workdir)
@@ -333,10 +342,15 @@ def train(c, workdir: str) -> dict[str, Any]:
     writer.write(step, {"eval/accuracy": result["accuracy"]})
     return result["accuracy"]
 
-  def reward_fn_for(rows):
+  def reward_fn_for(rows, step):
+    shuffle_rng = np.random.default_rng([c.seed, step]) if c.shuffle_rewards else None
+
     def reward_fn(completions, prompt_index):
       texts = decode_completions(tokenizer, completions, ids.eos)
-      return task.rewards(texts, [rows[i] for i in prompt_index])
+      rewards = task.rewards(texts, [rows[i] for i in prompt_index])
+      if shuffle_rng is not None:
+        rewards = shuffle_within_groups(rewards, prompt_index, shuffle_rng)
+      return rewards
     return reward_fn
 
   accuracy_before = None
@@ -354,7 +368,8 @@ def train(c, workdir: str) -> dict[str, Any]:
     roll_key, mask_key, dropout_key = jax.random.split(key, 3)
     batch, metrics = rollout_lib.collect(
         roll_key, policy.graphdef, policy.model_state((trainable, frozen)), tokens, lengths,
-        reward_fn_for(rows), sampler, objective, rs, eos_id=ids.eos, row_sharding=row_sharding)
+        reward_fn_for(rows, step), sampler, objective, rs, eos_id=ids.eos,
+        row_sharding=row_sharding)
     metrics.pop("rollout")
     metrics.pop("rewards")
     mask_keys = jax.random.split(mask_key, c.rl.num_iterations)
@@ -403,6 +418,17 @@ def train(c, workdir: str) -> dict[str, Any]:
                                dtype=cfg.param_dtype)
     tokenizer.save_pretrained(export_dir)
   return metrics
+
+
+def shuffle_within_groups(rewards, prompt_index, rng: np.random.Generator) -> np.ndarray:
+  """The no-signal control (SPEC §7): rewards permuted among the entries of each prompt, so the
+  update keeps its size and the advantages their distribution but carry no information."""
+  rewards = np.array(rewards, dtype=np.float32)
+  prompt_index = np.asarray(prompt_index)
+  for p in np.unique(prompt_index):
+    where = np.flatnonzero(prompt_index == p)
+    rewards[where] = rewards[rng.permutation(where)]
+  return rewards
 
 
 def summary_table(c, before: float | None, after: float, first: int, last: int, n: int) -> str:

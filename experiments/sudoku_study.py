@@ -24,18 +24,28 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import sudoku as sudoku_config  # noqa: E402
 from dispo_jax import tiny, train  # noqa: E402
 
-METHODS = {"diffu_grpo": ("diffu_grpo", 0.0), "dispo_a0.1": ("dispo", 0.1),
-           "dispo_a0.5": ("dispo", 0.5)}
+# run name -> (config variant, method, α_step, shuffled-reward control)
+METHODS = {"diffu_grpo": ("tiny", "diffu_grpo", 0.0, False),
+           "dispo_a0.1": ("tiny", "dispo", 0.1, False),
+           "dispo_a0.5": ("tiny", "dispo", 0.5, False),
+           "spg": ("tiny,spg", "spg", 0.0, False),
+           "dispo_spg_a0.5": ("tiny,dispo_spg", "dispo_spg", 0.5, False),
+           "diffu_grpo_shuffled": ("tiny", "diffu_grpo", 0.0, True)}
+COLORS = {"diffu_grpo": "tab:gray", "dispo_a0.1": "tab:blue", "dispo_a0.5": "tab:red",
+          "spg": "tab:green", "dispo_spg_a0.5": "tab:purple", "diffu_grpo_shuffled": "black"}
 
 
-def make_config(args, method: str, alpha: float, seed: int):
-  c = sudoku_config.get_config("tiny")
-  c.method, c.rl.alpha_step, c.seed = method, alpha, seed
+def make_config(args, name: str, seed: int):
+  variant, method, alpha, shuffled = METHODS[name]
+  c = sudoku_config.get_config(variant)
+  c.method, c.rl.alpha_step, c.seed, c.shuffle_rewards = method, alpha, seed, shuffled
   c.num_steps = args.steps
   c.optim.learning_rate = args.lr
   c.base.steps = args.base_steps
+  c.rollout.steps = args.decode_steps
   c.eval_every = args.eval_every
   c.eval_rows = args.eval_rows
+  c.checkpoint_every = max(c.checkpoint_every, args.eval_every)
   c.export_hf = False
   return c
 
@@ -47,25 +57,26 @@ def main() -> None:
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--steps", type=int, default=40)
   parser.add_argument("--lr", type=float, default=1e-4)
-  parser.add_argument("--base-steps", type=int, default=200)
+  parser.add_argument("--base-steps", type=int, default=300)
+  parser.add_argument("--decode-steps", type=int, default=6)
   parser.add_argument("--eval-every", type=int, default=10)
   parser.add_argument("--eval-rows", type=int, default=256)
   parser.add_argument("--plots", default="docs")
+  parser.add_argument("--tag", default="", help="plot name suffix (default: lr, base, decode steps)")
   args = parser.parse_args()
   os.makedirs(args.root, exist_ok=True)
   base_dir = os.path.join(args.root, "_base")
-  tiny.prepare_base(make_config(args, "dispo", 0.5, 0), base_dir)
+  tiny.prepare_base(make_config(args, "dispo_a0.5", 0), base_dir)
 
   runs = {}
   for name in args.methods.split(","):
-    method, alpha = METHODS[name]
     for seed in (int(s) for s in args.seeds.split(",")):
       workdir = os.path.join(args.root, f"{name}_seed{seed}")
       for sub in ("base", "tokenizer"):
         if not os.path.exists(os.path.join(workdir, sub)):
           shutil.copytree(os.path.join(base_dir, sub), os.path.join(workdir, sub))
       start = time.perf_counter()
-      train.train(make_config(args, method, alpha, seed), workdir)
+      train.train(make_config(args, name, seed), workdir)
       rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
       runs[(name, seed)] = rows
       print(f"{name} seed {seed}: {time.perf_counter() - start:.0f}s", flush=True)
@@ -111,15 +122,14 @@ def main() -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
-  colors = {"diffu_grpo": "tab:gray", "dispo_a0.1": "tab:blue", "dispo_a0.5": "tab:red"}
   for (name, seed), rows in runs.items():
     steps = [r["step"] for r in rows if "reward_mean" in r]
     rew = np.convolve([r["reward_mean"] for r in rows if "reward_mean" in r], np.ones(5) / 5,
                       mode="valid")
-    a.plot(steps[4:], rew, color=colors[name], alpha=0.7,
+    a.plot(steps[4:], rew, color=COLORS[name], alpha=0.7,
            label=name if seed == int(args.seeds.split(",")[0]) else None)
     ev = sorted((r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r)
-    b.plot(*zip(*ev), color=colors[name], marker="o", alpha=0.7,
+    b.plot(*zip(*ev), color=COLORS[name], marker="o", alpha=0.7,
            label=name if seed == int(args.seeds.split(",")[0]) else None)
   a.set(xlabel="optimizer step", ylabel="rollout reward (5-step mean)", title="training reward")
   b.set(xlabel="optimizer step", ylabel="held-out cell accuracy (greedy)", title="evaluation")
@@ -127,7 +137,8 @@ def main() -> None:
   b.legend()
   plt.tight_layout()
   os.makedirs(args.plots, exist_ok=True)
-  path = os.path.join(args.plots, f"sudoku_study_lr{args.lr:g}.png")
+  tag = args.tag or f"lr{args.lr:g}_base{args.base_steps}_T{args.decode_steps}"
+  path = os.path.join(args.plots, f"sudoku_study_{tag}.png")
   plt.savefig(path, dpi=110)
   print("plot:", path)
 

@@ -290,3 +290,22 @@ def test_tfds_data_source_without_tensorflow(tmp_path):
   assert set(sources) == {"train", "test"}
   assert tfds_builder.rows_in_order(sources["test"]) == data.load_rows("countdown")
   assert len(sources["train"]) == 5
+
+
+def test_few_shot_sudoku_prompt_worked_examples_are_correct():
+  from dispo_jax.tasks import data, sudoku
+  d1_solutions = {r["solution"] for r in data.load_rows("sudoku")}
+  prompt = sudoku.few_shot_prompt(3)({"puzzle": "0310200404001043"})
+  assert prompt.endswith("Question: Solve the following Sudoku puzzle: 0310200404001043\nAnswer:\n")
+  for puzzle in sudoku.FEW_SHOT_PUZZLES:
+    assert sudoku.count_solutions(puzzle) == 1
+    example = sudoku.worked_example(puzzle)
+    solution = sudoku.parse_answer(example)
+    assert sudoku.is_valid_grid(solution) and solution not in d1_solutions
+    assert all(p in ("0", s) for p, s in zip(puzzle, solution))
+    assert sudoku.reward(example, {"puzzle": puzzle, "solution": solution}) == 1.0
+    assert example in prompt
+  with pytest.raises(ValueError, match="few_shot=4"):
+    sudoku.few_shot_prompt(4)
+  with pytest.raises(ValueError, match="naked singles"):
+    sudoku.solve_by_singles("0" * 16)

@@ -254,3 +254,47 @@ def test_tiny_config_reward_rises(tmp_path, base_dir, monkeypatch):
                                   "rollout.prompts_per_step": 4}), workdir)
   rewards = [r["reward_mean"] for r in _metrics(workdir) if "reward_mean" in r]
   assert np.mean(rewards[-3:]) > np.mean(rewards[:2]) + 0.1, rewards
+
+
+@pytest.mark.parametrize("variant, method", [("tiny,spg", "spg"), ("tiny,dispo_spg", "dispo_spg")])
+def test_spg_variants_of_the_tiny_config_train(tmp_path, base_dir, variant, method):
+  c = sudoku_config.get_config(variant)
+  assert c.method == method and c.rl.beta == 0.0 and c.rl.num_iterations == 4
+  assert c.rollout.gen_length == 24 and c.optim.learning_rate == 1e-4  # tiny rollout kept
+  small = small_config(method=method, **{"rl.beta": 0.0, "num_steps": 2})
+  workdir = _workdir(tmp_path, base_dir, method)
+  final = train_lib.train(small, workdir)
+  assert final["skipped_updates"] == 0 and np.isfinite(final["loss"])
+  assert "base/elbo" in final and ("step/loss" in final) == (method == "dispo_spg")
+
+
+def test_config_variants_carry_the_spg_recipe():
+  import importlib
+  for task, steps, beta in (("sudoku", 2500, 1.0), ("countdown", 6000, 1.5), ("gsm8k", 6000, 1.5),
+                            ("math500", 4000, 1.5)):
+    c = importlib.import_module(f"configs.{task}").get_config("dispo_spg")
+    assert (c.method, c.num_steps, c.rl.spg.eubo_beta, c.optim.learning_rate) == (
+        "dispo_spg", steps, beta, 3e-6)
+    assert (c.rollout.prompts_per_step, c.rollout.group_size, c.rollout.gen_length,
+            c.rollout.steps, c.rollout.block_length, c.rl.beta) == (16, 6, 256, 128, 32, 0.0)
+  assert sudoku_config.get_config("spg").rollout.temperature == 0.3
+  assert sudoku_config.get_config("spg,3shot").data.few_shot == 3
+  with pytest.raises(ValueError, match="unknown config variant 'spgg'"):
+    sudoku_config.get_config("tiny,spgg")
+  with pytest.raises(ValueError, match="exclude each other"):
+    sudoku_config.get_config("spg,dispo_spg")
+
+
+def test_few_shot_needs_a_sudoku_checkpoint_run():
+  c = small_config(**{"data.few_shot": 3})
+  with pytest.raises(ValueError, match=r"config\.data\.few_shot=3 is invalid"):
+    train_lib.validate_config(c)
+
+
+def test_shuffled_rewards_keep_each_prompts_values():
+  rewards = np.arange(12, dtype=np.float32)
+  prompt_index = np.repeat([0, 1, 2], 4)
+  out = train_lib.shuffle_within_groups(rewards, prompt_index, np.random.default_rng(0))
+  for p in range(3):
+    assert sorted(out[prompt_index == p]) == sorted(rewards[prompt_index == p])
+  assert not np.array_equal(out, rewards)

@@ -50,6 +50,64 @@ def eval_prompt(row: Example) -> str:
   return f"{SUDOKU_SYSTEM_PROMPT}\n\nSolve the following Sudoku puzzle: {row['puzzle']}\n"
 
 
+# Worked-example puzzles of the few-shot prompts: unique solutions on grids outside d1's test set,
+# solvable by naked singles.
+FEW_SHOT_PUZZLES = ("0200001230210003", "0000102420103042", "1030000423010020")
+
+
+def solve_by_singles(puzzle: str) -> list[tuple[int, str]]:
+  """Fills a puzzle cell by cell, each time with a cell that has exactly one candidate.
+
+  Returns the fills ``(cell index, digit)`` in order; raises ``ValueError`` when the puzzle needs
+  more than naked singles (the few-shot puzzles do not).
+  """
+  grid = list(puzzle)
+  units = ([[4 * r + c for c in range(4)] for r in range(4)]
+           + [[4 * r + c for r in range(4)] for c in range(4)]
+           + [[4 * (r0 + r) + c0 + c for r in range(2) for c in range(2)]
+              for r0 in (0, 2) for c0 in (0, 2)])
+  fills = []
+  while "0" in grid:
+    for cell in (i for i, ch in enumerate(grid) if ch == "0"):
+      seen = {grid[j] for u in units if cell in u for j in u}
+      candidates = sorted(set("1234") - seen)
+      if len(candidates) == 1:
+        grid[cell] = candidates[0]
+        fills.append((cell, candidates[0]))
+        break
+    else:
+      raise ValueError(f"puzzle {puzzle} needs more than naked singles")
+  return fills
+
+
+def worked_example(puzzle: str) -> str:
+  """One few-shot example: the question, a row-by-row reasoning trace and the answer."""
+  rows = lambda g: "\n".join(f"Row {r + 1}: {' '.join(g[4 * r:4 * r + 4])}" for r in range(4))
+  grid = list(puzzle)
+  steps = []
+  for cell, digit in solve_by_singles(puzzle):
+    grid[cell] = digit
+    steps.append(f"r{cell // 4 + 1}c{cell % 4 + 1} = {digit}, the one digit its row, column and "
+                 f"box lack.")
+  solution = "".join(grid)
+  return (f"Question: Solve the following Sudoku puzzle: {puzzle}\nAnswer:\n<reasoning>\n"
+          f"The grid, 0 = empty:\n{rows(puzzle)}\n" + "\n".join(steps)
+          + f"\nSolved grid:\n{rows(solution)}\n</reasoning>\n<answer>\n{solution}\n</answer>")
+
+
+def few_shot_prompt(num_examples: int):
+  """SPG's few-shot Sudoku prompt layout: d1's instructions, ``num_examples`` worked examples, then
+  ``Question: ... Answer:``. The worked examples are the project's own (:data:`FEW_SHOT_PUZZLES`)."""
+  if not 0 < num_examples <= len(FEW_SHOT_PUZZLES):
+    raise ValueError(f"few_shot={num_examples}: choose 1..{len(FEW_SHOT_PUZZLES)}")
+  header = SUDOKU_SYSTEM_PROMPT + "\n\n" + "\n\n".join(
+      worked_example(p) for p in FEW_SHOT_PUZZLES[:num_examples])
+
+  def prompt(row: Example) -> str:
+    return f"{header}\n\nQuestion: Solve the following Sudoku puzzle: {row['puzzle']}\nAnswer:\n"
+  return prompt
+
+
 def parse_answer(text: str) -> str | None:
   """Digits of the last ``<answer>`` block, or None without one."""
   block = last_answer_block(text)
