@@ -1,7 +1,6 @@
 """SPG: block masks on hand-built cases, exact bounds by enumeration, the log-space EUBO, the loss."""
 
 import itertools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,7 @@ import pytest
 from dispo_jax.model import llada
 from dispo_jax.model.config import get_config
 from dispo_jax.rl import learner, losses, spg
+from experiments.spg_bounds import exact_quantities
 
 # ----------------------------------------------------------------------------------------------
 # Block masks
@@ -146,29 +146,6 @@ def _conditionals(apply, o):
   return {m: logp[j] for j, m in enumerate(subsets)}
 
 
-def _weight(k):
-  """∫ t^(k−1) (1−t)^(L−k) dt: the probability mass of one k-subset under t ~ U(0,1), times 1/t."""
-  return math.factorial(k - 1) * math.factorial(L - k) / math.factorial(L)
-
-
-def exact_quantities(cond, beta):
-  """Exact log-likelihood under uniform any-order unmasking and the three bounds."""
-  paths = []
-  for order in itertools.permutations(range(L)):
-    masked, total = set(range(L)), 0.0
-    for i in order:
-      total += cond[frozenset(masked)][i]
-      masked.remove(i)
-    paths.append(total)
-  log_likelihood = np.log(np.mean(np.exp(paths)))
-  elbo = sum(_weight(len(m)) * sum(cond[m][i] for i in m) for m in cond)
-  s_beta = sum(_weight(len(m)) * sum(np.exp(beta * cond[m][i]) for i in m) for m in cond)
-  sequence_eubo = (L / beta) * np.log(s_beta / L)
-  a = [sum(_weight(len(m)) * np.exp(beta * cond[m][i]) for m in cond if i in m) for i in range(L)]
-  token_eubo = (L / beta) * np.mean(np.log(a))  # what SPG's estimator targets (times L)
-  return log_likelihood, elbo, token_eubo, sequence_eubo
-
-
 MODELS = [("table", s, 3.0) for s in range(6)] + [("llada", 1, 6.0), ("llada", 2, 12.0)]
 
 
@@ -184,7 +161,8 @@ def test_exact_elbo_below_likelihood_below_eubo_when_beta_at_least_length(kind, 
   """
   apply = _table_apply(seed, scale) if kind == "table" else _llada_apply(seed, scale)
   o = np.random.default_rng(100 + seed).integers(0, V, L)
-  log_likelihood, elbo, token_eubo, sequence_eubo = exact_quantities(_conditionals(apply, o), beta)
+  cond = _conditionals(apply, o)
+  log_likelihood, elbo, token_eubo, sequence_eubo = exact_quantities(cond, L, beta)
   assert elbo <= log_likelihood + 1e-9
   assert log_likelihood <= token_eubo + 1e-9
   assert token_eubo <= sequence_eubo + 1e-9
@@ -196,7 +174,7 @@ def test_eubo_with_beta_below_length_is_not_an_upper_bound():
   below = 0
   for seed in range(40):
     cond = _conditionals(_table_apply(seed, 3.0), np.random.default_rng(100 + seed).integers(0, V, L))
-    log_likelihood, _, token_eubo, _ = exact_quantities(cond, 1.0)
+    log_likelihood, _, token_eubo, _ = exact_quantities(cond, L, 1.0)
     below += token_eubo < log_likelihood - 1e-9
   assert below >= 5, below
 
@@ -209,7 +187,7 @@ def test_monte_carlo_bounds_converge_to_the_exact_values(beta):
   (consistent: a log of an average)."""
   apply = _table_apply(3, 3.0)
   o = np.random.default_rng(103).integers(0, V, L)
-  _, elbo_exact, token_exact, _ = exact_quantities(_conditionals(apply, o), beta)
+  _, elbo_exact, token_exact, _ = exact_quantities(_conditionals(apply, o), L, beta)
   completion = jnp.asarray(o[None], jnp.int32)
   completion_mask = jnp.ones((1, L), bool)
   errors = {}
