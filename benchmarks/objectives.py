@@ -5,6 +5,7 @@
 Prints:
   (a) one DiSPO update (Z = 2, |S| = K) / one diffu-GRPO update on the same batch (floor ≈ 2×:
       one extra forward+backward on the K state canvases; goal ≤ 2.1×), and Z = 4 / Z = 2;
+  (c) one SPG update (m = 2 block masks) / one diffu-GRPO update, and DiSPO+SPG / SPG;
   (b) a whole RL step — rollout with `steps` denoising steps, old/ref log-probs for μ seeds, μ
       updates — DiSPO / diffu-GRPO at the paper's ratio of steps to inner updates (128 steps, μ = 12
       by default; goal ≤ 1.35×).
@@ -38,7 +39,8 @@ def build(method, z, args, cfg, graphdef, state):
   policy, trainable, frozen = make_policy(cfg, graphdef, state, LORA)
   sampler = SamplerSettings(gen_length=args.gen, block_length=32, steps=args.steps,
                             temperature=0.9, mask_id=cfg.mask_token_id)
-  objective = learner.ObjectiveSettings(method=method, mask_id=cfg.mask_token_id)
+  objective = learner.ObjectiveSettings(method=method, mask_id=cfg.mask_token_id,
+                                        beta=0.0 if method == "spg" else 0.04)
   rs = rollout.RolloutSettings(group_size=args.group, num_branches=z)
   opt = optax.adamw(3e-6, b1=0.9, b2=0.99, weight_decay=0.1)
   update = jax.jit(learner.make_update_fn(policy.apply, opt, objective), donate_argnums=(0, 2))
@@ -67,7 +69,7 @@ def main() -> None:
   # (a) one update on the same batch
   update_times = {}
   batches = {}
-  for method, z in (("diffu_grpo", 2), ("dispo", 2), ("dispo", 4)):
+  for method, z in (("diffu_grpo", 2), ("dispo", 2), ("dispo", 4), ("spg", 2), ("dispo_spg", 2)):
     policy, trainable, frozen, sampler, objective, rs, opt, update, old_ref = build(
         method, z, args, cfg, graphdef, state)
     batch, _ = rollout.collect(jax.random.key(0), policy.graphdef,
@@ -87,6 +89,10 @@ def main() -> None:
         f"{update_times[('dispo', 2)] * 1e3:.1f} ms -> {update_times[('dispo', 2)] / grpo:.2f}x "
         f"(goal <= 2.1x) | DiSPO Z=4 / Z=2 = "
         f"{update_times[('dispo', 4)] / update_times[('dispo', 2)]:.2f}")
+  spg = update_times[("spg", 2)]
+  print(f"(c) update: SPG {spg * 1e3:.1f} ms -> {spg / grpo:.2f}x diffu-GRPO | DiSPO+SPG "
+        f"{update_times[('dispo_spg', 2)] * 1e3:.1f} ms -> {update_times[('dispo_spg', 2)] / spg:.2f}x "
+        f"SPG")
 
   # (b) a whole RL step
   step_times = {}

@@ -24,6 +24,7 @@ def get_config(arg: str = ""):
   c.seed = 42                # d1's subsampling seed
   c.d1_compat = False
   c.mask_padding = True
+  c.sudoku_few_shot = 0      # SPG's Sudoku protocol: 3 worked examples before the question
   if arg == "tiny":
     c.tasks = "sudoku"
     c.gen_lengths = (32,)

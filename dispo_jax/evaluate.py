@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dispo_jax.model import checkpoint, tokenizer as tok
 from dispo_jax.sampling import SamplerSettings, decode_completions, generate
-from dispo_jax.tasks import Task, data as data_lib, get_task, metric
+from dispo_jax.tasks import Task, data as data_lib, get_task, metric, sudoku
 from dispo_jax.tasks.base import Score
 
 
@@ -121,6 +121,8 @@ def run(config, workdir: str) -> dict:
     subset = data_lib.d1_eval_subset(rows, None if size is None else min(size, len(rows)),
                                      config.seed)
     rows = [rows[i] for i in subset][: config.limit if config.limit > 0 else None]
+    few_shot = config.get("sudoku_few_shot", 0) if name == "sudoku" else 0
+    prompt_fn = sudoku.few_shot_prompt(few_shot) if few_shot else None
     for gen_length in config.gen_lengths:
       start = time.perf_counter()
       results.setdefault(name, {})[gen_length] = evaluate_task(
@@ -128,7 +130,7 @@ def run(config, workdir: str) -> dict:
           block_length=config.block_length, batch_size=config.batch_size,
           max_prompt_length=config.max_prompt_length, mask_id=cfg.mask_token_id,
           eos_id=cfg.eos_token_id, out_path=os.path.join(workdir, f"{name}_{gen_length}.jsonl"),
-          mask_padding=config.mask_padding)
+          mask_padding=config.mask_padding, prompt_fn=prompt_fn)
       logging.info("%s@%d: %.4f (%.1fs)", name, gen_length,
                    results[name][gen_length]["accuracy"], time.perf_counter() - start)
   with open(os.path.join(workdir, "metrics.json"), "w") as f:

@@ -52,3 +52,19 @@ def test_evaluate_end_to_end_and_resume(tiny_checkpoint, tmp_path, capsys):
   assert second["sudoku"][16]["accuracy"] == first["sudoku"][16]["accuracy"]
   # Complete: a third run evaluates nothing new.
   assert evaluate.run(config, workdir)["sudoku"][16]["resumed_from"] == 6
+
+
+def test_sudoku_few_shot_protocol_puts_the_worked_examples_in_the_prompt(tiny_checkpoint, tmp_path,
+                                                                         monkeypatch):
+  seen = []
+  real = evaluate.generate_texts
+
+  def spy(graphdef, state, tokenizer, prompts, *args, **kwargs):
+    seen.extend(prompts)
+    return real(graphdef, state, tokenizer, prompts, *args, **kwargs)
+
+  monkeypatch.setattr(evaluate, "generate_texts", spy)
+  config = _config(tiny_checkpoint)
+  config.limit, config.sudoku_few_shot, config.max_prompt_length = 2, 3, 2048
+  evaluate.run(config, str(tmp_path / "few_shot"))
+  assert seen and all(p.count("Question: Solve the following Sudoku puzzle") == 4 for p in seen)
