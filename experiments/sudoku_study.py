@@ -50,6 +50,24 @@ def make_config(args, name: str, seed: int):
   return c
 
 
+def paired_gain(runs: dict, name: str, args) -> list[float] | None:
+  """Per seed: mean over the second half of the steps of (rollout reward − the shuffled control's).
+
+  Runs of one seed draw the same prompts at every step, so the difference removes prompt
+  difficulty, the largest source of step-to-step variation. None without the control run.
+  """
+  gains = []
+  for (method, seed), rows in runs.items():
+    control = runs.get(("diffu_grpo_shuffled", seed))
+    if method != name or control is None:
+      continue
+    ref = {r["step"]: r["reward_mean"] for r in control if "reward_mean" in r}
+    diff = [r["reward_mean"] - ref[r["step"]] for r in rows
+            if "reward_mean" in r and r["step"] in ref and r["step"] >= args.steps // 2]
+    gains.append(float(np.mean(diff)))
+  return gains or None
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--root", default="/tmp/sudoku_study")
@@ -69,8 +87,8 @@ def main() -> None:
   tiny.prepare_base(make_config(args, "dispo_a0.5", 0), base_dir)
 
   runs = {}
-  for name in args.methods.split(","):
-    for seed in (int(s) for s in args.seeds.split(",")):
+  for seed in (int(s) for s in args.seeds.split(",")):  # seeds outermost: complete seeds first
+    for name in args.methods.split(","):
       workdir = os.path.join(args.root, f"{name}_seed{seed}")
       for sub in ("base", "tokenizer"):
         if not os.path.exists(os.path.join(workdir, sub)):
@@ -102,16 +120,20 @@ def main() -> None:
                for rows in per_seed]
     summary[name] = {"before": before, "last": last, "late_half_mean": final,
                      "reward_first5": reward_first, "reward_last5": reward_last,
-                     "distinguishable": bins, "step_seconds": seconds}
+                     "distinguishable": bins, "step_seconds": seconds,
+                     "reward_minus_control": paired_gain(runs, name, args)}
   with open(os.path.join(args.root, "summary.json"), "w") as f:
     json.dump({"args": vars(args), "summary": summary}, f, indent=2)
 
   ms = lambda xs: f"{np.mean(xs):.3f} ± {np.std(xs):.3f}"
-  print("\n| method | eval before | eval at step %d | eval mean, 2nd half | rollout reward first 5 → last 5 steps | s/step |" % args.steps)
-  print("|---|---|---|---|---|---|")
+  print("\n| method | eval before | eval at step %d | eval mean, 2nd half | rollout reward first 5 → "
+        "last 5 steps | rollout reward − control, 2nd half | s/step |" % args.steps)
+  print("|---|---|---|---|---|---|---|")
   for name, s in summary.items():
+    gain = "n/a" if s["reward_minus_control"] is None else ms(s["reward_minus_control"])
     print(f"| {name} | {ms(s['before'])} | {ms(s['last'])} | {ms(s['late_half_mean'])} | "
-          f"{ms(s['reward_first5'])} → {ms(s['reward_last5'])} | {np.mean(s['step_seconds']):.1f} |")
+          f"{ms(s['reward_first5'])} → {ms(s['reward_last5'])} | {gain} | "
+          f"{np.mean(s['step_seconds']):.1f} |")
   for name, s in summary.items():
     if name.startswith("dispo"):
       d = s["distinguishable"]
