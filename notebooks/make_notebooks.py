@@ -88,19 +88,25 @@ DISPO_CELLS = [
      "same number of optimizer steps and μ inner updates (matched compute). DiSPO adds a "
      "fixed-state term: at one intermediate state per trajectory (drawn from a late-biased ω(t)) "
      "it draws Z = 2 fillings of the masked cells from the cached logits, scores them with the "
-     "same reward, and pushes up the better filling. See `docs/RESULTS.md` for the multi-seed "
-     "study."),
+     "same reward, and pushes up the better filling. A third run is the no-signal control: "
+     "diffu-GRPO with the rewards shuffled within each prompt's group (same update size, no "
+     "information). A method is learning only where it beats the control. See `docs/RESULTS.md` "
+     "for the multi-seed study."),
     ("code", INSTALL),
     ("code", RUNTIME),
     ("code", """\
 import json, shutil
+import numpy as np
 import matplotlib.pyplot as plt
 from configs import sudoku as sudoku_config
 from dispo_jax import train
 
-def config(method):
+RUNS = {"diffu_grpo": ("diffu_grpo", False), "dispo": ("dispo", False),
+        "control": ("diffu_grpo", True)}   # name -> (method, shuffled rewards)
+
+def config(name):
     c = sudoku_config.get_config("tiny")
-    c.method = method
+    c.method, c.shuffle_rewards = RUNS[name]
     if SMOKE:
         c.model.overrides.d_model, c.model.overrides.n_layers = 32, 1
         c.base.steps, c.num_steps, c.data.num_train, c.eval_rows = 40, 2, 200, 8
@@ -110,14 +116,14 @@ def config(method):
 
 root = "/tmp/dispo_notebook_compare" + ("_smoke" if SMOKE else "")
 runs = {}
-for method in ("diffu_grpo", "dispo"):
-    workdir = f"{root}/{method}"
-    if method == "dispo" and os.path.exists(f"{root}/diffu_grpo/base"):   # share the SFT'd base
+for name in RUNS:
+    workdir = f"{root}/{name}"
+    if name != "diffu_grpo" and os.path.exists(f"{root}/diffu_grpo/base"):   # share the SFT'd base
         for sub in ("base", "tokenizer"):
             if not os.path.exists(f"{workdir}/{sub}"):
                 shutil.copytree(f"{root}/diffu_grpo/{sub}", f"{workdir}/{sub}")
-    train.train(config(method), workdir)
-    runs[method] = [json.loads(l) for l in open(f"{workdir}/metrics.jsonl")]"""),
+    train.train(config(name), workdir)
+    runs[name] = [json.loads(l) for l in open(f"{workdir}/metrics.jsonl")]"""),
     ("code", """\
 fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))
 for method, rows in runs.items():
@@ -127,7 +133,14 @@ for method, rows in runs.items():
     b.plot(*zip(*ev), marker="o", label=method)
 a.set(xlabel="optimizer step", ylabel="rollout reward", title="training reward")
 b.set(xlabel="optimizer step", ylabel="held-out cell accuracy", title="greedy evaluation")
-a.legend(); b.legend(); plt.tight_layout(); plt.show()"""),
+a.legend(); b.legend(); plt.tight_layout(); plt.show()
+
+# The runs draw the same prompts at every step, so subtracting the control's rollout reward step by
+# step removes prompt difficulty, the largest source of noise in the curves above.
+control = {r["step"]: r["reward_mean"] for r in runs["control"] if "reward_mean" in r}
+for name in ("diffu_grpo", "dispo"):
+    diff = [r["reward_mean"] - control[r["step"]] for r in runs[name] if "reward_mean" in r]
+    print(f"{name}: rollout reward − control, mean over steps = {np.mean(diff):+.3f}")"""),
     ("code", """\
 # DiSPO's diagnostics: how often do the Z = 2 branches of a state get different rewards, by timestep bin?
 dispo = [r for r in runs["dispo"] if "step/distinguishable_frac" in r]
