@@ -74,6 +74,8 @@ def _metrics(workdir):
     ("rl.num_microbatches", 3, r"config\.rl\.num_microbatches=3 is invalid"),
     ("rollout.block_length", 7, r"gen_length=24 is not a multiple of block_length=7"),
     ("lora.rank", 0, r"rank must be positive"),
+    ("method", "spg", r"method='spg' has no KL term: beta must be 0"),
+    ("rl.spg.negative_bound", "upper", r"spg_negative_bound='upper' is not one of"),
 ])
 def test_bad_config_values_fail_before_compute(key, value, match):
   c = small_config(**{key: value})
