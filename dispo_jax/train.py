@@ -228,8 +228,16 @@ def restore_checkpoint(manager, trainable, opt_state):
   return step, trainable, restored["opt_state"], restored["meta"]
 
 
+def _logged_before(row: dict, resume_step: int) -> bool:
+  """Whether a metrics row belongs to the run up to checkpoint ``resume_step``: training rows of
+  steps before it, and evaluations of the checkpoint itself (logged at ``step == resume_step``)."""
+  if row["step"] < resume_step:
+    return True
+  return row["step"] == resume_step and all(k == "step" or k.startswith("eval/") for k in row)
+
+
 class MetricWriter:
-  """JSONL + TensorBoard from process 0; on resume, drops logged steps after the checkpoint."""
+  """JSONL + TensorBoard from process 0; on resume, drops what was logged after the checkpoint."""
 
   def __init__(self, workdir: str, resume_step: int):
     self.enabled = jax.process_index() == 0
@@ -240,7 +248,7 @@ class MetricWriter:
       kept = []
       for line in open(self.path):
         try:
-          if json.loads(line)["step"] < resume_step:
+          if _logged_before(json.loads(line), resume_step):
             kept.append(line)
         except (json.JSONDecodeError, KeyError):
           break

@@ -300,3 +300,13 @@ def test_shuffled_rewards_keep_each_prompts_values():
   for p in range(3):
     assert sorted(out[prompt_index == p]) == sorted(rewards[prompt_index == p])
   assert not np.array_equal(out, rewards)
+
+
+def test_resuming_a_finished_run_keeps_its_final_evaluation(tmp_path, base_dir):
+  workdir = _workdir(tmp_path, base_dir, "finished")
+  c = small_config(num_steps=2, eval_every=2, checkpoint_every=2)
+  train_lib.train(c, workdir)
+  before = _metrics(workdir)
+  assert [r["step"] for r in before if "eval/accuracy" in r] == [0, 2]
+  train_lib.train(c, workdir)  # resumes at step 2: nothing to train, nothing to drop
+  assert _metrics(workdir) == before
