@@ -80,16 +80,25 @@ def main() -> None:
   parser.add_argument("--eval-every", type=int, default=10)
   parser.add_argument("--eval-rows", type=int, default=256)
   parser.add_argument("--plots", default="docs")
+  parser.add_argument("--summary-only", action="store_true",
+                      help="train nothing; summarise the finished runs under --root")
   parser.add_argument("--tag", default="", help="plot name suffix (default: lr, base, decode steps)")
   args = parser.parse_args()
   os.makedirs(args.root, exist_ok=True)
   base_dir = os.path.join(args.root, "_base")
-  tiny.prepare_base(make_config(args, "dispo_a0.5", 0), base_dir)
+  if not args.summary_only:
+    tiny.prepare_base(make_config(args, "dispo_a0.5", 0), base_dir)
 
   runs = {}
   for seed in (int(s) for s in args.seeds.split(",")):  # seeds outermost: complete seeds first
     for name in args.methods.split(","):
       workdir = os.path.join(args.root, f"{name}_seed{seed}")
+      if args.summary_only:  # summarise the runs that finished, train nothing
+        path = os.path.join(workdir, "metrics.jsonl")
+        rows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
+        if any(r.get("step") == args.steps and "eval/accuracy" in r for r in rows):
+          runs[(name, seed)] = rows
+        continue
       for sub in ("base", "tokenizer"):
         if not os.path.exists(os.path.join(workdir, sub)):
           shutil.copytree(os.path.join(base_dir, sub), os.path.join(workdir, sub))
