@@ -6,10 +6,11 @@ SPG replaces diffu-GRPO's ratio-clipped one-step surrogate with bounds on the se
 * positive-advantage completions maximise a lower bound (ELBO)
   ``s̄ = (1/m) Σ_τ (1/k_τ) Σ_{i∈M_τ} log p_τ(o_i)``; multiplied by the completion length ``L`` in
   the loss this is the ``1/t``-weighted ELBO (``t_τ = k_τ / L``);
-* negative-advantage completions minimise an upper bound (EUBO, Theorem 1 of the SPG paper)
+* negative-advantage completions minimise an upper bound (EUBO, Theorem 1 of the SPG paper; a
+  bound of ``log p`` only for ``β ≥ L``, see ``docs/SPG.md``)
   ``s̄ = mean_{i ∈ ∪_τ M_τ} (1/β) log a_i``, ``a_i = (1/m) Σ_τ 1(i∈M_τ) p_τ(o_i)^β / t_τ``, or (SPG's
   default) the mixture ``ω·EUBO + (1−ω)·ELBO``. ``a_i`` is computed in log space (``logsumexp`` of
-  ``β log p − log t``): ``p^β`` underflows in fp32 for confident-wrong tokens;
+  ``β log p − log t``): ``p^β`` underflows in fp32 for tokens the model finds very unlikely;
 * the loss is REINFORCE without ratio, clipping or KL: per prompt group
   ``Σ_j −A_j L_j s̄_j / Σ_j L_j``, averaged over groups (:func:`sequence_weights` holds
   ``L_j / Σ_group L`` / number of groups, computed on the whole batch so micro-batching never changes it).
