@@ -55,6 +55,29 @@ def token_logprobs(logits: Array, targets: Array, mask_id: int) -> Array:
   return picked[..., 0] - log_norm
 
 
+def canvas_logprobs(apply: Callable[[Array, Array | None], Array], masked_prompt: Array,
+                    prompt_key_mask: Array | None, completion_canvas: Array, targets: Array,
+                    mask_id: int) -> Array:
+  """One forward pass on ``masked_prompt ‖ completion_canvas``; log-probs of ``targets``.
+
+  Args:
+    apply: ``(tokens [R, P+G], key_mask [R, P+G] | None) -> logits [R, P+G, V]``.
+    masked_prompt: ``[R, P]`` int32 prompts, MASK where the prompt is masked.
+    prompt_key_mask: ``[R, P]`` bool (False on padding) or None to attend to padding.
+    completion_canvas: ``[R, G]`` int32; MASK wherever a target is scored.
+    targets: ``[R, ..., G]`` int32 tokens whose log-probs are returned.
+  Returns:
+    ``[R, ..., G]`` float32; only entries at masked completion positions are meaningful.
+  """
+  p = masked_prompt.shape[1]
+  canvas = jnp.concatenate([masked_prompt, completion_canvas], axis=1)
+  key_mask = None
+  if prompt_key_mask is not None:
+    key_mask = jnp.concatenate(
+        [prompt_key_mask, jnp.ones(completion_canvas.shape, bool)], axis=1)
+  return token_logprobs(apply(canvas, key_mask)[:, p:], targets, mask_id)
+
+
 def surrogate_logprobs(apply_fn: ApplyFn, params: Any, prompt_tokens: Array, prompt_key_mask: Array
                        | None, completion_canvas: Array, targets: Array, key: Array,
                        row_ids: Array, *, p_mask_prompt: float, mask_id: int) -> Array:
@@ -70,12 +93,7 @@ def surrogate_logprobs(apply_fn: ApplyFn, params: Any, prompt_tokens: Array, pro
   Returns:
     ``[R, ..., G]`` float32; only entries at masked completion positions are meaningful.
   """
-  r, p = prompt_tokens.shape
+  p = prompt_tokens.shape[1]
   masked_prompt = jnp.where(prompt_mask(key, row_ids, p, p_mask_prompt), mask_id, prompt_tokens)
-  canvas = jnp.concatenate([masked_prompt, completion_canvas], axis=1)
-  key_mask = None
-  if prompt_key_mask is not None:
-    key_mask = jnp.concatenate(
-        [prompt_key_mask, jnp.ones(completion_canvas.shape, bool)], axis=1)
-  logits = apply_fn(params, canvas, key_mask)[:, p:]
-  return token_logprobs(logits, targets, mask_id)
+  return canvas_logprobs(lambda t, m: apply_fn(params, t, m), masked_prompt, prompt_key_mask,
+                         completion_canvas, targets, mask_id)

@@ -29,7 +29,7 @@ from typing import Callable, Dict, Optional
 import jax
 import jax.numpy as jnp
 
-from dispo_jax.rl.logprobs import token_logprobs
+from dispo_jax.rl.logprobs import canvas_logprobs
 
 Array = jax.Array
 NEGATIVE_BOUNDS = ("mix", "eubo", "elbo", "none")
@@ -132,16 +132,11 @@ def masked_logprobs(apply: Callable[[Array, Optional[Array]], Array], prompt_tok
   """
   r, m, p = prompt_masked.shape
   g = completion.shape[1]
-  prompt = jnp.where(prompt_masked, mask_id, prompt_tokens[:, None])
-  comp = jnp.where(completion_masked, mask_id, completion[:, None])
-  canvas = jnp.concatenate([prompt, comp], axis=-1).reshape(r * m, p + g)
-  key_mask = None
-  if prompt_key_mask is not None:
-    key_mask = jnp.concatenate([jnp.repeat(prompt_key_mask, m, axis=0),
-                                jnp.ones((r * m, g), bool)], axis=1)
-  logits = apply(canvas, key_mask)[:, p:]
-  targets = jnp.repeat(completion, m, axis=0)
-  return token_logprobs(logits, targets, mask_id).reshape(r, m, g)
+  prompt = jnp.where(prompt_masked, mask_id, prompt_tokens[:, None]).reshape(r * m, p)
+  comp = jnp.where(completion_masked, mask_id, completion[:, None]).reshape(r * m, g)
+  key_mask = None if prompt_key_mask is None else jnp.repeat(prompt_key_mask, m, axis=0)
+  return canvas_logprobs(apply, prompt, key_mask, comp, jnp.repeat(completion, m, axis=0),
+                         mask_id).reshape(r, m, g)
 
 
 def elbo(logp: Array, counted: Array) -> Array:
@@ -169,18 +164,6 @@ def eubo(logp: Array, counted: Array, completion_mask: Array, beta: float) -> Ar
   log_a = jnp.log(jnp.where(any_counted, summed, 1.0)) + peak[:, 0] - jnp.log(float(m))
   weights = any_counted.astype(jnp.float32)
   return jnp.sum(log_a * weights, -1) / jnp.maximum(jnp.sum(weights, -1), 1.0) / beta
-
-
-def eubo_direct(logp: Array, counted: Array, completion_mask: Array, beta: float) -> Array:
-  """The same bound written as SPG's code writes it, ``p^β`` in linear space (underflows; tests)."""
-  m = logp.shape[1]
-  counted_f = counted.astype(jnp.float32)
-  length = jnp.sum(completion_mask, -1).astype(jnp.float32)
-  t = jnp.sum(counted_f, -1) / length[:, None]
-  a = jnp.sum(jnp.exp(logp) ** beta * counted_f / jnp.maximum(t, 1e-8)[..., None], 1) / m
-  weights = (a > 0).astype(jnp.float32)
-  return jnp.sum(jnp.log(jnp.where(a > 0, a, 1.0)) * weights, -1) / jnp.maximum(
-      jnp.sum(weights, -1), 1.0) / beta
 
 
 def sequence_logp(logp: Array, counted: Array, completion_mask: Array, advantages: Array, *,
