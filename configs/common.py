@@ -8,10 +8,11 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "sudoku"
   c.method = "dispo"             # diffu_grpo | dispo | spg | dispo_spg
-  c.d1_compat = False
+  c.d1_compat = True             # d1's reward functions exactly (App. D.1); False: corrected rewards
   c.seed = 0
-  c.num_steps = 3800             # optimizer steps (d1: Sudoku 3800, Countdown 5000, GSM8K 7700, MATH 6600)
-  c.max_steps = -1               # >0 caps this run (the schedule still uses num_steps)
+  c.num_steps = 3800             # optimizer updates (d1: Sudoku 3800, Countdown 5000, GSM8K 7700, MATH 6600);
+                                 # a new rollout batch every rl.num_iterations updates, as d1 (TRL)
+  c.max_steps = -1               # >0 caps this run, a multiple of rl.num_iterations (the schedule still uses num_steps)
 
   c.model = ml_collections.ConfigDict()
   c.model.checkpoint = ""        # HF LLaDA folder (LLaDA-8B-Instruct); "" = tiny setting
@@ -62,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.timestep_degree = 4.0
   c.rl.branch_advantage = "mean"  # mean (paper) | leave_one_out (unbiased)
   c.rl.step_normaliser = "tokens"
+  c.rl.base_normaliser = "group"  # group (d1 as run: token mean per prompt group, mean over groups) | batch
+  c.rl.step_ratio = "token"      # token | branch (Eq. 5: one clipped ratio per branch)
+  c.rl.step_tokens = "action"    # action (up to the branch's EOS) | action_with_tail | all (Table 3a ablation)
   c.rl.num_microbatches = 1
   c.rl.spg = ml_collections.ConfigDict()  # SPG's term (method spg | dispo_spg)
   c.rl.spg.num_masks = 2         # m, Monte Carlo mask samples per completion
@@ -69,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.spg.negative_bound = "mix"  # mix | eubo | elbo | none (negative-advantage completions)
   c.rl.spg.mix_weight = 0.5      # ω of mix = ω·EUBO + (1−ω)·ELBO
   c.rl.spg.eubo_beta = 1.5
+  c.rl.spg.block_choice = "spg"  # spg (SPG's trainer: randperm(num_blocks) % covered) | cycled
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
@@ -87,9 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.base.batch_size = 64
   c.base.learning_rate = 3e-3
 
-  c.checkpoint_every = 100
+  c.checkpoint_every = 96         # optimizer updates; a multiple of rl.num_iterations (8 and 12)
   c.keep_checkpoints = 3
-  c.log_every = 1
   c.eval_every = 200
   c.eval_rows = 256
   c.max_bad_steps = 5            # consecutive non-finite updates before the run stops
@@ -118,12 +122,14 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.rollout.max_prompt_length = 32
   c.rollout.temperature = 0.9
   c.rl.num_iterations = 4
-  c.num_steps = 40
+  c.rl.base_normaliser = "batch"  # the project's studies so far used the global token mean
+  c.d1_compat = False            # the corrected rewards (GSM8K DOTALL, MATH "\\boxed" check)
+  c.num_steps = 160              # optimizer updates: 40 rollout batches × μ = 4
   # 300 SFT steps leave room for RL: held-out greedy cell accuracy 0.397 at 6 decode steps
   # (200 steps: 0.253, chance for 4 digits; 400: 0.489). `experiments/base_sweep.py`, docs/RESULTS.md.
   c.base.steps = 300
-  c.checkpoint_every = 20
-  c.eval_every = 20
+  c.checkpoint_every = 80
+  c.eval_every = 80
   c.eval_rows = 256
   return c
 
@@ -144,8 +150,8 @@ def spg_objective(c: ml_collections.ConfigDict, method: str,
 
 def spg_recipe(c: ml_collections.ConfigDict, method: str, num_steps: int, eubo_beta: float = 1.5,
                temperature: float = 0.9) -> ml_collections.ConfigDict:
-  """SPG's LLaDA-8B recipe (facebookresearch/SPG run scripts): lr 3e-6, 16 prompts × 6,
-  256 tokens in 128 steps with 32-token blocks."""
+  """SPG's LLaDA-8B recipe: lr 3e-6, 16 prompts × 6, 256 tokens in 128 steps with 32-token blocks;
+  ``num_steps`` optimizer updates at sampling temperature ``temperature``."""
   c = spg_objective(c, method, eubo_beta)
   c.num_steps = num_steps
   c.optim.learning_rate = 3e-6
@@ -158,31 +164,37 @@ def spg_recipe(c: ml_collections.ConfigDict, method: str, num_steps: int, eubo_b
   return c
 
 
-def with_variants(c: ml_collections.ConfigDict, arg: str, *, spg_steps: int,
-                  spg_eubo_beta: float = 1.5, spg_temperature: float = 0.9,
+def with_variants(c: ml_collections.ConfigDict, arg: str, *, spg_steps: int, spg_repo_steps: int,
+                  spg_eubo_beta: float = 1.5, spg_repo_temperature: float = 0.9,
                   extra: dict | None = None) -> ml_collections.ConfigDict:
   """Applies the comma-separated variants of ``--config=configs/<task>.py:<variants>``.
 
-  ``tiny``: the CPU setting. ``spg`` / ``dispo_spg``: SPG's objective, with SPG's full recipe unless
-  ``tiny`` is also given (the tiny setting keeps its rollout and learning rate). ``extra`` maps
-  task-specific variant names to functions of the config.
+  ``tiny``: the CPU setting. ``spg`` / ``dispo_spg``: SPG's objective with the recipe the DiSPO
+  paper ran it with (App. D.3: in d1's codebase, ``spg_steps`` updates, d1's temperature 0.9);
+  adding ``spg_repo`` takes SPG's own repository's run instead (``spg_repo_steps`` updates, its
+  per-task temperature). With ``tiny`` only the objective changes (the tiny rollout and learning
+  rate stay). ``extra`` maps task-specific variant names to functions of the config.
   """
   task = c.task
   variants = [v for v in arg.split(",") if v]
-  known = {"tiny", "spg", "dispo_spg", *(extra or {})}
+  known = {"tiny", "spg", "dispo_spg", "spg_repo", *(extra or {})}
   for v in variants:
     if v not in known:
       raise ValueError(f"unknown config variant {v!r}; use a comma-separated subset of "
                        f"{sorted(known)}")
   if "spg" in variants and "dispo_spg" in variants:
     raise ValueError("config variants 'spg' and 'dispo_spg' exclude each other")
+  if "spg_repo" in variants and not {"spg", "dispo_spg"} & set(variants):
+    raise ValueError("config variant 'spg_repo' modifies 'spg' or 'dispo_spg'; add one of them")
   if "tiny" in variants:
     c = tiny(c)
     c.task = task
+  repo = "spg_repo" in variants
   for method in ("spg", "dispo_spg"):
     if method in variants:
       c = (spg_objective(c, method, spg_eubo_beta) if "tiny" in variants else
-           spg_recipe(c, method, spg_steps, spg_eubo_beta, spg_temperature))
+           spg_recipe(c, method, spg_repo_steps if repo else spg_steps, spg_eubo_beta,
+                      spg_repo_temperature if repo else 0.9))
   for v in variants:
     if v in (extra or {}):
       c = extra[v](c)

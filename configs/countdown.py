@@ -3,8 +3,9 @@
   python -m dispo_jax.train --config=configs/countdown.py --workdir=/tmp/countdown \\
       --config.model.checkpoint=/path/to/LLaDA-8B-Instruct --config.method=dispo
 
-Variants, comma-separated after the colon: tiny (CPU), spg / dispo_spg (SPG's objective; its
-LLaDA-8B recipe unless with tiny). E.g. `--config=configs/countdown.py:tiny,dispo_spg`.
+Variants, comma-separated after the colon: tiny (CPU), spg / dispo_spg (SPG's objective with the
+DiSPO paper's SPG recipe, App. D.3; add spg_repo for SPG's own repository's run; with tiny only the
+objective). E.g. `--config=configs/countdown.py:tiny,dispo_spg`.
 """
 
 from configs import common
@@ -15,4 +16,5 @@ def get_config(arg: str = ""):
   c.task = "countdown"
   c.num_steps = 5000
   c.rl.num_iterations = 8
-  return common.with_variants(c, arg, spg_steps=6000, spg_eubo_beta=1.5, spg_temperature=0.9)
+  return common.with_variants(c, arg, spg_steps=4600, spg_repo_steps=6000,
+                              spg_eubo_beta=1.5, spg_repo_temperature=0.9)

@@ -76,7 +76,7 @@ def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, g
     for lo in tqdm(range(start, len(rows), batch_size), disable=not progress,
                    desc=f"{task.name}@{gen_length}"):
       batch = rows[lo:lo + batch_size]
-      prompts = [tok.render_chat(prompt_fn(r)) for r in batch]
+      prompts = [tok.render_prompt(tokenizer, prompt_fn(r)) for r in batch]
       pad = batch_size - len(batch)  # keep one compiled shape
       texts = generate_texts(graphdef, state, tokenizer, prompts + prompts[:1] * pad, settings,
                              max_prompt_length, eos_id, jax.random.key(seed + lo))[:len(batch)]

@@ -73,10 +73,11 @@ def main() -> None:
       prompt_tokens=sds((n, p), jnp.int32, rows), prompt_key_mask=sds((n, p), jnp.bool_, rows),
       completion=sds((n, g), jnp.int32, rows), completion_mask=sds((n, g), jnp.bool_, rows),
       advantages=sds((n,), jnp.float32, rows), row_ids=sds((n,), jnp.int32, rows),
+      base_row_weights=sds((n,), jnp.float32, rows),
       base_old_logp=sds((mu, n, g), jnp.float32, rows_mu),
       base_ref_logp=sds((mu, n, g), jnp.float32, rows_mu),
       state_canvas=sds((n, s, g), jnp.int32, rows), actions=sds((n, s, z, g), jnp.int32, rows),
-      action_mask=sds((n, s, g), jnp.bool_, rows),
+      action_mask=sds((n, s, z, g), jnp.bool_, rows),
       branch_advantages=sds((n, s, z), jnp.float32, rows),
       step_old_logp=sds((mu, n, s, z, g), jnp.float32, rows_mu),
       step_ref_logp=sds((mu, n, s, z, g), jnp.float32, rows_mu))

@@ -72,6 +72,10 @@ def validate_config(c) -> None:
        and (c.rollout.prompts_per_step * c.rollout.group_size) % c.rl.num_microbatches == 0,
        "a divisor of prompts_per_step × group_size"),
       ("max_bad_steps", c.max_bad_steps >= 1, ">= 1"),
+      ("checkpoint_every", c.checkpoint_every > 0 and c.checkpoint_every % c.rl.num_iterations == 0,
+       "a positive multiple of rl.num_iterations (checkpoints fall between rollout batches)"),
+      ("max_steps", c.max_steps <= 0 or c.max_steps % c.rl.num_iterations == 0,
+       "<= 0 (no cap) or a multiple of rl.num_iterations (a run stops between rollout batches)"),
   ]
   for key, ok, what in checks:
     if not ok:
@@ -111,9 +115,11 @@ def objective_settings(c, mask_id: int) -> learner.ObjectiveSettings:
       method=c.method, alpha_base=c.rl.alpha_base, alpha_step=c.rl.alpha_step,
       epsilon_low=c.rl.epsilon, epsilon_high=c.rl.epsilon, beta=c.rl.beta,
       p_mask_prompt=c.rl.p_mask_prompt, step_normaliser=c.rl.step_normaliser,
+      base_normaliser=c.rl.base_normaliser, step_ratio=c.rl.step_ratio,
+      step_tokens=c.rl.step_tokens,
       spg_num_masks=c.rl.spg.num_masks, spg_block_length=c.rl.spg.block_length,
       spg_negative_bound=c.rl.spg.negative_bound, spg_mix_weight=c.rl.spg.mix_weight,
-      spg_eubo_beta=c.rl.spg.eubo_beta, mask_id=mask_id)
+      spg_eubo_beta=c.rl.spg.eubo_beta, spg_block_choice=c.rl.spg.block_choice, mask_id=mask_id)
 
 
 def rollout_settings(c) -> rollout_lib.RolloutSettings:
@@ -334,6 +340,10 @@ def train(c, workdir: str) -> dict[str, Any]:
   row_sharding = sharding.logical_sharding(mesh, "batch", "length")
 
   end_step = c.num_steps if c.max_steps <= 0 else min(c.num_steps, start_step + c.max_steps)
+  if start_step % c.rl.num_iterations and start_step < c.num_steps:
+    raise ValueError(f"{workdir}/checkpoints: the latest checkpoint (step {start_step}) is inside a "
+                     f"rollout batch of rl.num_iterations={c.rl.num_iterations} updates; resume needs "
+                     f"a checkpoint at a rollout boundary")
   writer = MetricWriter(workdir, start_step)
   preempted = _Preempted()
   base_key = jax.random.key(c.seed)
@@ -350,8 +360,8 @@ def train(c, workdir: str) -> dict[str, Any]:
     writer.write(step, {"eval/accuracy": result["accuracy"]})
     return result["accuracy"]
 
-  def reward_fn_for(rows, step):
-    shuffle_rng = np.random.default_rng([c.seed, step]) if c.shuffle_rewards else None
+  def reward_fn_for(rows, rollout_index):
+    shuffle_rng = np.random.default_rng([c.seed, rollout_index]) if c.shuffle_rewards else None
 
     def reward_fn(completions, prompt_index):
       texts = decode_completions(tokenizer, completions, ids.eos)
@@ -361,36 +371,41 @@ def train(c, workdir: str) -> dict[str, Any]:
       return rewards
     return reward_fn
 
+  def new_rollout_batch(rollout_index):
+    """Rollout batch ``rollout_index``: rollout, rewards, old/ref log-probs for its μ updates."""
+    rows = prompts_for_step(train_rows, rollout_index, c.rollout.prompts_per_step, c.seed)
+    tokens, lengths = tok.encode_prompts(tokenizer, [tok.render_prompt(tokenizer, prompt_fn(r)) for r in rows],
+                                         c.rollout.max_prompt_length, ids.pad)
+    key = jax.random.fold_in(base_key, rollout_index)
+    roll_key, mask_key, dropout_key = jax.random.split(key, 3)
+    batch, rollout_metrics = rollout_lib.collect(
+        roll_key, policy.graphdef, policy.model_state((trainable, frozen)), tokens, lengths,
+        reward_fn_for(rows, rollout_index), sampler, objective, rs, eos_id=ids.eos,
+        row_sharding=row_sharding)
+    rollout_metrics.pop("rollout")
+    rollout_metrics.pop("rewards")
+    mask_keys = jax.random.split(mask_key, c.rl.num_iterations)
+    return old_and_ref((trainable, frozen), batch, mask_keys), rollout_metrics, mask_keys, dropout_key
+
   accuracy_before = None
   if c.eval_every > 0 and start_step == 0:
     accuracy_before = run_eval(0)
   progress = tqdm(range(start_step, end_step), initial=start_step, total=end_step,
                   disable=jax.process_index() != 0, desc=f"{c.method}/{c.task}")
   step = start_step
+  rollout_state = None
   for step in progress:
     start = time.perf_counter()
-    rows = prompts_for_step(train_rows, step, c.rollout.prompts_per_step, c.seed)
-    tokens, lengths = tok.encode_prompts(tokenizer, [tok.render_chat(prompt_fn(r)) for r in rows],
-                                         c.rollout.max_prompt_length, ids.pad)
-    key = jax.random.fold_in(base_key, step)
-    roll_key, mask_key, dropout_key = jax.random.split(key, 3)
-    batch, metrics = rollout_lib.collect(
-        roll_key, policy.graphdef, policy.model_state((trainable, frozen)), tokens, lengths,
-        reward_fn_for(rows, step), sampler, objective, rs, eos_id=ids.eos,
-        row_sharding=row_sharding)
-    metrics.pop("rollout")
-    metrics.pop("rewards")
-    mask_keys = jax.random.split(mask_key, c.rl.num_iterations)
-    batch = old_and_ref((trainable, frozen), batch, mask_keys)
-    inner = []
-    for i in range(c.rl.num_iterations):
-      trainable, opt_state, m = update(trainable, frozen, opt_state, batch, i, mask_keys[i],
-                                       jax.random.fold_in(dropout_key, i))
-      inner.append(m)
-    inner = jax.device_get(inner)
-    skipped = sum(float(m["skipped"]) for m in inner)
-    for name in inner[0]:
-      metrics[name] = float(np.mean([m[name] for m in inner]))
+    rollout_index, iteration = divmod(step, c.rl.num_iterations)
+    if iteration == 0:
+      rollout_state = new_rollout_batch(rollout_index)
+    batch, rollout_metrics, mask_keys, dropout_key = rollout_state
+    trainable, opt_state, m = update(trainable, frozen, opt_state, batch, iteration,
+                                     mask_keys[iteration], jax.random.fold_in(dropout_key, iteration))
+    m = jax.device_get(m)
+    skipped = float(m["skipped"])
+    metrics = {"rollout": rollout_index, **rollout_metrics,
+               **{name: float(value) for name, value in m.items()}}
     metrics["skipped_updates"] = skipped
     metrics["step_seconds"] = time.perf_counter() - start
     bad_steps = bad_steps + 1 if skipped else 0
@@ -407,12 +422,14 @@ def train(c, workdir: str) -> dict[str, Any]:
     done = step + 1
     if c.eval_every > 0 and (done % c.eval_every == 0 or done == c.num_steps):
       metrics["eval/accuracy"] = run_eval(done)
-    if done % c.checkpoint_every == 0 or preempted.flag or done == end_step:
+    at_boundary = done % c.rl.num_iterations == 0 or done == c.num_steps
+    if at_boundary and (done % c.checkpoint_every == 0 or preempted.flag or done == end_step):
       if not skipped:
         save_checkpoint(manager, done, trainable, opt_state,
-                        {"step": done, "seed": c.seed,
-                         "data_position": done * c.rollout.prompts_per_step})
-    if preempted.flag:
+                        {"step": done, "rollout": -(-done // c.rl.num_iterations), "seed": c.seed,
+                         "data_position": -(-done // c.rl.num_iterations)
+                         * c.rollout.prompts_per_step})
+    if preempted.flag and at_boundary:
       break
   manager.wait_until_finished()
   writer.close()

@@ -139,9 +139,9 @@ def test_a_registered_base_loss_plugs_in_without_touching_the_rest():
 
   @losses.register_loss("test_reinforce")
   def reinforce(logp, old_logp, ref_logp, advantages, mask, *, epsilon_low, epsilon_high, beta,
-                denominator):
+                row_weights):
     calls.append(logp.shape)
-    loss = -jnp.sum(advantages[:, None] * logp * mask) / denominator
+    loss = -jnp.sum(advantages[:, None] * logp * mask * row_weights[:, None])
     return loss, {"base/loss": loss}
 
   try:

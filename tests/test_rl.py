@@ -10,6 +10,7 @@ import pytest
 from dispo_jax import rl
 from dispo_jax.model import llada
 from dispo_jax.model.config import get_config
+from dispo_jax.rl import rollout as rl_rollout
 from dispo_jax.sampling import completion_mask, sample_branches
 
 
@@ -87,17 +88,90 @@ def test_dispo_gradient_matches_exact_fixed_state_objective(micro, advantage, fa
   assert abs(float(proj.mean()) - other) > 10 * float(proj.std() / np.sqrt(proj.size))
 
 
-def test_diffu_grpo_gradient_at_ratio_one_is_reinforce(micro):
+def test_dispo_gradient_on_the_default_training_path(micro):
+  """The training path's defaults — branches drawn at τ = 0.5, prompt masking, action tokens cut at
+  the branch's first EOS, the token normaliser, k3 KL — against the exact expectation of the
+  estimator, enumerated over all 16 × 16 branch pairs (the denominator depends on the pair). The
+  test can tell it from branches drawn at τ = 1 and from an uncut EOS tail (> 10 SE)."""
+  cfg, apply_fn, params = micro
+  # token 1 plays EOS: the micro model's most likely filling, so the cut changes many pairs
+  mask, eos, tau, z = cfg.mask_token_id, 1, 0.5, 2
+  prompt = jnp.asarray([[1, 0, 2]], jnp.int32)
+  state_canvas = jnp.asarray([[2, mask, mask]], jnp.int32)
+  reward_table = jnp.asarray(np.random.default_rng(4).uniform(0, 1, (4, 4)), jnp.float32)
+  row, key0 = jnp.zeros((1,), jnp.int32), jax.random.key(5)
+  assert 0 < int(rl.prompt_mask(key0, row, 3, 0.5).sum()) < 3  # the prompt really is masked
+
+  def surrogate(p, targets):  # [1, ..., G] targets
+    return rl.surrogate_logprobs(apply_fn, p, prompt, None, state_canvas, targets, key0, row,
+                                 p_mask_prompt=0.5, mask_id=mask)
+
+  logits = apply_fn(params, jnp.concatenate([prompt, state_canvas], 1), None)[:, 3:]  # sampler's
+  fillings = np.asarray(list(itertools.product(range(4), repeat=2)), np.int32)  # [16, 2]
+  full = jnp.concatenate([jnp.full((16, 1), 2, jnp.int32), jnp.asarray(fillings)], axis=1)[None]
+  rewards = np.asarray(reward_table)[fillings[:, 0], fillings[:, 1]]
+  pairs = np.asarray(list(itertools.product(range(16), repeat=2)))  # [256, 2]
+  adv = rewards[pairs] - rewards[pairs].mean(-1, keepdims=True)  # [256, Z]
+
+  def exact_gradient(sample_tau, cut_at_eos):
+    q = jax.nn.softmax(jnp.where(jnp.arange(5) == mask, -jnp.inf,
+                                 logits[0, 1:].astype(jnp.float32)) / sample_tau)  # [2, V]
+    q_fill = np.asarray(q[0, fillings[:, 0]] * q[1, fillings[:, 1]])  # [16]
+    weight = q_fill[pairs[:, 0]] * q_fill[pairs[:, 1]]
+    np.testing.assert_allclose(weight.sum(), 1.0, rtol=1e-5)  # the enumeration is complete
+    second = (fillings[:, 0] != eos) if cut_at_eos else np.ones(16, bool)  # position 2 scored
+    denominator = (1 + second.astype(np.float32))[pairs].sum(-1)  # tokens of both branches
+
+    def expected_neg_loss(p):
+      logp = surrogate(p, full)[0]  # [16, G]
+      per_fill = logp[:, 1] + jnp.where(jnp.asarray(second), logp[:, 2], 0.0)  # Σ_{i∈M}
+      return jnp.sum(jnp.asarray(weight / denominator)
+                     * jnp.sum(jnp.asarray(adv) * per_fill[jnp.asarray(pairs)], -1))
+    return _flat(jax.grad(expected_neg_loss)(params))
+
+  def one_key(key):
+    filled, action_mask = sample_branches(key, state_canvas[:, None], logits[:, None], None, z,
+                                          tau, mask)
+    scored = rl_rollout.step_token_mask(action_mask, filled, eos, "action")
+    adv_z = rl.get_advantage("mean")(reward_table[filled[..., 1], filled[..., 2]])
+
+    def neg_loss(p):
+      logp = surrogate(p, filled[:, 0])[:, None]  # [1, 1, Z, G]
+      loss, _ = rl.dispo_step_loss(logp, jax.lax.stop_gradient(logp),
+                                   jax.lax.stop_gradient(logp), adv_z, scored, beta=0.04)
+      return -loss
+    return _flat(jax.grad(neg_loss)(params))
+
+  grads = jax.jit(jax.vmap(one_key))(jax.random.split(jax.random.key(6), 6000))
+  exact = exact_gradient(tau, True)
+  directions = [exact / jnp.linalg.norm(exact)]
+  directions += list(jax.random.normal(jax.random.key(7), (3, exact.size)))
+  for u in directions:
+    proj = grads @ u
+    mean, se = float(proj.mean()), float(proj.std() / np.sqrt(proj.size))
+    assert abs(mean - float(exact @ u)) <= 5 * se, (mean, float(exact @ u), se)
+  for wrong in (exact_gradient(1.0, True), exact_gradient(tau, False)):
+    gaps = []
+    for u in directions + [(wrong - exact) / jnp.linalg.norm(wrong - exact)]:
+      proj = grads @ u
+      gaps.append(abs(float(proj.mean()) - float(wrong @ u)) / float(proj.std() / np.sqrt(proj.size)))
+    assert max(gaps) > 10, gaps
+
+
+@pytest.mark.parametrize("normaliser", ["group", "batch"])
+def test_diffu_grpo_gradient_at_ratio_one_is_reinforce(micro, normaliser):
+  """At ρ = 1 the gradient is REINFORCE's with d1's normaliser, written out row by row here."""
   cfg, apply_fn, params = micro
   mask = cfg.mask_token_id
   rng = np.random.default_rng(0)
   prompts = jnp.asarray(rng.integers(0, 4, (4, 3)), jnp.int32)
   completion = jnp.asarray([[0, 1, 3, 2], [2, 2, 2, 2], [3, 0, 1, 1], [1, 3, 3, 0]], jnp.int32)
-  cmask = completion_mask(completion, cfg.eos_token_id)  # eos = 3
+  cmask = completion_mask(completion, cfg.eos_token_id)  # eos = 3: 3, 4, 1, 2 tokens
   rewards = jnp.asarray([1.0, 0.0, 0.2, 0.9])
   adv = rl.group_advantages(rewards, group_size=2)
   key, rows = jax.random.key(3), jnp.arange(4)
   masked = jnp.full(completion.shape, mask, jnp.int32)
+  weights = rl.base_row_weights(cmask, 2, normaliser)
 
   def logp_fn(p):
     return rl.surrogate_logprobs(apply_fn, p, prompts, None, masked, completion, key, rows,
@@ -105,15 +179,53 @@ def test_diffu_grpo_gradient_at_ratio_one_is_reinforce(micro):
 
   def grpo(p):
     logp = logp_fn(p)
-    return rl.diffu_grpo_loss(logp, jax.lax.stop_gradient(logp), None, adv, cmask, beta=0.0)[0]
+    return rl.diffu_grpo_loss(logp, jax.lax.stop_gradient(logp), None, adv, cmask, beta=0.0,
+                              row_weights=weights)[0]
+
+  tokens = [3, 4, 1, 2]  # completion tokens of each row, counted by hand
 
   def reinforce(p):
-    w = cmask.astype(jnp.float32)
-    return -jnp.sum(adv[:, None] * logp_fn(p) * w) / w.sum()
+    logp = logp_fn(p)
+    row_sums = [-adv[r] * jnp.sum(logp[r, :tokens[r]]) for r in range(4)]
+    if normaliser == "batch":  # one token mean over the batch
+      return sum(row_sums) / sum(tokens)
+    # d1: token mean within each group (rows 0-1: 7 tokens, rows 2-3: 3), then mean over groups
+    return ((row_sums[0] + row_sums[1]) / 7 + (row_sums[2] + row_sums[3]) / 3) / 2
 
   g1, g2 = jax.grad(grpo)(params), jax.grad(reinforce)(params)
   np.testing.assert_allclose(_flat(g1), _flat(g2), rtol=1e-5, atol=1e-8)
   assert float(jnp.abs(_flat(g1)).max()) > 0
+
+
+def test_base_row_weights_by_hand():
+  cmask = jnp.asarray([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 1]], bool)
+  np.testing.assert_allclose(rl.base_row_weights(cmask, 2, "group"),
+                             [1 / 3 / 2, 1 / 3 / 2, 1 / 6 / 2, 1 / 6 / 2], rtol=1e-6)
+  np.testing.assert_allclose(rl.base_row_weights(cmask, 2, "batch"), [1 / 9] * 4, rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown base normaliser"):
+    rl.base_row_weights(cmask, 2, "device")
+
+
+def test_branch_ratio_is_eq5():
+  """``step_ratio='branch'``: one ratio per branch, exp of the summed log-ratio, clipped per branch."""
+  rng = np.random.default_rng(1)
+  n, s, z, g = 2, 1, 2, 4
+  logp = jnp.asarray(rng.normal(-1.0, 0.3, (n, s, z, g)), jnp.float32)
+  old = logp - jnp.asarray(rng.normal(0.0, 0.2, (n, s, z, g)), jnp.float32)
+  adv = jnp.asarray([[[1.0, -1.0]], [[0.5, -0.5]]], jnp.float32)
+  mask = jnp.asarray(rng.uniform(size=(n, s, z, g)) < 0.7).at[..., 0].set(True)
+  loss, diag = rl.dispo_step_loss(logp, old, None, adv, mask, beta=0.0, normaliser="sum",
+                                  ratio="branch", epsilon_low=0.2, epsilon_high=0.2)
+  expected = 0.0
+  lp, od, m, a = (np.asarray(x, np.float64) for x in (logp, old, mask, adv))
+  for i in range(n):
+    rho = np.exp(((lp[i, 0] - od[i, 0]) * m[i, 0]).sum(-1))  # [Z]
+    per_branch = -np.minimum(rho * a[i, 0], np.clip(rho, 0.8, 1.2) * a[i, 0])
+    expected += per_branch.sum() / z
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  assert float(diag["step/branch_abs_log_ratio_max"]) > 0
+  with pytest.raises(ValueError, match="needs normaliser 'states' or 'sum'"):
+    rl.dispo_step_loss(logp, old, None, adv, mask, normaliser="tokens", ratio="branch")
 
 
 def test_only_action_positions_receive_gradient():

@@ -69,6 +69,54 @@ def reference_generate(graphdef, state, prompt, lengths, key, s: SamplerSettings
   return x
 
 
+def llada_generate_reference(graphdef, state, prompt, key, s: SamplerSettings):
+  """LLaDA's published ``generate``, step by step in float64 NumPy: MASK stays in the vocabulary,
+  pads are attended to, Gumbel noise in the ``exp(logits) / (−log u)^τ`` form, confidence from a
+  float64 softmax, everything right of the current block at ``−∞``, still-masked positions anywhere
+  to its left eligible. Shares only the forward and the noise draws (``u`` recovered from the
+  implementation's Gumbel draw, ``g = −log(−log u)``) with the code under test.
+  """
+  b, p = prompt.shape
+  x = np.concatenate([prompt, np.full((b, s.gen_length), s.mask_id)], axis=1).astype(np.int64)
+  steps_b = s.steps // s.num_blocks
+  t = 0
+  for blk in range(s.num_blocks):
+    lo, hi = p + blk * s.block_length, p + (blk + 1) * s.block_length
+    n_masked = (x[:, lo:hi] == s.mask_id).sum(1)
+    base, rem = n_masked // steps_b, n_masked % steps_b
+    for j in range(steps_b):
+      num_transfer = base + (j < rem)
+      mask_index = x == s.mask_id
+      logits = np.asarray(_fwd(graphdef, state, jnp.asarray(x, jnp.int32), None), np.float64)
+      gumbel_key, remask_key = _step_keys(key, t)
+      completion_logits = logits[:, p:]
+      if s.temperature == 0:
+        x0_c = completion_logits.argmax(-1)
+      else:
+        g = np.asarray(jax.random.gumbel(gumbel_key, completion_logits.shape, jnp.float32),
+                       np.float64)
+        u = np.exp(-np.exp(-g))
+        x0_c = (np.exp(completion_logits) / (-np.log(u)) ** s.temperature).argmax(-1)
+      if s.remasking == "low_confidence":
+        z = completion_logits - completion_logits.max(-1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        conf_c = np.take_along_axis(probs, x0_c[..., None], -1)[..., 0]
+      else:
+        conf_c = np.asarray(jax.random.uniform(remask_key, x0_c.shape, jnp.float32), np.float64)
+      x0 = x.copy()
+      x0[:, p:] = x0_c
+      x0_p = np.full(x.shape, -np.inf)
+      x0_p[:, p:] = conf_c
+      x0_p[:, hi:] = -np.inf
+      x0 = np.where(mask_index, x0, x)
+      confidence = np.where(mask_index, x0_p, -np.inf)
+      for row in range(b):
+        chosen = np.argsort(-confidence[row], kind="stable")[: num_transfer[row]]
+        x[row, chosen] = x0[row, chosen]
+      t += 1
+  return x
+
+
 @pytest.fixture(scope="module")
 def model():
   cfg = get_config("tiny", vocab_size=64, n_layers=2)
@@ -113,6 +161,39 @@ def test_matches_numpy_reference(model, gen, block, steps, remasking, temperatur
   expected = reference_generate(graphdef, state, prompt, lengths, key, s)
   np.testing.assert_array_equal(np.asarray(rollout.tokens), expected)
   assert not (np.asarray(rollout.completion) == cfg.mask_token_id).any()
+
+
+@pytest.mark.parametrize("gen, block, steps, remasking, temperature", [
+    (16, 8, 6, "low_confidence", 0.0), (12, 4, 9, "low_confidence", 0.8),
+    (12, 6, 4, "random", 0.5)])
+def test_allow_mask_action_matches_llada_generate(model, gen, block, steps, remasking,
+                                                  temperature):
+  cfg, graphdef, state = model
+  s = SamplerSettings(gen_length=gen, block_length=block, steps=steps, remasking=remasking,
+                      temperature=temperature, mask_id=cfg.mask_token_id, mask_padding=False,
+                      allow_mask_action=True)
+  prompt, lengths = _prompts(cfg)
+  key = jax.random.key(5)
+  rollout = generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(lengths), key, s)
+  expected = llada_generate_reference(graphdef, state, prompt, key, s)
+  np.testing.assert_array_equal(np.asarray(rollout.tokens), expected)
+
+
+def test_allow_mask_action_can_leave_mask_in_the_completion(model):
+  """The LLaDA-semantics mode is exercised: with MASK's logit raised, MASK is committed in early
+  blocks, re-drawn in later ones (a block-only window fails this case) and some stays."""
+  cfg, graphdef, state = model
+  state = jax.tree.map(jnp.copy, state)
+  state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...].at[:, cfg.mask_token_id].add(
+      0.6 * jnp.abs(state["ff_out"]["kernel"][...]).max())
+  s = SamplerSettings(gen_length=12, block_length=4, steps=6, temperature=1.0,
+                      mask_id=cfg.mask_token_id, mask_padding=False, allow_mask_action=True)
+  prompt, lengths = _prompts(cfg)
+  rollout = generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(lengths),
+                     jax.random.key(0), s)
+  assert (np.asarray(rollout.completion) == cfg.mask_token_id).any()
+  expected = llada_generate_reference(graphdef, state, prompt, jax.random.key(0), s)
+  np.testing.assert_array_equal(np.asarray(rollout.tokens), expected)
 
 
 def test_same_key_same_output_different_key_differs(model):

@@ -26,19 +26,40 @@ class TokenizerError(ValueError):
   """A tokenizer folder that lacks what LLaDA needs."""
 
 
+# LLaDA-8B-Instruct's chat template (its tokenizer_config.json): Llama-3 headers, the content of
+# every turn trimmed, and the assistant header always appended.
+LLADA_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim "
+    "+ '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}")
+
+
 def render_chat(user_content: str, system_prompt: str | None = None) -> str:
-  """LLaDA's (Llama-3 style) chat template for one user turn plus the assistant header.
+  """LLaDA's chat template, written out, for one user turn plus the assistant header.
 
   ``<|startoftext|><|start_header_id|>user<|end_header_id|>\\n\\n{content}<|eot_id|>``
-  ``<|start_header_id|>assistant<|end_header_id|>\\n\\n``. A system prompt, if given, is a
-  system turn before the user turn.
+  ``<|start_header_id|>assistant<|end_header_id|>\\n\\n``, every turn's content stripped of
+  surrounding whitespace as the template's ``| trim`` does. A system prompt, if given, is a system
+  turn before the user turn. Equal to :data:`LLADA_CHAT_TEMPLATE` rendered (tested); used where a
+  tokenizer has no template of its own.
   """
   parts = [BOS]
   if system_prompt is not None:
-    parts.append(f"{START_HEADER}system{END_HEADER}\n\n{system_prompt}{EOT}")
-  parts.append(f"{START_HEADER}user{END_HEADER}\n\n{user_content}{EOT}")
+    parts.append(f"{START_HEADER}system{END_HEADER}\n\n{system_prompt.strip()}{EOT}")
+  parts.append(f"{START_HEADER}user{END_HEADER}\n\n{user_content.strip()}{EOT}")
   parts.append(f"{START_HEADER}assistant{END_HEADER}\n\n")
   return "".join(parts)
+
+
+def render_prompt(tokenizer, user_content: str) -> str:
+  """The prompt text for one user turn: the tokenizer's own chat template
+  (``apply_chat_template(..., add_generation_prompt=True)``, as d1 renders LLaDA's prompts) when it
+  has one, else :func:`render_chat`."""
+  if getattr(tokenizer, "chat_template", None):
+    return tokenizer.apply_chat_template([{"role": "user", "content": user_content}],
+                                         tokenize=False, add_generation_prompt=True)
+  return render_chat(user_content)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +153,7 @@ def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, folder: str | No
   fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
                                  pad_token=EOS, mask_token=MASK,
                                  additional_special_tokens=[START_HEADER, END_HEADER, EOT])
+  fast.chat_template = LLADA_CHAT_TEMPLATE
   if folder is not None:
     fast.save_pretrained(folder)
   return fast

@@ -32,6 +32,7 @@ ReferenceApply = Callable[[Any, Array, Optional[Array]], Array]
 # method -> (base loss, whether DiSPO's fixed-state term is added)
 METHODS = {"diffu_grpo": ("diffu_grpo", False), "dispo": ("diffu_grpo", True),
            "spg": ("spg", False), "dispo_spg": ("spg", True)}
+STEP_TOKENS = ("action", "action_with_tail", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,20 @@ class ObjectiveSettings:
       terms; 0 skips the reference. SPG's own term has no KL.
     p_mask_prompt: prompt-token mask probability of the surrogates and of SPG's earlier blocks.
     step_normaliser: see :data:`dispo_jax.rl.losses.STEP_NORMALISERS`.
+    base_normaliser: ``group`` (d1 as run: token mean within each prompt group, then the mean
+      over groups) or ``batch`` (one token mean over the batch); see
+      :data:`dispo_jax.rl.losses.BASE_NORMALISERS`.
+    step_ratio: ``token`` (per-token ratios, GRPO-style) or ``branch`` (Eq. 5: one ratio per
+      branch, clipped per branch).
+    step_tokens: which tokens of a branch the step term scores (:data:`STEP_TOKENS`):
+      ``action`` — the state's masked positions up to and including the branch's first EOS;
+      ``action_with_tail`` — every masked position, the EOS padding tail included (the behaviour
+      before the EOS cut); ``all`` — the "all tokens" ablation (Table 3a, as we read it): every
+      completion token of the filled branch up to its first EOS, scored like diffu-GRPO scores a
+      completion (whole completion masked), so credit is not confined to the state's decisions.
     spg_num_masks: m, SPG's Monte Carlo mask samples per completion.
+    spg_block_choice: how the m samples pick their blocks (:data:`dispo_jax.rl.spg.BLOCK_CHOICES`;
+      ``spg`` = SPG's trainer).
     spg_block_length: SPG's mask block size.
     spg_negative_bound: bound for negative-advantage completions (see
       :data:`dispo_jax.rl.spg.NEGATIVE_BOUNDS`); spg_mix_weight ω of "mix"; spg_eubo_beta β of EUBO.
@@ -65,11 +79,15 @@ class ObjectiveSettings:
   beta: float = 0.04
   p_mask_prompt: float = 0.15
   step_normaliser: str = "tokens"
+  base_normaliser: str = "group"
+  step_ratio: str = "token"
+  step_tokens: str = "action"
   spg_num_masks: int = 2
   spg_block_length: int = 32
   spg_negative_bound: str = "mix"
   spg_mix_weight: float = 0.5
   spg_eubo_beta: float = 1.5
+  spg_block_choice: str = "spg"
   mask_id: int = 126336
 
   def __post_init__(self):
@@ -78,6 +96,19 @@ class ObjectiveSettings:
     if self.step_normaliser not in losses_lib.STEP_NORMALISERS:
       raise ValueError(f"step_normaliser={self.step_normaliser!r} is not one of "
                        f"{losses_lib.STEP_NORMALISERS}")
+    if self.base_normaliser not in losses_lib.BASE_NORMALISERS:
+      raise ValueError(f"base_normaliser={self.base_normaliser!r} is not one of "
+                       f"{losses_lib.BASE_NORMALISERS}")
+    if self.step_ratio not in losses_lib.STEP_RATIOS:
+      raise ValueError(f"step_ratio={self.step_ratio!r} is not one of {losses_lib.STEP_RATIOS}")
+    if self.step_ratio == "branch" and self.step_normaliser not in ("states", "sum"):
+      raise ValueError(f"step_ratio='branch' (Eq. 5) needs step_normaliser 'states' or 'sum', got "
+                       f"{self.step_normaliser!r}")
+    if self.step_tokens not in STEP_TOKENS:
+      raise ValueError(f"step_tokens={self.step_tokens!r} is not one of {STEP_TOKENS}")
+    if self.spg_block_choice not in spg_lib.BLOCK_CHOICES:
+      raise ValueError(f"spg_block_choice={self.spg_block_choice!r} is not one of "
+                       f"{spg_lib.BLOCK_CHOICES}")
     if self.spg_negative_bound not in spg_lib.NEGATIVE_BOUNDS:
       raise ValueError(f"spg_negative_bound={self.spg_negative_bound!r} is not one of "
                        f"{spg_lib.NEGATIVE_BOUNDS}")
@@ -113,13 +144,16 @@ class RLBatch:
     completion: ``[N, G]`` int32 sampled completions.
     completion_mask: ``[N, G]`` bool, up to and including the first EOS.
     advantages: ``[N]`` float32 terminal advantages.
+    base_row_weights: ``[N]`` float32 normaliser of each row's token sum in the base loss
+      (:func:`dispo_jax.rl.losses.base_row_weights`, computed on the whole batch).
     sequence_weights: ``[N]`` float32 SPG loss weights ``L_j / Σ_group L / groups`` (SPG only).
     row_ids: ``[N]`` int32 global row indices (prompt masks per row).
     base_old_logp, base_ref_logp: ``[μ, N, G]`` float32, filled by
       :func:`with_old_and_ref_logprobs`.
     state_canvas: ``[N, S, G]`` int32 branch-state completions (MASK at the action positions).
     actions: ``[N, S, Z, G]`` int32 filled canvases of the Z branches.
-    action_mask: ``[N, S, G]`` bool action positions (all False for unused slots).
+    action_mask: ``[N, S, Z, G]`` bool tokens the step term scores in each branch (see
+      ``ObjectiveSettings.step_tokens``; all False for unused slots).
     branch_advantages: ``[N, S, Z]`` float32.
     step_old_logp, step_ref_logp: ``[μ, N, S, Z, G]`` float32.
   """
@@ -130,6 +164,7 @@ class RLBatch:
   completion_mask: Array
   advantages: Array
   row_ids: Array
+  base_row_weights: Optional[Array] = None
   sequence_weights: Optional[Array] = None
   base_old_logp: Optional[Array] = None
   base_ref_logp: Optional[Array] = None
@@ -176,8 +211,11 @@ def step_logprobs(apply: Callable[[Array, Optional[Array]], Array], batch: RLBat
   key_mask = (None if batch.prompt_key_mask is None
               else jnp.repeat(batch.prompt_key_mask, n_states, axis=0))
   row_ids = (batch.row_ids[:, None] * n_states + jnp.arange(n_states)[None]).reshape(rows)
+  canvas = batch.state_canvas.reshape(rows, g)
+  if s.step_tokens == "all":  # the ablation scores whole completions, as the one-step surrogate
+    canvas = jnp.full_like(canvas, s.mask_id)
   logp = surrogate_logprobs(lambda _, t, m: apply(t, m), None, prompt, key_mask,
-                            batch.state_canvas.reshape(rows, g), batch.actions.reshape(rows, z, g),
+                            canvas, batch.actions.reshape(rows, z, g),
                             _step_key(key), row_ids, p_mask_prompt=s.p_mask_prompt,
                             mask_id=s.mask_id)
   return logp.reshape(n, n_states, z, g)
@@ -191,7 +229,8 @@ def spg_objective(apply: Callable[[Array, Optional[Array]], Array], batch: RLBat
     raise ValueError("SPG needs RLBatch.sequence_weights (rollout.collect fills them)")
   prompt_masked, completion_masked, counted = spg_lib.block_masks(
       _base_key(key), batch.row_ids, batch.completion_mask, batch.prompt_tokens.shape[1],
-      num_samples=s.spg_num_masks, block_length=s.spg_block_length, p_mask_prompt=s.p_mask_prompt)
+      num_samples=s.spg_num_masks, block_length=s.spg_block_length, p_mask_prompt=s.p_mask_prompt,
+      block_choice=s.spg_block_choice)
   logp = spg_lib.masked_logprobs(apply, batch.prompt_tokens, batch.prompt_key_mask,
                                  batch.completion, prompt_masked, completion_masked, s.mask_id)
   seq_logp, diag = spg_lib.sequence_logp(
@@ -236,11 +275,10 @@ def with_old_and_ref_logprobs(apply_fn: PolicyApply, ref_apply_fn: ReferenceAppl
 def loss_denominators(batch: RLBatch, s: ObjectiveSettings) -> Dict[str, Array]:
   """Global normalisers, computed on the whole batch before it is split into micro-batches.
 
-  (SPG's per-row weights are global by construction: ``RLBatch.sequence_weights``.)
+  (The base terms' per-row weights are global by construction: ``RLBatch.base_row_weights`` and
+  SPG's ``RLBatch.sequence_weights``.)
   """
   out = {}
-  if not s.uses_spg:
-    out["base"] = jnp.sum(batch.completion_mask.astype(jnp.float32))
   if s.use_step:
     out["step"] = losses_lib.step_denominator(batch.branch_advantages, batch.action_mask,
                                               s.step_normaliser)
@@ -261,14 +299,14 @@ def policy_loss(params: Any, apply_fn: PolicyApply, batch: RLBatch, iteration: A
         base_logprobs(policy, batch, mask_key, s), pick(batch.base_old_logp),
         pick(batch.base_ref_logp), batch.advantages, batch.completion_mask,
         epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high, beta=s.beta,
-        denominator=denominators["base"])
+        row_weights=batch.base_row_weights)
   step = None
   if s.use_step:
     step = losses_lib.dispo_step_loss(
         step_logprobs(policy, batch, mask_key, s), pick(batch.step_old_logp),
         pick(batch.step_ref_logp), batch.branch_advantages, batch.action_mask,
         epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high, beta=s.beta,
-        normaliser=s.step_normaliser, denominator=denominators["step"])
+        normaliser=s.step_normaliser, ratio=s.step_ratio, denominator=denominators["step"])
   return losses_lib.combine_losses(base, step, s.alpha_base, s.alpha_step)
 
 

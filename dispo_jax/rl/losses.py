@@ -6,13 +6,19 @@ a weight mask); the sequence-level ``spg`` loss works on one bound per completio
 (:mod:`dispo_jax.rl.spg`). Every loss returns ``(scalar loss, diagnostics dict)``.
 
 * ``diffu_grpo`` (d1): per token ``−min(ρA, clip(ρ, 1−ε, 1+ε)A) + β·KL``, ``ρ = exp(logp − old)``,
-  KL the k3 estimator ``exp(ref − logp) − (ref − logp) − 1``; token-mean over completion tokens up to
-  and including the first EOS, across the batch.
+  KL the k3 estimator ``exp(ref − logp) − (ref − logp) − 1``, over completion tokens up to and
+  including the first EOS. The normaliser is a weight per row (:data:`BASE_NORMALISERS`):
+    - ``group`` (d1 as run): token sum / token count within each prompt group (d1's device
+      micro-batch of one group), then the mean over groups;
+    - ``batch``: one token mean over the whole batch (groups weighted by their token counts).
 * ``spg`` (SPG): ratio-free REINFORCE on sequence bounds, ``Σ_j −A_j w_j s̄_j`` with
   ``w_j = L_j / Σ_group L / number of groups``; no clipping, no KL.
 * ``dispo_step``: the same per-token clipped surrogate and KL on the *action tokens* of branch
   states, ``A = A_{k,t,z}``; per state ``L_step = −(1/Z) Σ_z ρ_z A_z`` with the token-level ratio of
-  GRPO-style PPO. The normaliser is explicit (SPEC §7):
+  GRPO-style PPO (``ratio="branch"``: the paper's literal Eq. 5, one ratio per branch,
+  ``ρ_z = exp(Σ_{i∈M} Δ log π)``, clipped per branch). The scored tokens of a branch are a mask
+  ``[N, S, Z, G]`` (by default the action positions up to and including the branch's first EOS).
+  The normaliser is explicit:
     - ``tokens``: mean over all action tokens of all branches (d1-style token mean);
     - ``nonzero_tokens``: mean over the action tokens of states whose Z advantages are not all zero
       (tied states contribute nothing, not even KL);
@@ -35,6 +41,8 @@ LOSSES: Registry[LossFn] = Registry("loss")
 register_loss = LOSSES.register
 get_loss = LOSSES.get
 STEP_NORMALISERS = ("tokens", "nonzero_tokens", "states", "sum")
+BASE_NORMALISERS = ("group", "batch")
+STEP_RATIOS = ("token", "branch")
 
 
 def k3_kl(logp: Array, ref_logp: Array) -> Array:
@@ -92,24 +100,46 @@ def _token_diagnostics(aux: Dict[str, Array], mask: Array, prefix: str) -> Dict[
   return out
 
 
+def base_row_weights(completion_mask: Array, group_size: int, normaliser: str) -> Array:
+  """``[N]`` float32 weight of each row's token sum in the base loss (whole batch, before any
+  micro-batch split).
+
+  ``group``: ``1 / (tokens of the row's group) / groups`` (rows of a group are contiguous);
+  ``batch``: ``1 / (tokens of the batch)``.
+  """
+  if normaliser not in BASE_NORMALISERS:
+    raise ValueError(f"unknown base normaliser {normaliser!r}; choose one of {BASE_NORMALISERS}")
+  tokens = jnp.sum(completion_mask.astype(jnp.float32), -1)  # [N]
+  if normaliser == "batch":
+    return jnp.full_like(tokens, 1.0 / jnp.maximum(tokens.sum(), 1.0))
+  n = tokens.shape[0]
+  if n % group_size:
+    raise ValueError(f"{n} rows do not form groups of {group_size}")
+  per_group = tokens.reshape(n // group_size, group_size).sum(-1)  # [groups]
+  weights = 1.0 / jnp.maximum(per_group, 1.0) / per_group.shape[0]
+  return jnp.repeat(weights, group_size)
+
+
 @register_loss("diffu_grpo")
 def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
                     completion_mask: Array, *, epsilon_low: float = 0.5, epsilon_high: float = 0.5,
-                    beta: float = 0.04, denominator: Array | None = None
+                    beta: float = 0.04, row_weights: Array | None = None
                     ) -> tuple[Array, Dict[str, Array]]:
-  """d1's diffu-GRPO loss.
+  """d1's diffu-GRPO loss ``Σ_rows w_row Σ_tokens loss_token``.
 
   Args:
     logp, old_logp, ref_logp: ``[N, G]`` float32 per-token log-probs (ref may be None when β = 0).
     advantages: ``[N]`` float32 (one per completion).
     completion_mask: ``[N, G]`` bool, up to and including the first EOS.
-    denominator: global token count for the mean (micro-batching); default the local count.
+    row_weights: ``[N]`` float32 normaliser per row (:func:`base_row_weights`, computed on the
+      whole batch); default ``1 / (tokens of these rows)``, a token mean over the given rows.
   """
   per_token, aux = clipped_token_loss(logp, old_logp, ref_logp, advantages[:, None],
                                       epsilon_low, epsilon_high, beta)
   w = completion_mask.astype(jnp.float32)
-  denom = jnp.sum(w) if denominator is None else denominator
-  loss = jnp.sum(per_token * w) / jnp.maximum(denom, 1.0)
+  if row_weights is None:
+    row_weights = jnp.full(w.shape[:1], 1.0 / jnp.maximum(jnp.sum(w), 1.0))
+  loss = jnp.sum(per_token * w * row_weights[:, None])
   diag = _token_diagnostics(aux, completion_mask, "base/")
   diag["base/loss"] = loss
   diag["base/num_tokens"] = jnp.sum(w)
@@ -130,57 +160,116 @@ def spg_loss(sequence_logp: Array, advantages: Array, sequence_weights: Array
   return loss, {"base/loss": loss}
 
 
+def branch_mask(action_mask: Array, num_branches: int) -> Array:
+  """``[N, S, Z, G]`` scored tokens of every branch: a per-state ``[N, S, G]`` mask is shared by
+  the Z branches; a ``[N, S, Z, G]`` mask is returned as is."""
+  if action_mask.ndim == 4:
+    return action_mask
+  n, s, g = action_mask.shape
+  return jnp.broadcast_to(action_mask[:, :, None, :], (n, s, num_branches, g))
+
+
+def _branch_ratio_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
+                       mask: Array, epsilon_low: float, epsilon_high: float, beta: float
+                       ) -> tuple[Array, Dict[str, Array]]:
+  """Eq. 5 literally: per branch ``−min(ρA, clip(ρ)A) + β·(token-mean k3 KL)``, ``[N, S, Z]``,
+  with ``ρ = exp(Σ_{i∈M} (logp − old))``. Diagnostics are per branch."""
+  w = mask.astype(jnp.float32)
+  log_ratio = jnp.sum((logp - jax.lax.stop_gradient(old_logp)) * w, -1)  # [N, S, Z]
+  per_branch, aux = clipped_token_loss(log_ratio, jnp.zeros_like(log_ratio), None, advantages,
+                                       epsilon_low, epsilon_high, 0.0)
+  kl = jnp.zeros_like(logp)
+  if ref_logp is not None:
+    kl = k3_kl(logp, jax.lax.stop_gradient(ref_logp))
+  branch_kl = jnp.sum(kl * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)
+  if beta != 0.0:
+    per_branch = per_branch + beta * branch_kl
+  return per_branch, {**aux, "kl": branch_kl}
+
+
 @register_loss("dispo_step")
 def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
                     action_mask: Array, *, epsilon_low: float = 0.5, epsilon_high: float = 0.5,
-                    beta: float = 0.04, normaliser: str = "tokens",
+                    beta: float = 0.04, normaliser: str = "tokens", ratio: str = "token",
                     denominator: Array | None = None) -> tuple[Array, Dict[str, Array]]:
-  """DiSPO's fixed-state loss over action tokens only.
+  """DiSPO's fixed-state loss over the scored tokens of each branch.
 
   Args:
     logp, old_logp, ref_logp: ``[N, S, Z, G]`` float32 per-token log-probs of each branch's action.
     advantages: ``[N, S, Z]`` float32 branch advantages.
-    action_mask: ``[N, S, G]`` bool, masked positions of each state (the action's positions); states
-      of unused slots have an all-False mask.
+    action_mask: ``[N, S, Z, G]`` bool scored tokens of each branch, or ``[N, S, G]`` shared by the
+      Z branches of a state; states of unused slots have an all-False mask.
     normaliser: one of :data:`STEP_NORMALISERS`.
+    ratio: ``token`` (GRPO-style per-token ratios) or ``branch`` (Eq. 5: one ratio per branch;
+      normalisers ``states`` or ``sum`` only).
     denominator: the global count the normaliser divides by (tokens, non-zero-state tokens or
       states; see :func:`step_denominator`) when a batch is split into micro-batches.
   """
   if normaliser not in STEP_NORMALISERS:
     raise ValueError(f"unknown step normaliser {normaliser!r}; choose one of {STEP_NORMALISERS}")
+  if ratio not in STEP_RATIOS:
+    raise ValueError(f"unknown step ratio {ratio!r}; choose one of {STEP_RATIOS}")
   z = logp.shape[2]
-  per_token, aux = clipped_token_loss(logp, old_logp, ref_logp, advantages[..., None],
-                                      epsilon_low, epsilon_high, beta)
-  mask = jnp.broadcast_to(action_mask[:, :, None, :], logp.shape)
+  mask = branch_mask(action_mask, z)
   w = mask.astype(jnp.float32)
   if denominator is None:
-    denominator = step_denominator(advantages, action_mask, normaliser)
-  if normaliser in ("tokens", "nonzero_tokens"):
-    if normaliser == "nonzero_tokens":
-      w = w * jnp.any(advantages != 0, axis=-1)[:, :, None, None]
-    loss = jnp.sum(per_token * w) / jnp.maximum(denominator, 1.0)
-  elif normaliser == "states":
-    per_branch = jnp.sum(per_token * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)  # [N, S, Z]
-    loss = jnp.sum(per_branch.mean(-1)) / jnp.maximum(denominator, 1.0)
-  else:  # "sum": Σ_S −(1/Z) Σ_z Σ_i ρ_i A_z (+ β·KL)
-    loss = jnp.sum(per_token * w) / z
-  diag = _token_diagnostics(aux, mask, "step/")
+    denominator = step_denominator(advantages, mask, normaliser)
+  if ratio == "branch":
+    if normaliser not in ("states", "sum"):
+      raise ValueError(f"the per-branch ratio (Eq. 5) needs normaliser 'states' or 'sum', got "
+                       f"{normaliser!r}")
+    per_branch, aux = _branch_ratio_loss(logp, old_logp, ref_logp, advantages, mask, epsilon_low,
+                                         epsilon_high, beta)
+    has_tokens = jnp.any(mask, -1)  # [N, S, Z]
+    total = jnp.sum(jnp.where(has_tokens, per_branch, 0.0)) / z
+    loss = total if normaliser == "sum" else total / jnp.maximum(denominator, 1.0)
+    diag = _token_diagnostics(aux, has_tokens, "step/")
+  else:
+    per_token, aux = clipped_token_loss(logp, old_logp, ref_logp, advantages[..., None],
+                                        epsilon_low, epsilon_high, beta)
+    if normaliser in ("tokens", "nonzero_tokens"):
+      if normaliser == "nonzero_tokens":
+        w = w * jnp.any(advantages != 0, axis=-1)[:, :, None, None]
+      loss = jnp.sum(per_token * w) / jnp.maximum(denominator, 1.0)
+    elif normaliser == "states":
+      per_branch = jnp.sum(per_token * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)  # [N, S, Z]
+      loss = jnp.sum(per_branch.mean(-1)) / jnp.maximum(denominator, 1.0)
+    else:  # "sum": Σ_S −(1/Z) Σ_z Σ_i ρ_i A_z (+ β·KL)
+      loss = jnp.sum(per_token * w) / z
+    diag = _token_diagnostics(aux, mask, "step/")
+  diag.update(branch_log_ratio_stats(logp, old_logp, mask))
   diag["step/loss"] = loss
   diag["step/num_tokens"] = jnp.sum(mask.astype(jnp.float32))
   return loss, diag
 
 
+def branch_log_ratio_stats(logp: Array, old_logp: Array, mask: Array) -> Dict[str, Array]:
+  """App. J's statistics of the per-branch log-ratio ``|Σ_{i∈M} (logp − old)|`` over branches
+  with at least one scored token: mean, max and the fraction above log 2 (ρ outside [½, 2])."""
+  w = mask.astype(jnp.float32)
+  abs_log_ratio = jnp.abs(jnp.sum((logp - jax.lax.stop_gradient(old_logp)) * w, -1))
+  used = jnp.any(mask, -1).astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(used), 1.0)
+  return {"step/branch_abs_log_ratio_mean": jnp.sum(abs_log_ratio * used) / count,
+          "step/branch_abs_log_ratio_max": jnp.max(abs_log_ratio * used),
+          "step/branch_ratio_outside_2x_frac":
+              jnp.sum((abs_log_ratio > jnp.log(2.0)) * used) / count}
+
+
 def step_denominator(advantages: Array, action_mask: Array, normaliser: str) -> Array:
-  """What :func:`dispo_step_loss` divides by: action tokens (× Z), those of states with a non-zero
-  advantage, or the number of states with an action; 1 for ``sum``."""
-  z = advantages.shape[-1]
-  tokens_per_state = jnp.sum(action_mask, -1).astype(jnp.float32)  # [N, S]
+  """What :func:`dispo_step_loss` divides by: scored tokens of all branches, those of states with
+  a non-zero advantage, or the number of states with a scored token; 1 for ``sum``.
+
+  ``action_mask`` is ``[N, S, Z, G]`` or ``[N, S, G]`` (shared by the branches).
+  """
+  mask = branch_mask(action_mask, advantages.shape[-1])
+  tokens_per_branch = jnp.sum(mask, -1).astype(jnp.float32)  # [N, S, Z]
   if normaliser == "tokens":
-    return z * jnp.sum(tokens_per_state)
+    return jnp.sum(tokens_per_branch)
   if normaliser == "nonzero_tokens":
-    return z * jnp.sum(tokens_per_state * jnp.any(advantages != 0, axis=-1))
+    return jnp.sum(tokens_per_branch * jnp.any(advantages != 0, axis=-1)[..., None])
   if normaliser == "states":
-    return jnp.sum(tokens_per_state > 0).astype(jnp.float32)
+    return jnp.sum(jnp.any(tokens_per_branch > 0, -1)).astype(jnp.float32)
   return jnp.float32(1.0)
 
 

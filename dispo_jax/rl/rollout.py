@@ -18,6 +18,7 @@ from dispo_jax.model.sharding import to_host
 from dispo_jax.rl.advantages import get_advantage, group_advantages
 from dispo_jax.rl.diagnostics import branch_diagnostics, group_diagnostics
 from dispo_jax.rl.learner import ObjectiveSettings, RLBatch
+from dispo_jax.rl.losses import base_row_weights
 from dispo_jax.rl.spg import sequence_weights as spg_sequence_weights
 from dispo_jax.rl.timesteps import sample_branch_steps
 from dispo_jax.sampling import SamplerSettings, completion_mask, generate, sample_branches
@@ -74,6 +75,24 @@ def _checked_rewards(values, expected: int, what: str) -> np.ndarray:
   return rewards
 
 
+def step_token_mask(action_mask: jax.Array, filled: jax.Array, eos_id: int, step_tokens: str
+                    ) -> jax.Array:
+  """``[N, S, Z, G]`` tokens the step term scores (``ObjectiveSettings.step_tokens``).
+
+  Args:
+    action_mask: ``[N, S, G]`` bool, the positions the branches filled (False for unused slots).
+    filled: ``[N, S, Z, G]`` int32 filled branch completions.
+  """
+  positions = jnp.broadcast_to(action_mask[:, :, None, :], filled.shape)
+  if step_tokens == "action_with_tail":
+    return positions
+  upto_eos = completion_mask(filled, eos_id)
+  if step_tokens == "all":
+    used = jnp.any(action_mask, -1)[:, :, None, None]
+    return upto_eos & used
+  return positions & upto_eos
+
+
 def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
             prompt_lengths: np.ndarray, reward_fn: RewardFn, sampler: SamplerSettings,
             objective: ObjectiveSettings, rollout: RolloutSettings, eos_id: int,
@@ -119,6 +138,9 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
                   row_ids=place(np.arange(rows, dtype=np.int32) + row_offset))
   if objective.uses_spg:
     batch = batch.replace(sequence_weights=spg_sequence_weights(batch.completion_mask, k))
+  else:
+    batch = batch.replace(base_row_weights=base_row_weights(batch.completion_mask, k,
+                                                            objective.base_normaliser))
 
   if objective.use_step:
     z = rollout.num_branches
@@ -134,7 +156,8 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
     used = host_steps >= 0
     branch_adv = np.asarray(get_advantage(rollout.branch_advantage)(jnp.asarray(branch_rewards)))
     branch_adv = np.where(used[..., None], branch_adv, 0.0).astype(np.float32)
-    action_mask = action_mask & place(used)[..., None]
+    action_mask = step_token_mask(action_mask & place(used)[..., None], filled, eos_id,
+                                  objective.step_tokens)
     batch = batch.replace(state_canvas=result.branch_canvas, actions=filled,
                           action_mask=action_mask, branch_advantages=place(branch_adv))
     metrics.update(branch_diagnostics(jnp.asarray(branch_rewards), jnp.asarray(branch_adv),

@@ -35,23 +35,36 @@ Array = jax.Array
 NEGATIVE_BOUNDS = ("mix", "eubo", "elbo", "none")
 
 
+BLOCK_CHOICES = ("spg", "cycled")
+
+
 def block_choices(key: Array, row_ids: Array, completion_mask: Array, *, num_samples: int,
-                  block_length: int) -> tuple[Array, Array]:
+                  block_length: int, block_choice: str = "spg") -> tuple[Array, Array]:
   """The random block b and count k of each of the m mask samples of each row.
 
-  The samples take distinct blocks among those the completion covers while there are enough
-  (a random order of the covered blocks, cycled), and ``k ~ U{1..n_b}`` with ``n_b`` the completion
-  tokens in block b. Returns ``(blocks [R, m], counts [R, m])`` int32.
+  ``block_choice="spg"`` is SPG's trainer: a random permutation of *all* ``num_blocks`` block
+  indices, the first m taken modulo the number of blocks the completion covers (so late covered
+  blocks can be rarer, and two samples can share a block); for m > num_blocks the permutation is
+  cycled (SPG's trainer asserts m ≤ num_blocks). ``"cycled"``: a random order of the covered
+  blocks, cycled — distinct blocks while there are enough, each covered block equally likely.
+  ``k ~ U{1..n_b}`` with ``n_b`` the completion tokens in block b. Returns
+  ``(blocks [R, m], counts [R, m])`` int32.
   """
+  if block_choice not in BLOCK_CHOICES:
+    raise ValueError(f"unknown block_choice {block_choice!r}; choose one of {BLOCK_CHOICES}")
   num_blocks = -(-completion_mask.shape[1] // block_length)
 
   def one_row(row, valid):
     k_block, k_count = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, row), 0))
     length = jnp.sum(valid).astype(jnp.int32)  # L ≥ 1
     covered = jnp.maximum((length + block_length - 1) // block_length, 1)
-    order = jnp.argsort(jnp.where(jnp.arange(num_blocks) < covered,
-                                  jax.random.uniform(k_block, (num_blocks,)), 2.0))
-    blocks = order[jnp.arange(num_samples) % covered].astype(jnp.int32)
+    if block_choice == "spg":
+      order = jax.random.permutation(k_block, num_blocks)
+      blocks = (order[jnp.arange(num_samples) % num_blocks] % covered).astype(jnp.int32)
+    else:
+      order = jnp.argsort(jnp.where(jnp.arange(num_blocks) < covered,
+                                    jax.random.uniform(k_block, (num_blocks,)), 2.0))
+      blocks = order[jnp.arange(num_samples) % covered].astype(jnp.int32)
     n_b = jnp.clip(length - blocks * block_length, 1, block_length)
     counts = jax.random.randint(k_count, (num_samples,), 1, n_b + 1)
     return blocks, counts.astype(jnp.int32)
@@ -60,8 +73,8 @@ def block_choices(key: Array, row_ids: Array, completion_mask: Array, *, num_sam
 
 
 def block_masks(key: Array, row_ids: Array, completion_mask: Array, prompt_length: int, *,
-                num_samples: int, block_length: int, p_mask_prompt: float
-                ) -> tuple[Array, Array, Array]:
+                num_samples: int, block_length: int, p_mask_prompt: float,
+                block_choice: str = "spg") -> tuple[Array, Array, Array]:
   """SPG's block-wise mask samples, drawn per row from ``fold_in(key, row_id)``.
 
   Args:
@@ -72,6 +85,7 @@ def block_masks(key: Array, row_ids: Array, completion_mask: Array, prompt_lengt
     num_samples: m, mask samples per completion.
     block_length: SPG's block size (a last partial block is allowed when it does not divide G).
     p_mask_prompt: mask probability of prompt and earlier-block tokens.
+    block_choice: see :func:`block_choices`.
   Returns:
     ``(prompt_masked [R, m, P], completion_masked [R, m, G], counted [R, m, G])`` bools; ``counted``
     = masked completion tokens before the end of the completion (the set M_τ of the bounds).
@@ -79,7 +93,7 @@ def block_masks(key: Array, row_ids: Array, completion_mask: Array, prompt_lengt
   """
   g = completion_mask.shape[1]
   blocks, counts = block_choices(key, row_ids, completion_mask, num_samples=num_samples,
-                                 block_length=block_length)
+                                 block_length=block_length, block_choice=block_choice)
 
   def one_row(row, valid, row_blocks, row_counts):
     k_prompt, k_pos, k_early = jax.random.split(

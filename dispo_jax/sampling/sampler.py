@@ -17,6 +17,9 @@ The canvas is ``prompt ‖ gen_length × MASK``. The completion is split into ``
 Decisions that differ from the PyTorch reference (documented, deliberate):
   * The mask token itself is excluded from the action space (its logit is ``−∞`` in sampling,
     branching and every log-prob; see :func:`action_logits`), so a committed token is never MASK.
+    ``allow_mask_action=True`` keeps LLaDA's own semantics instead: MASK is a candidate like any
+    token, a position that "commits" MASK stays masked and stays eligible in later steps and blocks
+    (so candidates are drawn over the whole completion, right of the current block excluded).
   * Left padding is masked out of attention by default (``mask_padding=True``), so a row's output
     does not depend on its batch-mates' lengths; ``mask_padding=False`` attends to pads like d1.
   * Only the current block's logits are computed at ordinary steps (positions outside it can never
@@ -60,6 +63,8 @@ class SamplerSettings:
     mask_id: the MASK token id.
     mask_padding: exclude left padding from attention (``False`` attends to pads, as d1).
     cache_top_k: cache only the top-k logits (and their ids) per position; None caches all V.
+    allow_mask_action: LLaDA's published ``generate`` exactly (MASK stays a candidate; see the
+      module docstring); the RL pipeline keeps the default ``False`` (one action space without MASK).
   """
 
   gen_length: int = 256
@@ -71,6 +76,7 @@ class SamplerSettings:
   mask_id: int = 126336
   mask_padding: bool = True
   cache_top_k: Optional[int] = None
+  allow_mask_action: bool = False
 
   def __post_init__(self):
     problems = []
@@ -237,6 +243,10 @@ def _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings
     canvas_cache = jnp.where(hit[:, :, None], x[:, None, p:], canvas_cache)
     return canvas_cache, values, ids
 
+  # Candidates are drawn over a window: the current block, or (allow_mask_action) the whole
+  # completion, where a still-masked position left of the block stays eligible as in LLaDA.
+  width = g if s.allow_mask_action else bl
+
   def step(t, carry):
     x, commit_step, cache = carry
     block = t // s.steps_per_block
@@ -244,10 +254,12 @@ def _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings
     h = hidden(x)
     cache = jax.lax.cond(jnp.any(branch_steps == t), cache_states, lambda t, x, h, c: c,
                          t, x, h, cache)
-    start = p + block * bl
-    h_block = jax.lax.dynamic_slice_in_dim(h, start, bl, axis=1)
-    logits = action_logits(head(h_block), s.mask_id)  # [B, bl, V] fp32
-    x_block = jax.lax.dynamic_slice_in_dim(x, start, bl, axis=1)
+    offset = 0 if s.allow_mask_action else block * bl  # window start inside the completion
+    h_window = jax.lax.dynamic_slice_in_dim(h, p + offset, width, axis=1)
+    logits = head(h_window)
+    logits = (logits.astype(jnp.float32) if s.allow_mask_action
+              else action_logits(logits, s.mask_id))  # [B, width, V] fp32
+    x_window = jax.lax.dynamic_slice_in_dim(x, p + offset, width, axis=1)
     gumbel_key, remask_key = _step_keys(key, t)
     x0 = gumbel_argmax(gumbel_key, logits, s.temperature)
     if s.remasking == "low_confidence":
@@ -255,16 +267,17 @@ def _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings
       confidence = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
     else:
       confidence = jax.random.uniform(remask_key, x0.shape, jnp.float32)
-    is_masked = x_block == s.mask_id
-    confidence = jnp.where(is_masked, confidence, -jnp.inf)
+    eligible = (x_window == s.mask_id) & (offset + jnp.arange(width) < (block + 1) * bl)[None]
+    confidence = jnp.where(eligible, confidence, -jnp.inf)
     _, top_idx = jax.lax.top_k(confidence, k_max)  # [B, k_max]
     chosen = jnp.arange(k_max)[None, :] < k_t
-    transfer = jnp.zeros((b, bl), bool).at[jnp.arange(b)[:, None], top_idx].max(chosen)
-    transfer = jnp.logical_and(transfer, is_masked)
-    x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(transfer, x0, x_block), start, axis=1)
-    c_block = jax.lax.dynamic_slice_in_dim(commit_step, block * bl, bl, axis=1)
+    transfer = jnp.zeros((b, width), bool).at[jnp.arange(b)[:, None], top_idx].max(chosen)
+    transfer = jnp.logical_and(transfer, eligible)
+    x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(transfer, x0, x_window), p + offset,
+                                            axis=1)
+    c_window = jax.lax.dynamic_slice_in_dim(commit_step, offset, width, axis=1)
     commit_step = jax.lax.dynamic_update_slice_in_dim(
-        commit_step, jnp.where(transfer, t, c_block), block * bl, axis=1)
+        commit_step, jnp.where(transfer, t, c_window), offset, axis=1)
     return x, commit_step, cache
 
   cache = (
