@@ -71,6 +71,36 @@ def test_first_inner_update_has_ratio_exactly_one(method):
     assert 0.0 <= metrics["step/distinguishable_frac"] <= 1.0
 
 
+def test_each_inner_iteration_has_its_own_masks_and_updates_move_the_ratio():
+  """Old log-probs of iteration i use mask key i: they differ between iterations, the current
+  policy under key i reproduces them exactly (ratio 1) and under another key does not; after a
+  real update at iteration 0 the ratio of iteration 1 moves off 1, by far less than a mask mismatch.
+  A learner that reused one mask for every iteration fails the first two checks."""
+  setup = _setup("dispo")
+  _, policy, trainable, frozen, _, objective, *_ = setup
+  batch, _ = _collect(setup, jax.random.key(0))
+  keys = jax.random.split(jax.random.key(1), 2)
+  batch = learner.with_old_and_ref_logprobs(policy.apply, policy.apply_reference,
+                                            (trainable, frozen), batch, keys, objective)
+  for name in ("base_old_logp", "step_old_logp"):
+    old = np.asarray(getattr(batch, name))
+    assert np.abs(old[0] - old[1]).max() > 1e-3, name  # different prompt masks per iteration
+
+  def ratio_spread(params, iteration, key):
+    _, diag = learner.policy_loss(params, policy.apply, batch, iteration, key, objective)
+    return max(abs(float(diag[p + m]) - 1.0) for p in ("base/", "step/")
+               for m in ("ratio_min", "ratio_max"))
+
+  assert ratio_spread((trainable, frozen), 1, keys[1]) < 1e-6
+  mismatch = ratio_spread((trainable, frozen), 1, keys[0])
+  assert mismatch > 1e-3
+  opt = optax.sgd(1e-2)
+  update = jax.jit(learner.make_update_fn(policy.apply, opt, objective))
+  moved, _, _ = update(trainable, frozen, opt.init(trainable), batch, 0, keys[0])
+  after_update = ratio_spread((moved, frozen), 1, keys[1])
+  assert 1e-6 < after_update < mismatch
+
+
 @pytest.mark.parametrize("method", ["dispo", "dispo_spg"])
 def test_microbatched_gradient_equals_full_batch(method):
   setup = _setup(method)
@@ -130,6 +160,37 @@ def test_reward_rises_on_a_learnable_task(method, use_lora):
       trainable, opt_state, m = update(trainable, frozen, opt_state, batch, i, mask_keys[i])
       assert float(m["skipped"]) == 0.0
   assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.15, rewards
+
+
+@pytest.mark.parametrize("alpha_step, rises", [(1.0, True), (0.0, False)])
+def test_the_step_term_alone_drives_the_reward(alpha_step, rises):
+  """DiSPO with α_base = 0: only the fixed-state term can move the policy. It must raise the
+  reward; with α_step = 0 too nothing is learned (so a zeroed step term fails the first case, and a
+  sign-flipped one drives the reward down)."""
+  setup = _setup("dispo", beta=0.0)
+  cfg, policy, trainable, frozen, sampler, _, rs, prompts, lengths = setup
+  objective = learner.ObjectiveSettings(method="dispo", alpha_base=0.0, alpha_step=alpha_step,
+                                        beta=0.0, mask_id=cfg.mask_token_id)
+  rs = rollout.RolloutSettings(group_size=4, num_branches=4, timestep_schedule="uniform")
+  opt = optax.adam(1e-2)
+  opt_state = opt.init(trainable)
+  update = jax.jit(learner.make_update_fn(policy.apply, opt, objective))
+  old_ref = jax.jit(lambda p, b, k: learner.with_old_and_ref_logprobs(
+      policy.apply, policy.apply_reference, p, b, k, objective))
+  rewards = []
+  key = jax.random.key(0)
+  for _ in range(12):
+    key, k_roll, k_mask = jax.random.split(key, 3)
+    batch, metrics = rollout.collect(k_roll, policy.graphdef,
+                                     policy.model_state((trainable, frozen)), prompts, lengths,
+                                     reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
+    rewards.append(metrics["reward_mean"])
+    mask_keys = jax.random.split(k_mask, 2)
+    batch = old_ref((trainable, frozen), batch, mask_keys)
+    for i in range(2):
+      trainable, opt_state, _ = update(trainable, frozen, opt_state, batch, i, mask_keys[i])
+  gain = np.mean(rewards[-3:]) - np.mean(rewards[:3])
+  assert (gain > 0.15) if rises else (abs(gain) < 0.05), rewards
 
 
 def test_a_registered_base_loss_plugs_in_without_touching_the_rest():

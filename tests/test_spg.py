@@ -42,14 +42,16 @@ def test_block_sample_mask_hand_built_cases():
   assert _sample(0, 1, priority, none, 2) == ([1, 2, 3, 4, 5, 6, 7], [1])
 
 
-def _masks(lengths, g=8, block_length=4, m=2, p=0.15, prompt_length=5, rows=None, key=0):
+def _masks(lengths, g=8, block_length=4, m=2, p=0.15, prompt_length=5, rows=None, key=0,
+           block_choice="cycled"):
   lengths = np.asarray(lengths)
   completion_mask = jnp.asarray(np.arange(g)[None] < lengths[:, None])
   row_ids = jnp.arange(len(lengths)) if rows is None else jnp.asarray(rows)
   out = spg.block_masks(jax.random.key(key), row_ids, completion_mask, prompt_length,
-                        num_samples=m, block_length=block_length, p_mask_prompt=p)
+                        num_samples=m, block_length=block_length, p_mask_prompt=p,
+                        block_choice=block_choice)
   choices = spg.block_choices(jax.random.key(key), row_ids, completion_mask, num_samples=m,
-                              block_length=block_length)
+                              block_length=block_length, block_choice=block_choice)
   return [np.asarray(x) for x in out + choices]
 
 
@@ -89,6 +91,23 @@ def test_block_choice_and_count_are_uniform():
     ks = counts[blocks == block]
     assert set(np.unique(ks)) == set(range(1, n_b + 1))
     assert all(abs((ks == k).mean() - 1 / n_b) < 0.04 for k in range(1, n_b + 1))
+
+
+def test_spg_block_choice_is_a_permutation_of_all_blocks_modulo_the_covered_ones():
+  """SPG's trainer: ``randperm(num_blocks) % covered``. With 3 blocks and a completion covering 2,
+  the first sample is block 0 with probability 2/3 (indices 0 and 2) and both samples share a block
+  with probability 1/3 (orders (0, 2) and (2, 0) of the 6) — unlike the cycled choice."""
+  n = 30000
+  _, masked, _, blocks, _ = _masks(np.full(n, 5), g=12, block_length=4, m=2,
+                                   block_choice="spg")
+  se = lambda p: 5 * np.sqrt(p * (1 - p) / n)
+  assert abs((blocks[:, 0] == 0).mean() - 2 / 3) < se(2 / 3)
+  assert abs((blocks[:, 0] == blocks[:, 1]).mean() - 1 / 3) < se(1 / 3)
+  assert blocks.max() == 1
+  _, _, _, cycled, _ = _masks(np.full(2000, 5), g=12, block_length=4, m=2)
+  assert (cycled[:, 0] != cycled[:, 1]).all()
+  with pytest.raises(ValueError, match="unknown block_choice"):
+    _masks(np.full(2, 5), block_choice="random")
 
 
 def test_block_masks_depend_on_row_id_not_on_batch_position():

@@ -76,6 +76,11 @@ def _metrics(workdir):
     ("lora.rank", 0, r"rank must be positive"),
     ("method", "spg", r"method='spg' has no KL term: beta must be 0"),
     ("rl.spg.negative_bound", "upper", r"spg_negative_bound='upper' is not one of"),
+    ("checkpoint_every", 3, r"config\.checkpoint_every=3 is invalid: must be a positive multiple"),
+    ("max_steps", 3, r"config\.max_steps=3 is invalid"),
+    ("rl.base_normaliser", "device", r"base_normaliser='device' is not one of"),
+    ("rl.step_ratio", "branch", r"step_ratio='branch' \(Eq. 5\) needs step_normaliser"),
+    ("rl.step_tokens", "some", r"step_tokens='some' is not one of"),
 ])
 def test_bad_config_values_fail_before_compute(key, value, match):
   c = small_config(**{key: value})
@@ -101,10 +106,11 @@ def test_tiny_run_logs_checkpoints_and_exports(tmp_path, base_dir):
   final = train_lib.train(c, workdir)
   rows = _metrics(workdir)
   assert [r["step"] for r in rows if "reward_mean" in r] == [0, 1, 2, 3]
+  assert [r["rollout"] for r in rows if "reward_mean" in r] == [0, 0, 1, 1]  # μ = 2
   assert any("eval/accuracy" in r for r in rows)
   train_rows = [r for r in rows if "reward_mean" in r]
   for name in ("reward_mean", "base/kl", "base/clip_frac", "step/distinguishable_frac",
-               "step/distinguishable_late", "loss", "grad_norm"):
+               "step/distinguishable_late", "loss", "grad_norm", "step/branch_abs_log_ratio_mean"):
     assert name in train_rows[0], name
   assert final["skipped_updates"] == 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"
@@ -183,9 +189,10 @@ def test_sigterm_saves_a_usable_checkpoint(tmp_path, base_dir):
   assert proc.returncode == 0, err[-2000:]
   step, leaves = _trainable_leaves(workdir)
   assert 1 <= step < 1000 and leaves
-  c = small_config(num_steps=1000, max_steps=1)  # resumes from it
+  assert step % 2 == 0  # SIGTERM finishes the rollout batch (μ = 2) before saving
+  c = small_config(num_steps=1000, max_steps=2)  # resumes from it
   train_lib.train(c, workdir)
-  assert _trainable_leaves(workdir)[0] == step + 1
+  assert _trainable_leaves(workdir)[0] == step + 2
 
 
 def test_non_finite_updates_stop_the_run_with_the_checkpoint_intact(tmp_path, base_dir, monkeypatch):
@@ -206,7 +213,7 @@ def test_non_finite_updates_stop_the_run_with_the_checkpoint_intact(tmp_path, ba
     train_lib.train(small_config(num_steps=10, max_bad_steps=2), workdir)
   assert _trainable_leaves(workdir)[0] == 2
   rows = [r for r in _metrics(workdir) if "skipped_updates" in r]
-  assert rows[-1]["skipped_updates"] == 2.0
+  assert [r["skipped_updates"] for r in rows[-2:]] == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("mesh", [(2, 4, 1), (8, 1, 1)])
@@ -252,9 +259,11 @@ def test_tiny_config_reward_rises(tmp_path, base_dir, monkeypatch):
   monkeypatch.setattr(train_lib, "get_task", lambda name, d1_compat=False: dataclasses.replace(
       sudoku.TASK, reward_terms={"ones": ones}))
   workdir = _workdir(tmp_path, base_dir, "rise")
-  train_lib.train(small_config(**{"num_steps": 8, "optim.learning_rate": 1e-3,
+  train_lib.train(small_config(**{"num_steps": 16, "optim.learning_rate": 1e-3,
                                   "rollout.prompts_per_step": 4}), workdir)
-  rewards = [r["reward_mean"] for r in _metrics(workdir) if "reward_mean" in r]
+  per_rollout = {r["rollout"]: r["reward_mean"] for r in _metrics(workdir) if "reward_mean" in r}
+  rewards = [per_rollout[i] for i in sorted(per_rollout)]
+  assert len(rewards) == 8
   assert np.mean(rewards[-3:]) > np.mean(rewards[:2]) + 0.1, rewards
 
 
@@ -272,19 +281,47 @@ def test_spg_variants_of_the_tiny_config_train(tmp_path, base_dir, variant, meth
 
 def test_config_variants_carry_the_spg_recipe():
   import importlib
-  for task, steps, beta in (("sudoku", 2500, 1.0), ("countdown", 6000, 1.5), ("gsm8k", 6000, 1.5),
-                            ("math500", 4000, 1.5)):
-    c = importlib.import_module(f"configs.{task}").get_config("dispo_spg")
+  for task, steps, repo_steps, beta in (("sudoku", 4000, 2500, 1.0), ("countdown", 4600, 6000, 1.5),
+                                        ("gsm8k", 4600, 6000, 1.5), ("math500", 2600, 4000, 1.5)):
+    module = importlib.import_module(f"configs.{task}")
+    c = module.get_config("dispo_spg")  # the DiSPO paper's SPG runs (App. D.3)
     assert (c.method, c.num_steps, c.rl.spg.eubo_beta, c.optim.learning_rate) == (
         "dispo_spg", steps, beta, 3e-6)
     assert (c.rollout.prompts_per_step, c.rollout.group_size, c.rollout.gen_length,
             c.rollout.steps, c.rollout.block_length, c.rl.beta) == (16, 6, 256, 128, 32, 0.0)
-  assert sudoku_config.get_config("spg").rollout.temperature == 0.3
+    assert c.rollout.temperature == 0.9 and c.rl.spg.block_choice == "spg"
+    assert module.get_config("spg,spg_repo").num_steps == repo_steps  # SPG's own repository
+  assert sudoku_config.get_config("spg,spg_repo").rollout.temperature == 0.3
   assert sudoku_config.get_config("spg,3shot").data.few_shot == 3
   with pytest.raises(ValueError, match="unknown config variant 'spgg'"):
     sudoku_config.get_config("tiny,spgg")
   with pytest.raises(ValueError, match="exclude each other"):
     sudoku_config.get_config("spg,dispo_spg")
+  with pytest.raises(ValueError, match="'spg_repo' modifies"):
+    sudoku_config.get_config("spg_repo")
+
+
+def test_recipe_configs_train_with_d1s_rewards_and_normaliser():
+  import importlib
+  for task in ("sudoku", "countdown", "gsm8k", "math500"):
+    module = importlib.import_module(f"configs.{task}")
+    recipe, tiny = module.get_config(""), module.get_config("tiny")
+    assert recipe.d1_compat and recipe.rl.base_normaliser == "group"
+    assert not tiny.d1_compat and tiny.rl.base_normaliser == "batch"
+    assert recipe.checkpoint_every % recipe.rl.num_iterations == 0
+    assert tiny.num_steps == 40 * tiny.rl.num_iterations  # 40 rollout batches, as before
+
+
+def test_num_steps_counts_optimizer_updates(tmp_path, base_dir):
+  """8 updates at μ = 4: a checkpoint at step 8 and metrics from exactly 2 rollout batches."""
+  workdir = _workdir(tmp_path, base_dir, "updates")
+  train_lib.train(small_config(**{"num_steps": 8, "rl.num_iterations": 4,
+                                  "checkpoint_every": 4}), workdir)
+  rows = [r for r in _metrics(workdir) if "loss" in r]
+  assert [r["step"] for r in rows] == list(range(8))
+  assert [r["rollout"] for r in rows] == [0] * 4 + [1] * 4
+  assert len({r["reward_mean"] for r in rows[:4]}) == 1  # one rollout batch replayed μ times
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))) == [4, 8]
 
 
 def test_few_shot_needs_a_sudoku_checkpoint_run():
