@@ -266,7 +266,8 @@ class MetricWriter:
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
-    clean = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+    clean = {k: int(v) if k == "rollout" else float(v) for k, v in metrics.items()
+             if np.ndim(v) == 0}
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": step, **clean}) + "\n")
     for k, v in clean.items():

@@ -7,7 +7,7 @@ from dispo_jax.tasks import countdown, gsm8k, math500, sudoku
 from dispo_jax.tasks.base import Score, Task, metric
 
 _FACTORIES = {
-    "sudoku": lambda d1_compat: sudoku.TASK,
+    "sudoku": sudoku.make_task,
     "countdown": countdown.make_task,
     "gsm8k": gsm8k.make_task,
     "math500": math500.make_task,

@@ -54,9 +54,11 @@ def strict_format_reward(text: str, row: Example, d1_compat: bool = False) -> fl
   return 0.5 if re.match(_STRICT, clip_text(text), flags) else 0.0
 
 
-def int_reward(text: str, row: Example) -> float:
+def int_reward(text: str, row: Example, d1_compat: bool = False) -> float:
+  """0.5 for an all-digit answer; d1's ``str.isdigit`` also takes non-ASCII digits (``"٣"``,
+  ``"²"``), reproduced with ``d1_compat=True``."""
   answer = split_answer(text)
-  return 0.5 if answer.isascii() and answer.isdigit() else 0.0
+  return 0.5 if (d1_compat or answer.isascii()) and answer.isdigit() else 0.0
 
 
 def correctness_reward(text: str, row: Example) -> float:
@@ -109,7 +111,8 @@ def make_task(d1_compat: bool = False) -> Task:
       reward_terms={"xml_count": xml_count_reward,
                     "soft_format": lambda t, r: soft_format_reward(t, r, d1_compat),
                     "strict_format": lambda t, r: strict_format_reward(t, r, d1_compat),
-                    "int": int_reward, "correctness": correctness_reward},
+                    "int": lambda t, r: int_reward(t, r, d1_compat),
+                    "correctness": correctness_reward},
       score=score, max_reward=4.0, eval_size=1319)
 
 

@@ -118,6 +118,76 @@ def is_equiv(a: str | None, b: str | None) -> bool:
   return normalize_answer(a) == normalize_answer(b)
 
 
+class _D1Raised(ValueError):
+  """Where d1's ``strip_string`` raises; its ``is_equiv`` then compares the raw strings."""
+
+
+def _d1_normalize(s: str) -> str:
+  """d1's ``strip_string`` step for step, raising :class:`_D1Raised` wherever it raises: two or
+  more ``"\\text{ "``, a ``\\sqrt`` or ``\\frac`` at the very end, an ``a/b`` whose parts are
+  not integers. Unlike :func:`normalize_answer`, ``a/b`` becomes a fraction only when
+  ``"{int(a)}/{int(b)}"`` gives the string back (no leading zeros or signs), and any run of
+  Unicode digits that ``int`` reads counts."""
+  for old, new in (("\n", ""), ("\\!", ""), ("\\\\", "\\"), ("tfrac", "frac"), ("dfrac", "frac"),
+                   ("\\left", ""), ("\\right", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("\\$", "")):
+    s = s.replace(old, new)
+  if "\\text{ " in s:
+    parts = s.split("\\text{ ")
+    if len(parts) != 2:
+      raise _D1Raised("units")
+    s = parts[0]
+  s = s.replace("\\%", "").replace(" .", " 0.").replace("{.", "{0.")
+  if not s:
+    return s
+  if s[0] == ".":
+    s = "0" + s
+  if len(s.split("=")) == 2 and len(s.split("=")[0]) <= 2:
+    s = s.split("=")[1]
+  if "\\sqrt" in s:
+    head, *rest = s.split("\\sqrt")
+    if any(not part for part in rest):
+      raise _D1Raised("sqrt")
+    s = head + "".join("\\sqrt" + (p if p[0] == "{" else "{" + p[0] + "}" + p[1:]) for p in rest)
+  s = s.replace(" ", "")
+  s = _d1_fix_fracs(s)
+  if s == "0.5":
+    s = "\\frac{1}{2}"
+  parts = s.split("/")
+  if len(parts) == 2:
+    try:
+      a, b = int(parts[0]), int(parts[1])
+    except ValueError as e:
+      raise _D1Raised("slash") from e
+    if s == f"{a}/{b}":
+      s = f"\\frac{{{a}}}{{{b}}}"
+  return s
+
+
+def _d1_fix_fracs(s: str) -> str:
+  """d1's ``fix_fracs``: parts after ``\\frac`` in order; an empty one raises, a one-character one
+  (not ``{``) gives back the input unchanged."""
+  head, *rest = s.split("\\frac")
+  out = head
+  for part in rest:
+    if not part:
+      raise _D1Raised("frac")
+    if part[0] == "{":
+      out += "\\frac" + part
+    elif len(part) < 2:
+      return s
+    else:
+      a, b, tail = part[0], part[1], part[2:]
+      out += "\\frac{" + a + "}" + (b + tail if b == "{" else "{" + b + "}" + tail)
+  return out
+
+
+def _d1_is_equiv(a: str, b: str) -> bool:
+  try:
+    return _d1_normalize(a) == _d1_normalize(b)
+  except _D1Raised:
+    return a == b
+
+
 def reference_answer(row: Example) -> str:
   """The row's answer: the ``answer`` field (MATH-500) or the last boxed of ``solution``."""
   if row.get("answer"):
@@ -131,19 +201,37 @@ def extract_answer(text: str) -> str | None:
   return strip_boxed(boxed) if boxed is not None else None
 
 
-def correctness_reward(text: str, row: Example) -> float:
+def correctness_reward(text: str, row: Example, d1_compat: bool = False) -> float:
+  """2.0 when the last box equals the reference after normalisation (the whole response is
+  compared when there is no box, as d1 does). ``d1_compat=True``: d1's extraction (an ``\\fbox``
+  keeps its wrapper, so it never matches) and d1's normalisation (:func:`_d1_normalize`)."""
+  text = clip_text(text)
+  if d1_compat:
+    boxed = last_boxed(text)
+    answer = text if boxed is None else (boxed if boxed.startswith("\\fbox") else strip_boxed(boxed))
+    return 2.0 if _d1_is_equiv(answer, reference_answer(row)) else 0.0
   answer = extract_answer(text)
-  if answer is None:  # d1 compares the whole response when there is no \boxed
-    answer = clip_text(text)
+  if answer is None:
+    answer = text
   return 2.0 if is_equiv(answer, reference_answer(row)) else 0.0
 
 
 def format_reward(text: str, row: Example, d1_compat: bool = False) -> float:
+  """``0.5 × [answer tags + (1.0 if a box is inside them, else 0.5)]``.
+
+  Default: the tags count when a ``</answer>`` closes the first ``<answer>``, and the box is
+  ``\\boxed``. ``d1_compat=True`` is d1's check: the opening tag alone earns the tag credit (the
+  inside runs to the next ``</answer>`` or the end), the whole text is searched without one, and
+  the needle is the backspace character followed by "oxed".
+  """
   text = clip_text(text)
+  if d1_compat:
+    has_tags = "<answer>" in text
+    inside = text.split("<answer>")[1].split("</answer>")[0] if has_tags else text
+    return 0.5 * ((1.0 if has_tags else 0.0) + (1.0 if "\x08oxed" in inside else 0.5))
   has_tags = "<answer>" in text and "</answer>" in text.split("<answer>", 1)[1]
   inside = text.split("<answer>", 1)[1].split("</answer>")[0] if has_tags else text
-  needle = "\x08oxed" if d1_compat else "\\boxed"
-  return 0.5 * ((1.0 if has_tags else 0.0) + (1.0 if needle in inside else 0.5))
+  return 0.5 * ((1.0 if has_tags else 0.0) + (1.0 if "\\boxed" in inside else 0.5))
 
 
 def score(text: str, row: Example) -> Score:
@@ -163,7 +251,7 @@ def eval_prompt(row: Example) -> str:
 
 def make_task(d1_compat: bool = False) -> Task:
   return Task(name="math500", train_prompt=train_prompt, eval_prompt=eval_prompt,
-              reward_terms={"correctness": correctness_reward,
+              reward_terms={"correctness": lambda t, r: correctness_reward(t, r, d1_compat),
                             "format": lambda t, r: format_reward(t, r, d1_compat)},
               score=score, max_reward=3.0, eval_size=500)
 

@@ -108,31 +108,38 @@ def few_shot_prompt(num_examples: int):
   return prompt
 
 
-def parse_answer(text: str) -> str | None:
-  """Digits of the last ``<answer>`` block, or None without one."""
+def parse_answer(text: str, d1_compat: bool = False) -> str | None:
+  """Digits of the last ``<answer>`` block, or None without one. d1 keeps every character that
+  ``str.isdigit`` accepts (full-width ``"１"`` and superscripts too, which then shift the grid);
+  ``d1_compat=True`` does the same, the default keeps ASCII digits only."""
   block = last_answer_block(text)
   if block is None:
     return None
-  return "".join(ch for ch in block if ch.isdigit() and ch.isascii())
+  return "".join(ch for ch in block if ch.isdigit() and (d1_compat or ch.isascii()))
 
 
-def cell_score(text: str, row: Example) -> Score:
+def cell_score(text: str, row: Example, d1_compat: bool = False) -> Score:
   puzzle, solution = row["puzzle"], row["solution"]
   empty = [i for i in range(16) if puzzle[i] == "0"]
-  answer = parse_answer(text)
+  answer = parse_answer(text, d1_compat)
   if not answer:
     return Score(0.0, float(len(empty)))
   answer = (answer + "0" * 16)[:16]
   return Score(float(sum(answer[i] == solution[i] for i in empty)), float(len(empty)))
 
 
-def reward(text: str, row: Example) -> float:
-  s = cell_score(text, row)
+def reward(text: str, row: Example, d1_compat: bool = False) -> float:
+  s = cell_score(text, row, d1_compat)
   return s.correct / s.total if s.total else 0.0
 
 
-TASK = Task(name="sudoku", train_prompt=train_prompt, eval_prompt=eval_prompt,
-            reward_terms={"cells": reward}, score=cell_score, max_reward=1.0, eval_size=256)
+def make_task(d1_compat: bool = False) -> Task:
+  return Task(name="sudoku", train_prompt=train_prompt, eval_prompt=eval_prompt,
+              reward_terms={"cells": lambda t, r: reward(t, r, d1_compat)}, score=cell_score,
+              max_reward=1.0, eval_size=256)
+
+
+TASK = make_task()
 
 
 # ----------------------------------------------------------------------------------------------
