@@ -101,6 +101,30 @@ def test_each_inner_iteration_has_its_own_masks_and_updates_move_the_ratio():
   assert 1e-6 < after_update < mismatch
 
 
+@pytest.mark.parametrize("options", [
+    {"step_tokens": "all"}, {"step_tokens": "action_with_tail"},
+    {"step_ratio": "branch", "step_normaliser": "states"}, {"base_normaliser": "batch"}])
+def test_objective_options_train_at_ratio_one(options):
+  setup = _setup("dispo")
+  cfg, policy, trainable, frozen, sampler, _, rs, prompts, lengths = setup
+  objective = learner.ObjectiveSettings(method="dispo", mask_id=cfg.mask_token_id, **options)
+  batch, _ = rollout.collect(jax.random.key(0), policy.graphdef,
+                             policy.model_state((trainable, frozen)), prompts, lengths,
+                             reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
+  assert batch.action_mask.shape == batch.actions.shape  # [N, S, Z, G]
+  keys = jax.random.split(jax.random.key(1), 1)
+  batch = learner.with_old_and_ref_logprobs(policy.apply, policy.apply_reference,
+                                            (trainable, frozen), batch, keys, objective)
+  _, diag = learner.policy_loss((trainable, frozen), policy.apply, batch, 0, keys[0], objective)
+  np.testing.assert_allclose([float(diag["step/ratio_min"]), float(diag["step/ratio_max"])], 1.0,
+                             atol=1e-6)
+  assert float(diag["step/branch_abs_log_ratio_max"]) < 1e-5
+  opt = optax.sgd(1e-2)
+  update = jax.jit(learner.make_update_fn(policy.apply, opt, objective))
+  _, _, metrics = update(trainable, frozen, opt.init(trainable), batch, 0, keys[0])
+  assert float(metrics["skipped"]) == 0.0 and float(metrics["grad_norm"]) > 0
+
+
 @pytest.mark.parametrize("method", ["dispo", "dispo_spg"])
 def test_microbatched_gradient_equals_full_batch(method):
   setup = _setup(method)

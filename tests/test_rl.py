@@ -378,3 +378,16 @@ def test_branches_share_one_forward(micro):
     alone = rl.surrogate_logprobs(apply_fn, params, prompt, None, canvas, targets[:, zi],
                                   jax.random.key(4), jnp.zeros(1, jnp.int32), **args)
     np.testing.assert_allclose(together[:, zi], alone, atol=1e-6)
+
+
+def test_step_token_mask_by_hand():
+  filled = jnp.asarray([[[[2, 1, 0, 2], [2, 0, 2, 0]]]], jnp.int32)  # [N=1, S=1, Z=2, G=4]
+  action_mask = jnp.asarray([[[False, True, True, True]]])  # [N, S, G]
+  expected = {"action": [[0, 1, 0, 0], [0, 1, 1, 1]],  # branch 0 ends at its EOS (id 1)
+              "action_with_tail": [[0, 1, 1, 1], [0, 1, 1, 1]],
+              "all": [[1, 1, 0, 0], [1, 1, 1, 1]]}  # every token up to the EOS
+  for name, rows in expected.items():
+    got = rl_rollout.step_token_mask(action_mask, filled, 1, name)
+    np.testing.assert_array_equal(np.asarray(got)[0, 0], np.asarray(rows, bool), err_msg=name)
+  unused = rl_rollout.step_token_mask(jnp.zeros_like(action_mask), filled, 1, "all")
+  assert not np.asarray(unused).any()  # an unused state slot scores nothing
