@@ -7,7 +7,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "sudoku"
-  c.method = "dispo"             # diffu_grpo | dispo | spg | dispo_spg
+  c.method = "dispo"             # diffu_grpo | dispo | spg | dispo_spg | trace | dispo_trace
   c.d1_compat = True             # d1's reward functions exactly (App. D.1); False: corrected rewards
   c.seed = 0
   c.num_steps = 3800             # optimizer updates (d1: Sudoku 3800, Countdown 5000, GSM8K 7700, MATH 6600);
@@ -74,6 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.spg.mix_weight = 0.5      # ω of mix = ω·EUBO + (1−ω)·ELBO
   c.rl.spg.eubo_beta = 1.5
   c.rl.spg.block_choice = "spg"  # spg (SPG's trainer: randperm(num_blocks) % covered) | cycled
+  c.rl.trace = ml_collections.ConfigDict()  # the trajectory-consistent surrogate (trace | dispo_trace)
+  c.rl.trace.segments = 16       # N segments of the T steps (N = T exact; N = 1 = diffu-GRPO's)
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
@@ -119,6 +121,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.rollout.gen_length = 24
   c.rollout.block_length = 24
   c.rollout.steps = 6
+  c.rl.trace.segments = 6        # N = T: exact at the tiny scale
   c.rollout.max_prompt_length = 32
   c.rollout.temperature = 0.9
   c.rl.num_iterations = 4

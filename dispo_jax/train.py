@@ -119,7 +119,8 @@ def objective_settings(c, mask_id: int) -> learner.ObjectiveSettings:
       step_tokens=c.rl.step_tokens,
       spg_num_masks=c.rl.spg.num_masks, spg_block_length=c.rl.spg.block_length,
       spg_negative_bound=c.rl.spg.negative_bound, spg_mix_weight=c.rl.spg.mix_weight,
-      spg_eubo_beta=c.rl.spg.eubo_beta, spg_block_choice=c.rl.spg.block_choice, mask_id=mask_id)
+      spg_eubo_beta=c.rl.spg.eubo_beta, spg_block_choice=c.rl.spg.block_choice,
+      trace_segments=c.rl.trace.segments, denoising_steps=c.rollout.steps, mask_id=mask_id)
 
 
 def rollout_settings(c) -> rollout_lib.RolloutSettings:

@@ -279,6 +279,16 @@ def test_spg_variants_of_the_tiny_config_train(tmp_path, base_dir, variant, meth
   assert "base/elbo" in final and ("step/loss" in final) == (method == "dispo_spg")
 
 
+@pytest.mark.parametrize("method, segments", [("trace", 2), ("dispo_trace", 6)])
+def test_trace_methods_train_the_tiny_config(tmp_path, base_dir, method, segments):
+  workdir = _workdir(tmp_path, base_dir, method)
+  final = train_lib.train(small_config(method=method, **{"rl.trace.segments": segments}), workdir)
+  assert final["skipped_updates"] == 0 and np.isfinite(final["loss"])
+  assert ("step/loss" in final) == (method == "dispo_trace") and "base/kl" in final
+  with pytest.raises(ValueError, match="trace_segments=7 must be in"):
+    train_lib.validate_config(small_config(method=method, **{"rl.trace.segments": 7}))
+
+
 def test_config_variants_carry_the_spg_recipe():
   import importlib
   for task, steps, repo_steps, beta in (("sudoku", 4000, 2500, 1.0), ("countdown", 4600, 6000, 1.5),

@@ -22,6 +22,7 @@ from flax import struct
 
 from dispo_jax.rl import losses as losses_lib
 from dispo_jax.rl import spg as spg_lib
+from dispo_jax.rl import trace as trace_lib
 from dispo_jax.rl.logprobs import surrogate_logprobs
 
 Array = jax.Array
@@ -31,7 +32,8 @@ PolicyApply = Callable[[Any, Array, Optional[Array], Optional[Array]], Array]
 ReferenceApply = Callable[[Any, Array, Optional[Array]], Array]
 # method -> (base loss, whether DiSPO's fixed-state term is added)
 METHODS = {"diffu_grpo": ("diffu_grpo", False), "dispo": ("diffu_grpo", True),
-           "spg": ("spg", False), "dispo_spg": ("spg", True)}
+           "spg": ("spg", False), "dispo_spg": ("spg", True),
+           "trace": ("trace", False), "dispo_trace": ("trace", True)}
 STEP_TOKENS = ("action", "action_with_tail", "all")
 
 
@@ -40,8 +42,8 @@ class ObjectiveSettings:
   """Static settings of the loss (hashable).
 
   Attributes:
-    method: one of :data:`METHODS`: "diffu_grpo" or "spg" (terminal term only), "dispo" or
-      "dispo_spg" (the base term plus DiSPO's fixed-state term).
+    method: one of :data:`METHODS`: "diffu_grpo", "spg" or "trace" (terminal term only), "dispo",
+      "dispo_spg" or "dispo_trace" (the base term plus DiSPO's fixed-state term).
     base_loss: override of the method's registered token-level base loss (see
       :data:`dispo_jax.rl.losses.LOSSES`); "" = the method's own.
     alpha_base, alpha_step: L = α_base·L_base + α_step·L_step.
@@ -67,6 +69,9 @@ class ObjectiveSettings:
     spg_block_length: SPG's mask block size.
     spg_negative_bound: bound for negative-advantage completions (see
       :data:`dispo_jax.rl.spg.NEGATIVE_BOUNDS`); spg_mix_weight ω of "mix"; spg_eubo_beta β of EUBO.
+    trace_segments: N, the segments of the trajectory-consistent surrogate
+      (:mod:`dispo_jax.rl.trace`; methods trace and dispo_trace).
+    denoising_steps: T of the rollouts (the trace surrogate maps commit steps to segments).
     mask_id: MASK token id.
   """
 
@@ -88,6 +93,8 @@ class ObjectiveSettings:
   spg_mix_weight: float = 0.5
   spg_eubo_beta: float = 1.5
   spg_block_choice: str = "spg"
+  trace_segments: int = 16
+  denoising_steps: int = 128
   mask_id: int = 126336
 
   def __post_init__(self):
@@ -116,6 +123,9 @@ class ObjectiveSettings:
                           or self.spg_eubo_beta <= 0 or not 0 <= self.spg_mix_weight <= 1):
       raise ValueError(f"SPG needs spg_num_masks >= 1, spg_block_length >= 1, spg_eubo_beta > 0 "
                        f"and 0 <= spg_mix_weight <= 1; got {self}")
+    if self.base == "trace" and not 1 <= self.trace_segments <= self.denoising_steps:
+      raise ValueError(f"trace_segments={self.trace_segments} must be in [1, denoising_steps="
+                       f"{self.denoising_steps}]")
     if self.method == "spg" and self.beta != 0:
       raise ValueError(f"method='spg' has no KL term: beta must be 0, got {self.beta}")
     losses_lib.get_loss(self.base)
@@ -143,6 +153,7 @@ class RLBatch:
     prompt_key_mask: ``[N, P]`` bool (False on padding) or None (attend to padding, as d1).
     completion: ``[N, G]`` int32 sampled completions.
     completion_mask: ``[N, G]`` bool, up to and including the first EOS.
+    commit_step: ``[N, G]`` int32 denoising step at which each token was committed.
     advantages: ``[N]`` float32 terminal advantages.
     base_row_weights: ``[N]`` float32 normaliser of each row's token sum in the base loss
       (:func:`dispo_jax.rl.losses.base_row_weights`, computed on the whole batch).
@@ -164,6 +175,7 @@ class RLBatch:
   completion_mask: Array
   advantages: Array
   row_ids: Array
+  commit_step: Optional[Array] = None
   base_row_weights: Optional[Array] = None
   sequence_weights: Optional[Array] = None
   base_old_logp: Optional[Array] = None
@@ -195,7 +207,15 @@ def _step_key(key: Array) -> Array:
 
 def base_logprobs(apply: Callable[[Array, Optional[Array]], Array], batch: RLBatch, key: Array,
                   s: ObjectiveSettings) -> Array:
-  """diffu-GRPO's one-step mean-field log-probs ``[N, G]``: whole completion masked."""
+  """The base term's log-probs ``[N, G]``: diffu-GRPO's one-step mean-field surrogate (whole
+  completion masked), or for ``trace`` each token on its commit segment's canvas."""
+  if s.base == "trace":
+    if batch.commit_step is None:
+      raise ValueError("the trace surrogate needs RLBatch.commit_step (rollout.collect fills it)")
+    return trace_lib.trace_logprobs(
+        apply, batch.prompt_tokens, batch.prompt_key_mask, batch.completion, batch.commit_step,
+        _base_key(key), batch.row_ids, segments=s.trace_segments, total_steps=s.denoising_steps,
+        p_mask_prompt=s.p_mask_prompt, mask_id=s.mask_id)
   masked = jnp.full(batch.completion.shape, s.mask_id, jnp.int32)
   return surrogate_logprobs(lambda _, t, m: apply(t, m), None, batch.prompt_tokens,
                             batch.prompt_key_mask, masked, batch.completion, _base_key(key),

@@ -146,6 +146,10 @@ def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
   return loss, diag
 
 
+# The trajectory-consistent objective (dispo_jax.rl.trace) is diffu-GRPO's loss on other log-probs.
+register_loss("trace")(diffu_grpo_loss)
+
+
 @register_loss("spg")
 def spg_loss(sequence_logp: Array, advantages: Array, sequence_weights: Array
              ) -> tuple[Array, Dict[str, Array]]:

@@ -135,6 +135,7 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
     key_mask = place(np.arange(width)[None] >= (width - host_lengths)[:, None])
   batch = RLBatch(prompt_tokens=prompts, prompt_key_mask=key_mask, completion=completion,
                   completion_mask=completion_mask(completion, eos_id), advantages=advantages,
+                  commit_step=result.commit_step,
                   row_ids=place(np.arange(rows, dtype=np.int32) + row_offset))
   if objective.uses_spg:
     batch = batch.replace(sequence_weights=spg_sequence_weights(batch.completion_mask, k))

@@ -1,0 +1,84 @@
+"""A trajectory-consistent surrogate: every completion token scored on the canvas it was committed on.
+
+diffu-GRPO scores each token on a fully masked completion (a conditional the confidence-ordered
+sampler rarely uses); the sampler itself commits a token at step ``t`` from the canvas ``x_t`` of
+that step. Here, in the spirit of d2's StepMerge (arXiv 2509.21474), the T denoising steps are
+grouped into N contiguous segments, segment ``k`` covering steps ``[s_k, s_{k+1})`` with
+``s_k = floor(k·T / N)``. The canvas of segment ``k`` is rebuilt from the rollout's commit steps —
+completion tokens committed before ``s_k`` visible, MASK elsewhere, the prompt as in diffu-GRPO
+(optionally masked with ``p_mask_prompt``) — so no canvas is stored. One forward per segment (all
+segments of all rows in one batched call) scores the tokens committed inside it.
+
+* N = T is exact: with τ = 1 and no prompt masking a token's log-prob is the log-softmax of the
+  very logits the sampler drew it from (tested against the sampler's own cached logits).
+* N = 1 scores every token on the first canvas of the rollout: an all-MASK completion, i.e.
+  diffu-GRPO's one-step surrogate.
+
+Ratios, clipping, the k3 KL and the normaliser are diffu-GRPO's (:mod:`dispo_jax.rl.losses`); only the
+log-probs differ.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dispo_jax.rl.logprobs import surrogate_logprobs
+
+Array = jax.Array
+
+
+def segment_starts(total_steps: int, segments: int) -> np.ndarray:
+  """``[N + 1]`` int32: the first step of each segment, then T."""
+  if not 1 <= segments <= total_steps:
+    raise ValueError(f"trace segments={segments} must be in [1, {total_steps}] (the denoising "
+                     f"steps)")
+  return (np.arange(segments + 1) * total_steps // segments).astype(np.int32)
+
+
+def segment_of(commit_step: Array, total_steps: int, segments: int) -> Array:
+  """``[..., G]`` int32 segment index of each token from its commit step."""
+  starts = jnp.asarray(segment_starts(total_steps, segments)[:-1])
+  return (jnp.searchsorted(starts, commit_step, side="right") - 1).astype(jnp.int32)
+
+
+def segment_canvases(completion: Array, commit_step: Array, total_steps: int, segments: int,
+                     mask_id: int) -> Array:
+  """``[R, N, G]`` int32 completion canvas at the first step of every segment.
+
+  Args:
+    completion: ``[R, G]`` int32 final completion.
+    commit_step: ``[R, G]`` int32 step at which each token was committed.
+  """
+  starts = jnp.asarray(segment_starts(total_steps, segments)[:-1])  # [N]
+  visible = commit_step[:, None, :] < starts[None, :, None]  # [R, N, G]
+  return jnp.where(visible, completion[:, None, :], mask_id).astype(jnp.int32)
+
+
+def trace_logprobs(apply: Callable[[Array, Array | None], Array], prompt_tokens: Array,
+                   prompt_key_mask: Array | None, completion: Array, commit_step: Array,
+                   key: Array, row_ids: Array, *, segments: int, total_steps: int,
+                   p_mask_prompt: float, mask_id: int) -> Array:
+  """Log-prob of every completion token on its segment's canvas, ``[R, G]`` float32.
+
+  Args:
+    apply: ``(tokens [R', P+G], key_mask | None) -> logits``.
+    prompt_tokens: ``[R, P]`` int32; prompt_key_mask ``[R, P]`` bool or None.
+    completion, commit_step: ``[R, G]`` int32 from the rollout.
+    key: the inner iteration's mask key; row_ids ``[R]`` (each row's prompt mask is shared by
+      its segments).
+  """
+  r, g = completion.shape
+  n = segments
+  canvases = segment_canvases(completion, commit_step, total_steps, n, mask_id)  # [R, N, G]
+  repeat = lambda x: None if x is None else jnp.repeat(x, n, axis=0)
+  logp = surrogate_logprobs(lambda _, t, m: apply(t, m), None, repeat(prompt_tokens),
+                            repeat(prompt_key_mask), canvases.reshape(r * n, g),
+                            repeat(completion), key, repeat(row_ids),
+                            p_mask_prompt=p_mask_prompt, mask_id=mask_id)
+  logp = logp.reshape(r, n, g)
+  seg = segment_of(commit_step, total_steps, n)  # [R, G]
+  return jnp.take_along_axis(logp, seg[:, None, :], axis=1)[:, 0]

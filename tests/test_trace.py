@@ -1,0 +1,92 @@
+"""The trajectory-consistent surrogate: exact against the sampler's own logits, N = 1 = diffu-GRPO."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dispo_jax.model import llada
+from dispo_jax.model.config import get_config
+from dispo_jax.rl import learner, trace
+from dispo_jax.rl.logprobs import token_logprobs
+from dispo_jax.sampling import SamplerSettings, completion_mask, generate
+
+
+@pytest.fixture(scope="module")
+def rollout():
+  cfg = get_config("tiny", vocab_size=48, n_layers=2)
+  graphdef, state = llada.init_model(cfg, seed=3)
+  state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 10
+  s = SamplerSettings(gen_length=12, block_length=6, steps=6, temperature=1.0,
+                      mask_id=cfg.mask_token_id)
+  rng = np.random.default_rng(0)
+  b, p = 4, 5
+  lengths = np.array([5, 3, 4, 2], np.int32)
+  prompt = np.full((b, p), cfg.pad_token_id, np.int32)
+  for i, n in enumerate(lengths):
+    prompt[i, p - n:] = rng.integers(0, cfg.vocab_size - 3, n)
+  every_step = jnp.tile(jnp.arange(s.steps, dtype=jnp.int32), (b, 1))  # cache every state
+  result = generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(lengths),
+                    jax.random.key(1), s, every_step)
+  key_mask = jnp.asarray(np.arange(p)[None] >= (p - lengths)[:, None])
+  apply = lambda tokens, m: llada.forward(graphdef, state, tokens, m)
+  return cfg, s, jnp.asarray(prompt), key_mask, result, apply
+
+
+def test_segments_and_canvases_by_hand():
+  np.testing.assert_array_equal(trace.segment_starts(6, 4), [0, 1, 3, 4, 6])
+  commit = jnp.asarray([[0, 5, 2, 3, 1, 4]])
+  np.testing.assert_array_equal(trace.segment_of(commit, 6, 4), [[0, 3, 1, 2, 1, 3]])
+  canvases = trace.segment_canvases(jnp.asarray([[10, 11, 12, 13, 14, 15]]), commit, 6, 4, 99)
+  np.testing.assert_array_equal(canvases[0], [[99, 99, 99, 99, 99, 99],   # step 0: all masked
+                                              [10, 99, 99, 99, 99, 99],   # step 1
+                                              [10, 99, 12, 99, 14, 99],   # step 3
+                                              [10, 99, 12, 13, 14, 99]])  # step 4
+  with pytest.raises(ValueError, match="must be in"):
+    trace.segment_starts(6, 7)
+
+
+def test_n_equals_t_reproduces_the_samplers_own_log_probs(rollout):
+  """N = T, τ = 1, no prompt masking: each token's log-prob is the log-softmax of the logits the
+  sampler drew it from (cached at every step), to 1e-5."""
+  cfg, s, prompt, key_mask, result, apply = rollout
+  logp = trace.trace_logprobs(apply, prompt, key_mask, result.completion, result.commit_step,
+                              jax.random.key(0), jnp.arange(prompt.shape[0]), segments=s.steps,
+                              total_steps=s.steps, p_mask_prompt=0.0, mask_id=cfg.mask_token_id)
+  cached = token_logprobs(result.branch_logits.reshape(-1, *result.branch_logits.shape[2:]),
+                          jnp.repeat(result.completion, s.steps, axis=0), cfg.mask_token_id)
+  cached = cached.reshape(result.branch_logits.shape[:3])  # [B, T, G]: every token at every step
+  expected = jnp.take_along_axis(cached, result.commit_step[:, None, :], axis=1)[:, 0]
+  assert (np.asarray(result.commit_step) >= 0).all()
+  np.testing.assert_allclose(logp, expected, atol=1e-5)
+  # the canvas matters: scoring every token on the all-MASK canvas gives other numbers
+  one_step = trace.trace_logprobs(apply, prompt, key_mask, result.completion, result.commit_step,
+                                  jax.random.key(0), jnp.arange(prompt.shape[0]), segments=1,
+                                  total_steps=s.steps, p_mask_prompt=0.0,
+                                  mask_id=cfg.mask_token_id)
+  assert float(jnp.abs(one_step - expected).max()) > 1e-2
+
+
+def test_one_segment_is_diffu_grpos_surrogate(rollout):
+  cfg, s, prompt, key_mask, result, apply = rollout
+  n = prompt.shape[0]
+  batch = learner.RLBatch(prompt_tokens=prompt, prompt_key_mask=key_mask,
+                          completion=result.completion,
+                          completion_mask=completion_mask(result.completion, cfg.eos_token_id),
+                          advantages=jnp.zeros((n,)), row_ids=jnp.arange(n),
+                          commit_step=result.commit_step)
+  key = jax.random.key(4)
+  settings = dict(p_mask_prompt=0.3, mask_id=cfg.mask_token_id, denoising_steps=s.steps)
+  grpo = learner.base_logprobs(apply, batch, key, learner.ObjectiveSettings(
+      method="diffu_grpo", **settings))
+  one = learner.base_logprobs(apply, batch, key, learner.ObjectiveSettings(
+      method="trace", trace_segments=1, **settings))
+  np.testing.assert_allclose(one, grpo, atol=1e-6)
+  three = learner.base_logprobs(apply, batch, key, learner.ObjectiveSettings(
+      method="trace", trace_segments=3, **settings))
+  assert float(jnp.abs(three - grpo).max()) > 1e-2
+
+
+def test_trace_settings_are_validated():
+  with pytest.raises(ValueError, match="trace_segments=9 must be in"):
+    learner.ObjectiveSettings(method="dispo_trace", trace_segments=9, denoising_steps=6)
