@@ -6,6 +6,8 @@ Prints:
   (a) one DiSPO update (Z = 2, |S| = K) / one diffu-GRPO update on the same batch (floor ≈ 2×:
       one extra forward+backward on the K state canvases; goal ≤ 2.1×), and Z = 4 / Z = 2;
   (c) one SPG update (m = 2 block masks) / one diffu-GRPO update, and DiSPO+SPG / SPG;
+  (d) one trace update (the trajectory-consistent surrogate) at N = 4 and N = 16 segments / one
+      diffu-GRPO update (N forwards and backwards on the segment canvases instead of one);
   (b) a whole RL step — rollout with `steps` denoising steps, old/ref log-probs for μ seeds, μ
       updates — DiSPO / diffu-GRPO at the paper's ratio of steps to inner updates (128 steps, μ = 12
       by default; goal ≤ 1.35×).
@@ -35,12 +37,13 @@ def reward_fn(completions, prompt_index):
   return (np.asarray(completions) % 7 == 0).mean(-1)
 
 
-def build(method, z, args, cfg, graphdef, state):
+def build(method, z, args, cfg, graphdef, state, segments=4):
   policy, trainable, frozen = make_policy(cfg, graphdef, state, LORA)
   sampler = SamplerSettings(gen_length=args.gen, block_length=32, steps=args.steps,
                             temperature=0.9, mask_id=cfg.mask_token_id)
   objective = learner.ObjectiveSettings(method=method, mask_id=cfg.mask_token_id,
-                                        beta=0.0 if method == "spg" else 0.04)
+                                        beta=0.0 if method == "spg" else 0.04,
+                                        trace_segments=segments, denoising_steps=args.steps)
   rs = rollout.RolloutSettings(group_size=args.group, num_branches=z)
   opt = optax.adamw(3e-6, b1=0.9, b2=0.99, weight_decay=0.1)
   update = jax.jit(learner.make_update_fn(policy.apply, opt, objective), donate_argnums=(0, 2))
@@ -58,6 +61,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=128)
   parser.add_argument("--mu", type=int, default=12)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--skip-step", action="store_true", help="parts (a), (c), (d) only")
   args = parser.parse_args()
   cfg = get_config("small")
   graphdef, state = llada.init_model(cfg)
@@ -69,9 +73,11 @@ def main() -> None:
   # (a) one update on the same batch
   update_times = {}
   batches = {}
-  for method, z in (("diffu_grpo", 2), ("dispo", 2), ("dispo", 4), ("spg", 2), ("dispo_spg", 2)):
+  for method, z, segments in (("diffu_grpo", 2, 4), ("dispo", 2, 4), ("dispo", 4, 4),
+                              ("spg", 2, 4), ("dispo_spg", 2, 4), ("trace", 2, 4),
+                              ("trace", 2, 16)):
     policy, trainable, frozen, sampler, objective, rs, opt, update, old_ref = build(
-        method, z, args, cfg, graphdef, state)
+        method, z, args, cfg, graphdef, state, segments)
     batch, _ = rollout.collect(jax.random.key(0), policy.graphdef,
                                policy.model_state((trainable, frozen)), prompts, lengths,
                                reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
@@ -82,8 +88,9 @@ def main() -> None:
     def one():
       holder["t"], holder["o"], m = update(holder["t"], frozen, holder["o"], batch, 0, keys[0])
       return m["loss"]
-    update_times[(method, z)] = time_fn(one, repeats=args.repeats * 2)
-    batches[(method, z)] = batch
+    name = (method, segments) if method == "trace" else (method, z)
+    update_times[name] = time_fn(one, repeats=args.repeats * 2)
+    batches[name] = batch
   grpo = update_times[("diffu_grpo", 2)]
   print(f"(a) update: diffu-GRPO {grpo * 1e3:.1f} ms | DiSPO Z=2 "
         f"{update_times[('dispo', 2)] * 1e3:.1f} ms -> {update_times[('dispo', 2)] / grpo:.2f}x "
@@ -93,6 +100,11 @@ def main() -> None:
   print(f"(c) update: SPG {spg * 1e3:.1f} ms -> {spg / grpo:.2f}x diffu-GRPO | DiSPO+SPG "
         f"{update_times[('dispo_spg', 2)] * 1e3:.1f} ms -> {update_times[('dispo_spg', 2)] / spg:.2f}x "
         f"SPG")
+  print(f"(d) update: trace N=4 {update_times[('trace', 4)] * 1e3:.1f} ms -> "
+        f"{update_times[('trace', 4)] / grpo:.2f}x diffu-GRPO | trace N=16 "
+        f"{update_times[('trace', 16)] * 1e3:.1f} ms -> {update_times[('trace', 16)] / grpo:.2f}x")
+  if args.skip_step:
+    return
 
   # (b) a whole RL step
   step_times = {}

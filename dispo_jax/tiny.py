@@ -75,17 +75,46 @@ def task_rows(config) -> tuple[list[dict], list[dict]]:
   raise ValueError(f"task={config.task!r}: the tiny setting implements {TINY_TASKS}")
 
 
-def sudoku_rows(config) -> tuple[list[dict], list[dict]]:
-  """(train, held-out test) rows: generated puzzles on disjoint grids; d1's test grids held out."""
+def sudoku_grids(config) -> tuple[list[str], list[str], list[str]]:
+  """(SFT, RL, test) grid lists, pairwise disjoint; d1's test grids are never SFT grids.
+
+  ``data.rl_grid_fraction = 0``: RL prompts come from the SFT grids (RL = SFT grids). ``> 0``: that
+  fraction of the held-out grids is set aside for RL prompts and the rest is the test set, so RL
+  trains where the base is at its held-out level (4×4 Sudoku has only 288 grids; the base
+  memorises its SFT grids).
+  """
   d1_grids = {r["solution"] for r in data_lib.load_rows("sudoku")}
-  train_grids, test_grids = sudoku.split_grids(config.data.test_fraction, config.data.seed,
-                                               exclude_from_train=d1_grids)
+  sft, held_out = sudoku.split_grids(config.data.test_fraction, config.data.seed,
+                                     exclude_from_train=d1_grids)
+  fraction = config.data.rl_grid_fraction
+  if not fraction:
+    return sft, sft, held_out
+  order = np.random.default_rng([config.data.seed, 1]).permutation(len(held_out))
+  n_rl = int(round(fraction * len(held_out)))
+  rl = sorted(held_out[i] for i in order[:n_rl])
+  return sft, rl, sorted(held_out[i] for i in order[n_rl:])
+
+
+def sudoku_rows(config) -> tuple[list[dict], list[dict]]:
+  """(RL train, held-out test) rows: generated puzzles on disjoint grids (:func:`sudoku_grids`)."""
+  sft, rl, test_grids = sudoku_grids(config)
   blanks = tuple(config.data.num_blanks)
-  train = sudoku.generate_puzzles(train_grids, config.data.num_train, blanks,
-                                  seed=config.data.seed)
+  if rl is sft:
+    train = sudoku.generate_puzzles(sft, config.data.num_train, blanks, seed=config.data.seed)
+  else:
+    train = sudoku.generate_puzzles(rl, config.data.num_train, blanks, seed=config.data.seed + 2)
   test = sudoku.generate_puzzles(test_grids, config.data.num_test, blanks,
                                  seed=config.data.seed + 1)
   return train, test
+
+
+def sft_rows(config) -> list[dict]:
+  """The rows the base is SFT'd on: Sudoku puzzles on the SFT grids, else the task's train rows."""
+  if config.task == "sudoku":
+    sft, _, _ = sudoku_grids(config)
+    return sudoku.generate_puzzles(sft, config.data.num_train, tuple(config.data.num_blanks),
+                                   seed=config.data.seed)
+  return task_rows(config)[0]
 
 
 def build_tokenizer(folder: str, rows: list[dict]):
@@ -110,7 +139,7 @@ def encode_pairs(tokenizer, rows: list[dict], prompt_length: int, gen_length: in
 
 def prepare_base(config, workdir: str):
   """Tokenizer and base model for the tiny setting, trained once and reused from ``workdir``."""
-  train_rows, _ = task_rows(config)
+  train_rows = sft_rows(config)
   tokenizer = build_tokenizer(os.path.join(workdir, "tokenizer"), train_rows)
   base_dir = os.path.join(workdir, "base")
   if os.path.exists(os.path.join(base_dir, "config.json")):

@@ -1,11 +1,19 @@
-"""Small-scale reproduction: diffu-GRPO vs DiSPO (α_step 0.1, 0.5) on tiny Sudoku, matched compute.
+"""Small-scale study on tiny Sudoku: diffu-GRPO, DiSPO, trace, DiSPO + trace and the shuffled-reward
+control at matched rollouts and optimizer updates, several seeds.
 
-  python experiments/sudoku_study.py --root=/tmp/sudoku_study --seeds=0,1,2 --steps=40 --lr=1e-4
+  python experiments/sudoku_study.py --root=/tmp/study --seeds=0,1,2,3,4 --rollouts=30
 
-One SFT'd base (configs/sudoku.py:tiny, grid-disjoint held-out puzzles) is shared by every run;
-runs differ only in method, α_step and the RL seed (same rollouts per step count, optimizer steps
-and μ). Writes ``{root}/summary.json`` and learning-curve PNGs into ``docs/`` and prints the table
-that ``docs/RESULTS.md`` quotes. Rerunning skips finished runs (each resumes from its work folder).
+One SFT'd base (``configs/sudoku.py:tiny`` with ``--base-steps``) is shared by every run; runs
+differ only in method and RL seed. Runs of one seed see the same prompts at every rollout batch.
+The testbed: ``--rl-grid-fraction`` of the held-out grids is set aside for RL prompts (the base
+memorises its SFT grids), evaluation uses the remaining grids, and rollouts and evaluation decode
+with ``--decode-steps`` denoising steps. ``--rollouts`` counts rollout batches; each gets μ
+optimizer updates (``num_steps = rollouts × μ``). Reports, per method, held-out greedy cell
+accuracy averaged over the last ``--last-evals`` evaluation points (mean ± standard error over
+seeds), its gain over the base and over the control (paired by seed), the rollout reward,
+distinguishable branch states per timestep bin (the paper's Table 7) and seconds per rollout
+batch. Writes ``{root}/summary.json`` and a learning-curve PNG under ``--plots``; rerunning skips
+finished runs (each resumes from its work folder).
 """
 
 from __future__ import annotations
@@ -26,144 +34,131 @@ from dispo_jax import tiny, train  # noqa: E402
 
 # run name -> (config variant, method, α_step, shuffled-reward control)
 METHODS = {"diffu_grpo": ("tiny", "diffu_grpo", 0.0, False),
-           "dispo_a0.1": ("tiny", "dispo", 0.1, False),
-           "dispo_a0.5": ("tiny", "dispo", 0.5, False),
+           "dispo": ("tiny", "dispo", 0.5, False),
+           "trace": ("tiny", "trace", 0.0, False),
+           "dispo_trace": ("tiny", "dispo_trace", 0.5, False),
+           "control": ("tiny", "diffu_grpo", 0.0, True),
            "spg": ("tiny,spg", "spg", 0.0, False),
-           "dispo_spg_a0.5": ("tiny,dispo_spg", "dispo_spg", 0.5, False),
-           "diffu_grpo_shuffled": ("tiny", "diffu_grpo", 0.0, True)}
-COLORS = {"diffu_grpo": "tab:gray", "dispo_a0.1": "tab:blue", "dispo_a0.5": "tab:red",
-          "spg": "tab:green", "dispo_spg_a0.5": "tab:purple", "diffu_grpo_shuffled": "black"}
+           "dispo_spg": ("tiny,dispo_spg", "dispo_spg", 0.5, False)}
+COLORS = {"diffu_grpo": "tab:gray", "dispo": "tab:blue", "trace": "tab:orange",
+          "dispo_trace": "tab:red", "control": "black", "spg": "tab:green",
+          "dispo_spg": "tab:purple"}
 
 
 def make_config(args, name: str, seed: int):
   variant, method, alpha, shuffled = METHODS[name]
   c = sudoku_config.get_config(variant)
   c.method, c.rl.alpha_step, c.seed, c.shuffle_rewards = method, alpha, seed, shuffled
-  c.num_steps = args.steps
+  mu = c.rl.num_iterations
+  c.num_steps = args.rollouts * mu
   c.optim.learning_rate = args.lr
   c.base.steps = args.base_steps
   c.rollout.steps = args.decode_steps
-  c.eval_every = args.eval_every
+  c.rl.trace.segments = args.decode_steps
+  c.rollout.group_size = args.group
+  c.rollout.prompts_per_step = args.prompts
+  c.data.rl_grid_fraction = args.rl_grid_fraction
+  c.eval_every = args.eval_every * mu
   c.eval_rows = args.eval_rows
-  c.checkpoint_every = max(c.checkpoint_every, args.eval_every)
+  c.checkpoint_every = c.num_steps
   c.export_hf = False
   return c
 
 
-def paired_gain(runs: dict, name: str, args) -> list[float] | None:
-  """Per seed: mean over the second half of the steps of (rollout reward − the shuffled control's).
-
-  Runs of one seed draw the same prompts at every step, so the difference removes prompt
-  difficulty, the largest source of step-to-step variation. None without the control run.
-  """
-  gains = []
-  for (method, seed), rows in runs.items():
-    control = runs.get(("diffu_grpo_shuffled", seed))
-    if method != name or control is None:
-      continue
-    ref = {r["step"]: r["reward_mean"] for r in control if "reward_mean" in r}
-    diff = [r["reward_mean"] - ref[r["step"]] for r in rows
-            if "reward_mean" in r and r["step"] in ref and r["step"] >= args.steps // 2]
-    gains.append(float(np.mean(diff)))
-  return gains or None
+def per_rollout(rows: list[dict], key: str) -> dict[int, float]:
+  """``key`` of each rollout batch (the first row of the batch carries the rollout's values)."""
+  out = {}
+  for r in rows:
+    if key in r and "rollout" in r:
+      out.setdefault(int(r["rollout"]), float(r[key]))
+  return out
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--root", default="/tmp/sudoku_study")
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--methods", default=",".join(METHODS))
-  parser.add_argument("--steps", type=int, default=40)
-  parser.add_argument("--lr", type=float, default=1e-4)
-  parser.add_argument("--base-steps", type=int, default=300)
-  parser.add_argument("--decode-steps", type=int, default=6)
-  parser.add_argument("--eval-every", type=int, default=10)
-  parser.add_argument("--eval-rows", type=int, default=256)
-  parser.add_argument("--plots", default="docs")
-  parser.add_argument("--summary-only", action="store_true",
-                      help="train nothing; summarise the finished runs under --root")
-  parser.add_argument("--tag", default="", help="plot name suffix (default: lr, base, decode steps)")
-  args = parser.parse_args()
-  os.makedirs(args.root, exist_ok=True)
-  base_dir = os.path.join(args.root, "_base")
-  if not args.summary_only:
-    tiny.prepare_base(make_config(args, "dispo_a0.5", 0), base_dir)
+def evals(rows: list[dict], mu: int) -> dict[int, float]:
+  """Held-out accuracy by rollout batches done (step 0: the base)."""
+  return {int(r["step"]) // mu: float(r["eval/accuracy"]) for r in rows if "eval/accuracy" in r}
 
-  runs = {}
-  for seed in (int(s) for s in args.seeds.split(",")):  # seeds outermost: complete seeds first
-    for name in args.methods.split(","):
-      workdir = os.path.join(args.root, f"{name}_seed{seed}")
-      if args.summary_only:  # summarise the runs that finished, train nothing
-        path = os.path.join(workdir, "metrics.jsonl")
-        rows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
-        if any(r.get("step") == args.steps and "eval/accuracy" in r for r in rows):
-          runs[(name, seed)] = rows
-        continue
-      for sub in ("base", "tokenizer"):
-        if not os.path.exists(os.path.join(workdir, sub)):
-          shutil.copytree(os.path.join(base_dir, sub), os.path.join(workdir, sub))
-      start = time.perf_counter()
-      train.train(make_config(args, name, seed), workdir)
-      rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-      runs[(name, seed)] = rows
-      print(f"{name} seed {seed}: {time.perf_counter() - start:.0f}s", flush=True)
 
+def mean_se(xs) -> tuple[float, float]:
+  xs = np.asarray(xs, np.float64)
+  return float(xs.mean()), float(xs.std(ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else 0.0
+
+
+def summarise(runs: dict, args, mu: int) -> dict:
+  seeds = sorted({s for _, s in runs})
+  final = {}  # (name, seed) -> mean over the last evaluation points
+  for (name, seed), rows in runs.items():
+    points = sorted(evals(rows, mu).items())
+    final[(name, seed)] = float(np.mean([v for _, v in points[-args.last_evals:]]))
   summary = {}
   for name in args.methods.split(","):
-    per_seed = [runs[k] for k in runs if k[0] == name]
-    def evals(rows):
-      return {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
-    before = [evals(r)[0] for r in per_seed]
-    final = [np.mean([v for s, v in evals(r).items() if s >= args.steps // 2]) for r in per_seed]
-    last = [evals(r)[args.steps] for r in per_seed]
-    reward_first = [np.mean([r["reward_mean"] for r in rows if "reward_mean" in r][:5])
-                    for rows in per_seed]
-    reward_last = [np.mean([r["reward_mean"] for r in rows if "reward_mean" in r][-5:])
-                   for rows in per_seed]
+    have = [s for s in seeds if (name, s) in runs]
+    if not have:
+      continue
+    base = [evals(runs[(name, s)], mu)[0] for s in have]
+    acc = [final[(name, s)] for s in have]
+    rewards = [per_rollout(runs[(name, s)], "reward_mean") for s in have]
+    half = args.rollouts // 2
+    entry = {"seeds": have, "base": mean_se(base), "accuracy": mean_se(acc),
+             "gain_over_base": mean_se(np.subtract(acc, base)),
+             "reward_first5": mean_se([np.mean([r[i] for i in sorted(r)[:5]]) for r in rewards]),
+             "reward_2nd_half": mean_se([np.mean([v for i, v in r.items() if i >= half])
+                                         for r in rewards]),
+             "seconds_per_rollout": float(np.mean([
+                 np.sum([r["step_seconds"] for r in runs[(name, s)] if "step_seconds" in r][mu:])
+                 / max(args.rollouts - 1, 1) for s in have]))}
+    for other in ("control", "diffu_grpo"):
+      paired = [final[(name, s)] - final[(other, s)] for s in have if (other, s) in final]
+      if other != name and len(paired) > 1:
+        m, se = mean_se(paired)
+        entry[f"minus_{other}"] = (m, se, m / se if se > 0 else float("inf"))
     bins = {}
     for b in ("early", "mid", "late"):
-      vals = [r[f"step/distinguishable_{b}"] for rows in per_seed for r in rows
+      vals = [r[f"step/distinguishable_{b}"] for s in have for r in runs[(name, s)]
               if r.get(f"step/states_{b}", 0) > 0]
       bins[b] = float(np.mean(vals)) if vals else None
-    seconds = [np.mean([r["step_seconds"] for r in rows if "step_seconds" in r][1:])
-               for rows in per_seed]
-    summary[name] = {"before": before, "last": last, "late_half_mean": final,
-                     "reward_first5": reward_first, "reward_last5": reward_last,
-                     "distinguishable": bins, "step_seconds": seconds,
-                     "reward_minus_control": paired_gain(runs, name, args)}
-  with open(os.path.join(args.root, "summary.json"), "w") as f:
-    json.dump({"args": vars(args), "summary": summary}, f, indent=2)
+    entry["distinguishable"] = bins
+    summary[name] = entry
+  return summary
 
-  ms = lambda xs: f"{np.mean(xs):.3f} ± {np.std(xs):.3f}"
-  print("\n| method | eval before | eval at step %d | eval mean, 2nd half | rollout reward first 5 → "
-        "last 5 steps | rollout reward − control, 2nd half | s/step |" % args.steps)
-  print("|---|---|---|---|---|---|---|")
-  for name, s in summary.items():
-    gain = "n/a" if s["reward_minus_control"] is None else ms(s["reward_minus_control"])
-    print(f"| {name} | {ms(s['before'])} | {ms(s['last'])} | {ms(s['late_half_mean'])} | "
-          f"{ms(s['reward_first5'])} → {ms(s['reward_last5'])} | {gain} | "
-          f"{np.mean(s['step_seconds']):.1f} |")
-  for name, s in summary.items():
-    if name.startswith("dispo"):
-      d = s["distinguishable"]
-      print(f"{name}: distinguishable branch states early/mid/late = "
+
+def print_table(summary: dict, args) -> None:
+  f = lambda ms: f"{ms[0]:.3f} ± {ms[1]:.3f}"
+  print(f"\nheld-out greedy cell accuracy, mean of the last {args.last_evals} evaluations, "
+        f"mean ± SE over seeds; paired differences by seed (t = mean / SE)")
+  print("| method | seeds | base | after RL | gain over base | − control (t) | − diffu-GRPO (t) | "
+        "rollout reward first 5 → 2nd half | s / rollout batch |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for name, e in summary.items():
+    paired = lambda k: "—" if k not in e else f"{e[k][0]:+.3f} ± {e[k][1]:.3f} ({e[k][2]:.1f})"
+    print(f"| {name} | {len(e['seeds'])} | {f(e['base'])} | {f(e['accuracy'])} | "
+          f"{e['gain_over_base'][0]:+.3f} ± {e['gain_over_base'][1]:.3f} | "
+          f"{paired('minus_control')} | {paired('minus_diffu_grpo')} | "
+          f"{f(e['reward_first5'])} → {f(e['reward_2nd_half'])} | "
+          f"{e['seconds_per_rollout']:.1f} |")
+  for name, e in summary.items():
+    d = e["distinguishable"]
+    if any(v is not None for v in d.values()):
+      print(f"{name}: distinguishable branch states early / mid / late = "
             + " / ".join("n/a" if d[b] is None else f"{100 * d[b]:.1f}%" for b in d))
 
+
+def plot(runs: dict, args, mu: int) -> str:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
-  for (name, seed), rows in runs.items():
-    steps = [r["step"] for r in rows if "reward_mean" in r]
-    rew = np.convolve([r["reward_mean"] for r in rows if "reward_mean" in r], np.ones(5) / 5,
-                      mode="valid")
-    a.plot(steps[4:], rew, color=COLORS[name], alpha=0.7,
-           label=name if seed == int(args.seeds.split(",")[0]) else None)
-    ev = sorted((r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r)
-    b.plot(*zip(*ev), color=COLORS[name], marker="o", alpha=0.7,
-           label=name if seed == int(args.seeds.split(",")[0]) else None)
-  a.set(xlabel="optimizer step", ylabel="rollout reward (5-step mean)", title="training reward")
-  b.set(xlabel="optimizer step", ylabel="held-out cell accuracy (greedy)", title="evaluation")
+  first_seed = min(s for _, s in runs)
+  for (name, seed), rows in sorted(runs.items()):
+    reward = per_rollout(rows, "reward_mean")
+    xs = sorted(reward)
+    smooth = np.convolve([reward[i] for i in xs], np.ones(5) / 5, mode="valid")
+    label = name if seed == first_seed else None
+    a.plot(xs[4:], smooth, color=COLORS[name], alpha=0.6, label=label)
+    ev = sorted(evals(rows, mu).items())
+    b.plot(*zip(*ev), color=COLORS[name], marker="o", alpha=0.6, label=label)
+  a.set(xlabel="rollout batch", ylabel="rollout reward (5-batch mean)", title="training reward")
+  b.set(xlabel="rollout batch", ylabel="held-out cell accuracy (greedy)", title="evaluation")
   a.legend()
   b.legend()
   plt.tight_layout()
@@ -171,7 +166,57 @@ def main() -> None:
   tag = args.tag or f"lr{args.lr:g}_base{args.base_steps}_T{args.decode_steps}"
   path = os.path.join(args.plots, f"sudoku_study_{tag}.png")
   plt.savefig(path, dpi=110)
-  print("plot:", path)
+  return path
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--root", default="/tmp/sudoku_study")
+  parser.add_argument("--seeds", default="0,1,2,3,4")
+  parser.add_argument("--methods", default="diffu_grpo,dispo,trace,dispo_trace,control")
+  parser.add_argument("--rollouts", type=int, default=30, help="rollout batches per run")
+  parser.add_argument("--lr", type=float, default=1e-4)
+  parser.add_argument("--base-steps", type=int, default=1500)
+  parser.add_argument("--decode-steps", type=int, default=3)
+  parser.add_argument("--rl-grid-fraction", type=float, default=0.5)
+  parser.add_argument("--group", type=int, default=8)
+  parser.add_argument("--prompts", type=int, default=8)
+  parser.add_argument("--eval-every", type=int, default=10, help="in rollout batches")
+  parser.add_argument("--eval-rows", type=int, default=256)
+  parser.add_argument("--last-evals", type=int, default=2)
+  parser.add_argument("--plots", default="docs")
+  parser.add_argument("--summary-only", action="store_true",
+                      help="train nothing; summarise the finished runs under --root")
+  parser.add_argument("--tag", default="", help="plot name suffix (default: lr, base, decode steps)")
+  args = parser.parse_args()
+  os.makedirs(args.root, exist_ok=True)
+  base_dir = os.path.join(args.root, "_base")
+  first = args.methods.split(",")[0]
+  mu = make_config(args, first, 0).rl.num_iterations
+  if not args.summary_only:
+    tiny.prepare_base(make_config(args, first, 0), base_dir)
+
+  runs = {}
+  for seed in (int(s) for s in args.seeds.split(",")):  # seeds outermost: complete seeds first
+    for name in args.methods.split(","):
+      workdir = os.path.join(args.root, f"{name}_seed{seed}")
+      path = os.path.join(workdir, "metrics.jsonl")
+      if not args.summary_only:
+        for sub in ("base", "tokenizer"):
+          if not os.path.exists(os.path.join(workdir, sub)):
+            shutil.copytree(os.path.join(base_dir, sub), os.path.join(workdir, sub))
+        start = time.perf_counter()
+        train.train(make_config(args, name, seed), workdir)
+        print(f"{name} seed {seed}: {time.perf_counter() - start:.0f}s", flush=True)
+      rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+      if args.rollouts in evals(rows, mu):  # finished runs only
+        runs[(name, seed)] = rows
+
+  summary = summarise(runs, args, mu)
+  with open(os.path.join(args.root, "summary.json"), "w") as f:
+    json.dump({"args": vars(args), "summary": summary}, f, indent=2)
+  print_table(summary, args)
+  print("plot:", plot(runs, args, mu))
 
 
 if __name__ == "__main__":
