@@ -160,11 +160,9 @@ def test_non_finite_gradient_skips_the_update():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("method, use_lora", [("diffu_grpo", False), ("dispo", True),
-                                              ("spg", False)])
-def test_reward_rises_on_a_learnable_task(method, use_lora):
-  setup = _setup(method, use_lora=use_lora, beta=0.0)
-  cfg, policy, trainable, frozen, sampler, objective, rs, prompts, lengths = setup
+def _rollout_rewards(setup, objective, rs, rollouts=12):
+  """Trains ``rollouts`` rollout batches × 2 updates (adam 1e-2); the rollout reward of each."""
+  cfg, policy, trainable, frozen, sampler, _, _, prompts, lengths = setup
   opt = optax.adam(1e-2)
   opt_state = opt.init(trainable)
   update = jax.jit(learner.make_update_fn(policy.apply, opt, objective))
@@ -172,7 +170,7 @@ def test_reward_rises_on_a_learnable_task(method, use_lora):
       policy.apply, policy.apply_reference, p, b, k, objective))
   rewards = []
   key = jax.random.key(0)
-  for step in range(12):
+  for _ in range(rollouts):
     key, k_roll, k_mask = jax.random.split(key, 3)
     batch, metrics = rollout.collect(k_roll, policy.graphdef,
                                      policy.model_state((trainable, frozen)), prompts, lengths,
@@ -183,6 +181,14 @@ def test_reward_rises_on_a_learnable_task(method, use_lora):
     for i in range(2):
       trainable, opt_state, m = update(trainable, frozen, opt_state, batch, i, mask_keys[i])
       assert float(m["skipped"]) == 0.0
+  return rewards
+
+
+@pytest.mark.parametrize("method, use_lora", [("diffu_grpo", False), ("dispo", True),
+                                              ("spg", False)])
+def test_reward_rises_on_a_learnable_task(method, use_lora):
+  setup = _setup(method, use_lora=use_lora, beta=0.0)
+  rewards = _rollout_rewards(setup, setup[5], setup[6])
   assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.15, rewards
 
 
@@ -192,27 +198,10 @@ def test_the_step_term_alone_drives_the_reward(alpha_step, rises):
   reward; with α_step = 0 too nothing is learned (so a zeroed step term fails the first case, and a
   sign-flipped one drives the reward down)."""
   setup = _setup("dispo", beta=0.0)
-  cfg, policy, trainable, frozen, sampler, _, rs, prompts, lengths = setup
   objective = learner.ObjectiveSettings(method="dispo", alpha_base=0.0, alpha_step=alpha_step,
-                                        beta=0.0, mask_id=cfg.mask_token_id)
+                                        beta=0.0, mask_id=setup[0].mask_token_id)
   rs = rollout.RolloutSettings(group_size=4, num_branches=4, timestep_schedule="uniform")
-  opt = optax.adam(1e-2)
-  opt_state = opt.init(trainable)
-  update = jax.jit(learner.make_update_fn(policy.apply, opt, objective))
-  old_ref = jax.jit(lambda p, b, k: learner.with_old_and_ref_logprobs(
-      policy.apply, policy.apply_reference, p, b, k, objective))
-  rewards = []
-  key = jax.random.key(0)
-  for _ in range(12):
-    key, k_roll, k_mask = jax.random.split(key, 3)
-    batch, metrics = rollout.collect(k_roll, policy.graphdef,
-                                     policy.model_state((trainable, frozen)), prompts, lengths,
-                                     reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
-    rewards.append(metrics["reward_mean"])
-    mask_keys = jax.random.split(k_mask, 2)
-    batch = old_ref((trainable, frozen), batch, mask_keys)
-    for i in range(2):
-      trainable, opt_state, _ = update(trainable, frozen, opt_state, batch, i, mask_keys[i])
+  rewards = _rollout_rewards(setup, objective, rs)
   gain = np.mean(rewards[-3:]) - np.mean(rewards[:3])
   assert (gain > 0.15) if rises else (abs(gain) < 0.05), rewards
 

@@ -14,6 +14,18 @@ from dispo_jax.sampling.sampler import _step_keys
 _fwd = jax.jit(llada.forward, static_argnums=0)
 
 
+def llada_schedule(x, p, s: SamplerSettings):
+  """LLaDA's block schedule: yields ``(global step, block start, block end, [B] tokens to commit)``;
+  the counts are taken from the canvas ``x`` (updated by the caller) at each block's first step."""
+  steps_b = s.steps // s.num_blocks
+  for blk in range(s.num_blocks):
+    lo, hi = p + blk * s.block_length, p + (blk + 1) * s.block_length
+    n_masked = (x[:, lo:hi] == s.mask_id).sum(1)
+    base, rem = n_masked // steps_b, n_masked % steps_b
+    for j in range(steps_b):
+      yield blk * steps_b + j, lo, hi, base + (j < rem)
+
+
 def reference_generate(graphdef, state, prompt, lengths, key, s: SamplerSettings):
   """SPEC §4 step by step, selection on the host in NumPy (as the PyTorch reference runs).
 
@@ -24,48 +36,40 @@ def reference_generate(graphdef, state, prompt, lengths, key, s: SamplerSettings
   length = x.shape[1]
   key_mask = (np.arange(length)[None] >= (p - lengths)[:, None]) if s.mask_padding else None
   prompt_index = np.arange(length) < p
-  steps_b = s.steps // s.num_blocks
-  t = 0
-  for blk in range(s.num_blocks):
-    lo, hi = p + blk * s.block_length, p + (blk + 1) * s.block_length
-    n_masked = (x[:, lo:hi] == s.mask_id).sum(1)
-    base, rem = n_masked // steps_b, n_masked % steps_b
-    for j in range(steps_b):
-      num_transfer = base + (j < rem)
-      mask_index = x == s.mask_id
-      logits = np.asarray(_fwd(graphdef, state, jnp.asarray(x),
-                               None if key_mask is None else jnp.asarray(key_mask)), np.float32)
-      if s.cfg_scale > 0:
-        un_x = x.copy()
-        un_x[:, prompt_index] = s.mask_id
-        un = np.asarray(_fwd(graphdef, state, jnp.asarray(un_x),
+  for t, lo, hi, num_transfer in llada_schedule(x, p, s):
+    mask_index = x == s.mask_id
+    logits = np.asarray(_fwd(graphdef, state, jnp.asarray(x),
                              None if key_mask is None else jnp.asarray(key_mask)), np.float32)
-        logits = un + (s.cfg_scale + 1) * (logits - un)
-      logits = logits.copy()
-      logits[..., s.mask_id] = -np.inf
-      gumbel_key, remask_key = _step_keys(key, t)
-      block_logits = logits[:, lo:hi]
-      if s.temperature == 0:
-        x0_block = block_logits.argmax(-1)
-      else:
-        g = np.asarray(jax.random.gumbel(gumbel_key, block_logits.shape, jnp.float32))
-        x0_block = (block_logits / np.float32(s.temperature) + g).argmax(-1)
-      if s.remasking == "low_confidence":
-        z = block_logits - block_logits.max(-1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-        conf_block = np.take_along_axis(probs, x0_block[..., None], -1)[..., 0]
-      else:
-        conf_block = np.asarray(jax.random.uniform(remask_key, x0_block.shape, jnp.float32))
-      x0 = x.copy()
-      x0[:, lo:hi] = x0_block
-      confidence = np.full(x.shape, -np.inf, np.float32)
-      confidence[:, lo:hi] = conf_block
-      x0 = np.where(mask_index, x0, x)
-      confidence = np.where(mask_index, confidence, -np.inf)
-      for row in range(b):
-        chosen = np.argsort(-confidence[row], kind="stable")[: num_transfer[row]]
-        x[row, chosen] = x0[row, chosen]
-      t += 1
+    if s.cfg_scale > 0:
+      un_x = x.copy()
+      un_x[:, prompt_index] = s.mask_id
+      un = np.asarray(_fwd(graphdef, state, jnp.asarray(un_x),
+                           None if key_mask is None else jnp.asarray(key_mask)), np.float32)
+      logits = un + (s.cfg_scale + 1) * (logits - un)
+    logits = logits.copy()
+    logits[..., s.mask_id] = -np.inf
+    gumbel_key, remask_key = _step_keys(key, t)
+    block_logits = logits[:, lo:hi]
+    if s.temperature == 0:
+      x0_block = block_logits.argmax(-1)
+    else:
+      g = np.asarray(jax.random.gumbel(gumbel_key, block_logits.shape, jnp.float32))
+      x0_block = (block_logits / np.float32(s.temperature) + g).argmax(-1)
+    if s.remasking == "low_confidence":
+      z = block_logits - block_logits.max(-1, keepdims=True)
+      probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+      conf_block = np.take_along_axis(probs, x0_block[..., None], -1)[..., 0]
+    else:
+      conf_block = np.asarray(jax.random.uniform(remask_key, x0_block.shape, jnp.float32))
+    x0 = x.copy()
+    x0[:, lo:hi] = x0_block
+    confidence = np.full(x.shape, -np.inf, np.float32)
+    confidence[:, lo:hi] = conf_block
+    x0 = np.where(mask_index, x0, x)
+    confidence = np.where(mask_index, confidence, -np.inf)
+    for row in range(b):
+      chosen = np.argsort(-confidence[row], kind="stable")[: num_transfer[row]]
+      x[row, chosen] = x0[row, chosen]
   return x
 
 
@@ -78,42 +82,34 @@ def llada_generate_reference(graphdef, state, prompt, key, s: SamplerSettings):
   """
   b, p = prompt.shape
   x = np.concatenate([prompt, np.full((b, s.gen_length), s.mask_id)], axis=1).astype(np.int64)
-  steps_b = s.steps // s.num_blocks
-  t = 0
-  for blk in range(s.num_blocks):
-    lo, hi = p + blk * s.block_length, p + (blk + 1) * s.block_length
-    n_masked = (x[:, lo:hi] == s.mask_id).sum(1)
-    base, rem = n_masked // steps_b, n_masked % steps_b
-    for j in range(steps_b):
-      num_transfer = base + (j < rem)
-      mask_index = x == s.mask_id
-      logits = np.asarray(_fwd(graphdef, state, jnp.asarray(x, jnp.int32), None), np.float64)
-      gumbel_key, remask_key = _step_keys(key, t)
-      completion_logits = logits[:, p:]
-      if s.temperature == 0:
-        x0_c = completion_logits.argmax(-1)
-      else:
-        g = np.asarray(jax.random.gumbel(gumbel_key, completion_logits.shape, jnp.float32),
-                       np.float64)
-        u = np.exp(-np.exp(-g))
-        x0_c = (np.exp(completion_logits) / (-np.log(u)) ** s.temperature).argmax(-1)
-      if s.remasking == "low_confidence":
-        z = completion_logits - completion_logits.max(-1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-        conf_c = np.take_along_axis(probs, x0_c[..., None], -1)[..., 0]
-      else:
-        conf_c = np.asarray(jax.random.uniform(remask_key, x0_c.shape, jnp.float32), np.float64)
-      x0 = x.copy()
-      x0[:, p:] = x0_c
-      x0_p = np.full(x.shape, -np.inf)
-      x0_p[:, p:] = conf_c
-      x0_p[:, hi:] = -np.inf
-      x0 = np.where(mask_index, x0, x)
-      confidence = np.where(mask_index, x0_p, -np.inf)
-      for row in range(b):
-        chosen = np.argsort(-confidence[row], kind="stable")[: num_transfer[row]]
-        x[row, chosen] = x0[row, chosen]
-      t += 1
+  for t, lo, hi, num_transfer in llada_schedule(x, p, s):
+    mask_index = x == s.mask_id
+    logits = np.asarray(_fwd(graphdef, state, jnp.asarray(x, jnp.int32), None), np.float64)
+    gumbel_key, remask_key = _step_keys(key, t)
+    completion_logits = logits[:, p:]
+    if s.temperature == 0:
+      x0_c = completion_logits.argmax(-1)
+    else:
+      g = np.asarray(jax.random.gumbel(gumbel_key, completion_logits.shape, jnp.float32),
+                     np.float64)
+      u = np.exp(-np.exp(-g))
+      x0_c = (np.exp(completion_logits) / (-np.log(u)) ** s.temperature).argmax(-1)
+    if s.remasking == "low_confidence":
+      z = completion_logits - completion_logits.max(-1, keepdims=True)
+      probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+      conf_c = np.take_along_axis(probs, x0_c[..., None], -1)[..., 0]
+    else:
+      conf_c = np.asarray(jax.random.uniform(remask_key, x0_c.shape, jnp.float32), np.float64)
+    x0 = x.copy()
+    x0[:, p:] = x0_c
+    x0_p = np.full(x.shape, -np.inf)
+    x0_p[:, p:] = conf_c
+    x0_p[:, hi:] = -np.inf
+    x0 = np.where(mask_index, x0, x)
+    confidence = np.where(mask_index, x0_p, -np.inf)
+    for row in range(b):
+      chosen = np.argsort(-confidence[row], kind="stable")[: num_transfer[row]]
+      x[row, chosen] = x0[row, chosen]
   return x
 
 
