@@ -1,4 +1,4 @@
-"""The paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO, SPEC §1-2) as one table of hyperparameters,
+"""The paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO, arXiv 2602.06462 App. D) as one table of hyperparameters,
 and the tiny CPU variant. Task config files override what differs."""
 
 import ml_collections

@@ -448,7 +448,7 @@ def train(c, workdir: str) -> dict[str, Any]:
 
 
 def shuffle_within_groups(rewards, prompt_index, rng: np.random.Generator) -> np.ndarray:
-  """The no-signal control (SPEC §7): rewards permuted among the entries of each prompt, so the
+  """The no-signal control (docs/RESULTS.md): rewards permuted among the entries of each prompt, so the
   update keeps its size and the advantages their distribution but carry no information."""
   rewards = np.array(rewards, dtype=np.float32)
   prompt_index = np.asarray(prompt_index)

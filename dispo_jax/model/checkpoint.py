@@ -1,6 +1,6 @@
 """Hugging Face LLaDA checkpoints <-> Flax NNX state.
 
-Layout of an HF LLaDA folder (SPEC §3)::
+Layout of an HF LLaDA folder (LLaDA-8B-Instruct as published)::
 
   config.json                          LLaDA's config (d_model, n_layers, ...)
   model.safetensors.index.json         {"weight_map": {tensor name: shard file}} (sharded case)

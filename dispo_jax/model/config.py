@@ -11,7 +11,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-# LLaDA-8B-Instruct's special token ids (SPEC §3).
+# LLaDA-8B-Instruct's special token ids (its tokenizer_config.json).
 LLADA_BOS_ID = 126080
 LLADA_EOS_ID = 126081  # also the padding id
 LLADA_MASK_ID = 126336
@@ -138,7 +138,7 @@ def _tiny_ids(vocab_size: int) -> dict[str, int]:
 
 
 PRESETS: dict[str, LLaDAConfig] = {
-    # LLaDA-8B-Instruct exactly as published (SPEC §3): 8,015,581,184 parameters.
+    # LLaDA-8B-Instruct exactly as published: 8,015,581,184 parameters.
     "llada_8b": LLaDAConfig(
         vocab_size=126_464, d_model=4096, n_layers=32, n_heads=32, mlp_hidden_size=12_288,
         rope_theta=500_000.0, rms_norm_eps=1e-5, max_sequence_length=4096,
