@@ -376,8 +376,8 @@ def train(c, workdir: str) -> dict[str, Any]:
   def new_rollout_batch(rollout_index):
     """Rollout batch ``rollout_index``: rollout, rewards, old/ref log-probs for its μ updates."""
     rows = prompts_for_step(train_rows, rollout_index, c.rollout.prompts_per_step, c.seed)
-    tokens, lengths = tok.encode_prompts(tokenizer, [tok.render_prompt(tokenizer, prompt_fn(r)) for r in rows],
-                                         c.rollout.max_prompt_length, ids.pad)
+    texts = [tok.render_prompt(tokenizer, prompt_fn(r)) for r in rows]
+    tokens, lengths = tok.encode_prompts(tokenizer, texts, c.rollout.max_prompt_length, ids.pad)
     key = jax.random.fold_in(base_key, rollout_index)
     roll_key, mask_key, dropout_key = jax.random.split(key, 3)
     batch, rollout_metrics = rollout_lib.collect(
@@ -427,10 +427,10 @@ def train(c, workdir: str) -> dict[str, Any]:
     at_boundary = done % c.rl.num_iterations == 0 or done == c.num_steps
     if at_boundary and (done % c.checkpoint_every == 0 or preempted.flag or done == end_step):
       if not skipped:
+        rollouts_done = -(-done // c.rl.num_iterations)
         save_checkpoint(manager, done, trainable, opt_state,
-                        {"step": done, "rollout": -(-done // c.rl.num_iterations), "seed": c.seed,
-                         "data_position": -(-done // c.rl.num_iterations)
-                         * c.rollout.prompts_per_step})
+                        {"step": done, "rollout": rollouts_done, "seed": c.seed,
+                         "data_position": rollouts_done * c.rollout.prompts_per_step})
     if preempted.flag and at_boundary:
       break
   manager.wait_until_finished()
@@ -448,8 +448,8 @@ def train(c, workdir: str) -> dict[str, Any]:
 
 
 def shuffle_within_groups(rewards, prompt_index, rng: np.random.Generator) -> np.ndarray:
-  """The no-signal control (docs/RESULTS.md): rewards permuted among the entries of each prompt, so the
-  update keeps its size and the advantages their distribution but carry no information."""
+  """The no-signal control (docs/RESULTS.md): rewards permuted among the entries of each prompt,
+  so the update keeps its size and the advantages their distribution but carry no information."""
   rewards = np.array(rewards, dtype=np.float32)
   prompt_index = np.asarray(prompt_index)
   for p in np.unique(prompt_index):

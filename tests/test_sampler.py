@@ -27,7 +27,8 @@ def llada_schedule(x, p, s: SamplerSettings):
 
 
 def reference_generate(graphdef, state, prompt, lengths, key, s: SamplerSettings):
-  """SPEC §4 step by step, selection on the host in NumPy (as the PyTorch reference runs).
+  """The project's sampler semantics (the module docstring of ``sampler.py``) step by step, selection
+  on the host in NumPy (as the PyTorch reference runs).
 
   Shares only the model forward and the per-step PRNG keys with the implementation under test.
   """
