@@ -20,13 +20,15 @@ import time
 
 import jax
 import numpy as np
-import optax
 
 from benchmarks.common import time_fn
 from dispo_jax.model import llada
 from dispo_jax.model.config import LoRAConfig, get_config
-from dispo_jax.rl import learner, rollout
+from dispo_jax import pipeline
+from dispo_jax.rl import learner
+from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
 from dispo_jax.rl.policy import make_policy
+from dispo_jax.rl.trace import TraceSettings
 from dispo_jax.sampling import SamplerSettings
 
 
@@ -37,19 +39,20 @@ def reward_fn(completions, prompt_index):
   return (np.asarray(completions) % 7 == 0).mean(-1)
 
 
-def build(method, z, args, cfg, graphdef, state, segments=4):
+def build(method, z, args, cfg, graphdef, state, segments=4, mu=1):
+  """The policy, initial :class:`TrainState` and compiled step functions of one method."""
   policy, trainable, frozen = make_policy(cfg, graphdef, state, LORA)
   sampler = SamplerSettings(gen_length=args.gen, block_length=32, steps=args.steps,
                             temperature=0.9, mask_id=cfg.mask_token_id)
   objective = learner.ObjectiveSettings(method=method, mask_id=cfg.mask_token_id,
-                                        beta=0.0 if method == "spg" else 0.04,
-                                        trace_segments=segments, denoising_steps=args.steps)
-  rs = rollout.RolloutSettings(group_size=args.group, num_branches=z)
-  opt = optax.adamw(3e-6, b1=0.9, b2=0.99, weight_decay=0.1)
-  update = jax.jit(learner.make_update_fn(policy.apply, opt, objective), donate_argnums=(0, 2))
-  old_ref = jax.jit(lambda p, b, k: learner.with_old_and_ref_logprobs(
-      policy.apply, policy.apply_reference, p, b, k, objective))
-  return policy, trainable, frozen, sampler, objective, rs, opt, update, old_ref
+                                        num_iterations=mu, beta=0.0 if method == "spg" else 0.04,
+                                        trace=TraceSettings(segments), denoising_steps=args.steps)
+  rollout = pipeline.RolloutSettings(prompts_per_step=args.prompts, group_size=args.group,
+                                     num_branches=z)
+  opt = make_optimizer(OptimizerSettings(learning_rate=3e-6, grad_clip=1e9))
+  train_state = pipeline.TrainState(trainable, frozen, opt.init(trainable))
+  settings = pipeline.CollectSettings(sampler, objective, rollout, cfg.eos_token_id)
+  return train_state, pipeline.make_step_functions(policy, opt, settings, train_state)
 
 
 def main() -> None:
@@ -76,17 +79,17 @@ def main() -> None:
   for method, z, segments in (("diffu_grpo", 2, 4), ("dispo", 2, 4), ("dispo", 4, 4),
                               ("spg", 2, 4), ("dispo_spg", 2, 4), ("trace", 2, 4),
                               ("trace", 2, 16)):
-    policy, trainable, frozen, sampler, objective, rs, opt, update, old_ref = build(
-        method, z, args, cfg, graphdef, state, segments)
-    batch, _ = rollout.collect(jax.random.key(0), policy.graphdef,
-                               policy.model_state((trainable, frozen)), prompts, lengths,
-                               reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
+    train_state, fns = build(method, z, args, cfg, graphdef, state, segments)
+    batch, _, _ = pipeline.collect(jax.random.key(0), fns.policy.graphdef,
+                                   fns.policy.model_state(train_state.params), prompts, lengths,
+                                   reward_fn, fns.settings)
     keys = jax.random.split(jax.random.key(1), 1)
-    batch = old_ref((trainable, frozen), batch, keys)
-    holder = {"t": trainable, "o": opt.init(trainable)}
+    batch = fns.replay(train_state.params, batch, keys)
+    holder = {"t": train_state.trainable, "o": train_state.opt_state}
 
     def one():
-      holder["t"], holder["o"], m = update(holder["t"], frozen, holder["o"], batch, 0, keys[0])
+      holder["t"], holder["o"], m = fns.update(holder["t"], train_state.frozen, holder["o"], batch,
+                                               0, keys[0], None)
       return m["loss"]
     name = (method, segments) if method == "trace" else (method, z)
     update_times[name] = time_fn(one, repeats=args.repeats * 2)
@@ -109,25 +112,19 @@ def main() -> None:
   # (b) a whole RL step
   step_times = {}
   for method in ("diffu_grpo", "dispo"):
-    policy, trainable, frozen, sampler, objective, rs, opt, update, old_ref = build(
-        method, 2, args, cfg, graphdef, state)
-    holder = {"t": trainable, "o": opt.init(trainable)}
+    train_state, fns = build(method, 2, args, cfg, graphdef, state, mu=args.mu)
+    holder = {"state": train_state}
 
     def rl_step(seed):
-      batch, _ = rollout.collect(jax.random.key(seed), policy.graphdef,
-                                 policy.model_state((holder["t"], frozen)), prompts, lengths,
-                                 reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
-      keys = jax.random.split(jax.random.key(seed + 1), args.mu)
-      batch = old_ref((holder["t"], frozen), batch, keys)
-      for i in range(args.mu):
-        holder["t"], holder["o"], m = update(holder["t"], frozen, holder["o"], batch, i, keys[i])
-      return m["loss"]
+      holder["state"], rows = pipeline.rl_step(fns, holder["state"], prompts, lengths, reward_fn,
+                                               jax.random.key(seed))
+      return rows[-1]["loss"]
 
-    jax.block_until_ready(rl_step(100))  # compile
+    rl_step(100)  # compile
     times = []
     for r in range(args.repeats):
       start = time.perf_counter()
-      jax.block_until_ready(rl_step(r))
+      rl_step(r)
       times.append(time.perf_counter() - start)
     step_times[method] = float(np.median(times))
   ratio = step_times["dispo"] / step_times["diffu_grpo"]

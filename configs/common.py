@@ -1,5 +1,6 @@
 """The paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO, arXiv 2602.06462 App. D) as one table of hyperparameters,
-and the tiny CPU variant. Task config files override what differs."""
+and the tiny CPU variant. Task config files override what differs. docs/METHOD.md §2 explains the
+recipe; each section maps one to one onto a settings dataclass (named in its comment)."""
 
 import ml_collections
 
@@ -23,14 +24,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.compute_dtype = "bfloat16"
   c.model.remat = True
 
-  c.lora = ml_collections.ConfigDict()
+  c.lora = ml_collections.ConfigDict()  # enabled + dispo_jax.model.config.LoRAConfig
   c.lora.enabled = True
   c.lora.rank = 128
   c.lora.alpha = 64.0
   c.lora.dropout = 0.05
   c.lora.targets = ("q_proj", "k_proj", "v_proj", "up_proj")
 
-  c.optim = ml_collections.ConfigDict()
+  c.optim = ml_collections.ConfigDict()  # dispo_jax.rl.optimizer.OptimizerSettings
   c.optim.learning_rate = 3e-6
   c.optim.b1 = 0.9
   c.optim.b2 = 0.99
@@ -38,43 +39,51 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip = 0.2
   c.optim.warmup_steps = 0
 
-  c.rollout = ml_collections.ConfigDict()
+  c.sampler = ml_collections.ConfigDict()  # dispo_jax.sampling.SamplerSettings (mask_id: the model's)
+  c.sampler.gen_length = 256
+  c.sampler.block_length = 32
+  c.sampler.steps = 128
+  c.sampler.temperature = 0.9
+  c.sampler.remasking = "low_confidence"
+  c.sampler.cfg_scale = 0.0
+  c.sampler.mask_padding = True
+  c.sampler.cache_top_k = ml_collections.config_dict.placeholder(int)  # None: full-vocabulary logits at branch states
+  c.sampler.allow_mask_action = False
+
+  c.rollout = ml_collections.ConfigDict()  # dispo_jax.pipeline.RolloutSettings
   c.rollout.prompts_per_step = 16
   c.rollout.group_size = 6
-  c.rollout.gen_length = 256
-  c.rollout.block_length = 32
-  c.rollout.steps = 128
-  c.rollout.temperature = 0.9
-  c.rollout.remasking = "low_confidence"
   c.rollout.max_prompt_length = 200
-  c.rollout.mask_padding = True
-  c.rollout.cache_top_k = 0      # 0 caches full-vocabulary logits at branch states
+  c.rollout.num_branches = 2     # Z
+  c.rollout.states_per_prompt = 1  # |T_sub|
+  c.rollout.timestep_schedule = "late"
+  c.rollout.timestep_degree = 4.0
+  c.rollout.branch_temperature = ml_collections.config_dict.placeholder(float)  # None: the sampler's
+  c.rollout.terminal_advantage = "mean"
+  c.rollout.branch_advantage = "mean"  # mean (paper) | leave_one_out (unbiased)
 
-  c.rl = ml_collections.ConfigDict()
-  c.rl.num_iterations = 8        # μ
-  c.rl.epsilon = 0.5
+  c.rl = ml_collections.ConfigDict()  # dispo_jax.rl.learner.ObjectiveSettings (method: c.method)
+  c.rl.num_iterations = 8        # μ: optimizer updates per rollout batch
+  c.rl.num_microbatches = 1
+  c.rl.base_loss = ""            # "" = the method's registered base loss
+  c.rl.epsilon_low = 0.5
+  c.rl.epsilon_high = 0.5
   c.rl.beta = 0.04
   c.rl.p_mask_prompt = 0.15
   c.rl.alpha_base = 1.0
   c.rl.alpha_step = 0.5
-  c.rl.num_branches = 2          # Z
-  c.rl.states_per_prompt = 1     # |T_sub|
-  c.rl.timestep_schedule = "late"
-  c.rl.timestep_degree = 4.0
-  c.rl.branch_advantage = "mean"  # mean (paper) | leave_one_out (unbiased)
   c.rl.step_normaliser = "tokens"
   c.rl.base_normaliser = "group"  # group (d1 as run: token mean per prompt group, mean over groups) | batch
   c.rl.step_ratio = "token"      # token | branch (Eq. 5: one clipped ratio per branch)
   c.rl.step_tokens = "action"    # action (up to the branch's EOS) | action_with_tail | all (Table 3a ablation)
-  c.rl.num_microbatches = 1
-  c.rl.spg = ml_collections.ConfigDict()  # SPG's term (method spg | dispo_spg)
+  c.rl.spg = ml_collections.ConfigDict()  # dispo_jax.rl.spg.SPGSettings (method spg | dispo_spg)
   c.rl.spg.num_masks = 2         # m, Monte Carlo mask samples per completion
   c.rl.spg.block_length = 32
   c.rl.spg.negative_bound = "mix"  # mix | eubo | elbo | none (negative-advantage completions)
   c.rl.spg.mix_weight = 0.5      # ω of mix = ω·EUBO + (1−ω)·ELBO
   c.rl.spg.eubo_beta = 1.5
   c.rl.spg.block_choice = "spg"  # spg (SPG's trainer: randperm(num_blocks) % covered) | cycled
-  c.rl.trace = ml_collections.ConfigDict()  # the trajectory-consistent surrogate (trace | dispo_trace)
+  c.rl.trace = ml_collections.ConfigDict()  # dispo_jax.rl.trace.TraceSettings (trace | dispo_trace)
   c.rl.trace.segments = 16       # N segments of the T steps (N = T exact; N = 1 = diffu-GRPO's)
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
@@ -94,6 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.base.steps = 0
   c.base.batch_size = 64
   c.base.learning_rate = 3e-3
+  c.base.cache_dir = ""          # trained tiny bases, keyed by their settings ("" = ~/.cache/dispo_jax)
 
   c.checkpoint_every = 96         # optimizer updates; a multiple of rl.num_iterations (8 and 12)
   c.keep_checkpoints = 3
@@ -102,6 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_bad_steps = 5            # consecutive non-finite updates before the run stops
   c.shuffle_rewards = False      # control run: rewards permuted within each prompt's group
   c.export_hf = True
+  c.distributed_timeout_s = 300  # multi-host: how long to wait for the coordinator
   return c
 
 
@@ -119,12 +130,12 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optim.grad_clip = 1.0
   c.rollout.prompts_per_step = 8
   c.rollout.group_size = 8
-  c.rollout.gen_length = 24
-  c.rollout.block_length = 24
-  c.rollout.steps = 6
+  c.sampler.gen_length = 24
+  c.sampler.block_length = 24
+  c.sampler.steps = 6
   c.rl.trace.segments = 6        # N = T: exact at the tiny scale
   c.rollout.max_prompt_length = 32
-  c.rollout.temperature = 0.9
+  c.sampler.temperature = 0.9
   c.rl.num_iterations = 4
   c.rl.base_normaliser = "batch"  # the project's studies so far used the global token mean
   c.d1_compat = False            # the corrected rewards (GSM8K DOTALL, MATH "\\boxed" check)
@@ -161,10 +172,10 @@ def spg_recipe(c: ml_collections.ConfigDict, method: str, num_steps: int, eubo_b
   c.optim.learning_rate = 3e-6
   c.rollout.prompts_per_step = 16
   c.rollout.group_size = 6
-  c.rollout.gen_length = 256
-  c.rollout.block_length = 32
-  c.rollout.steps = 128
-  c.rollout.temperature = temperature
+  c.sampler.gen_length = 256
+  c.sampler.block_length = 32
+  c.sampler.steps = 128
+  c.sampler.temperature = temperature
   return c
 
 

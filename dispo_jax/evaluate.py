@@ -4,14 +4,19 @@
       --config.checkpoint=/path/to/LLaDA-8B-Instruct --config.tasks=sudoku,countdown
 
 Writes ``{workdir}/{task}_{gen_length}.jsonl`` (one generation per line, appended as batches finish)
-and ``{workdir}/metrics.json``; rerunning resumes after the last complete line. Prints a table per
-task and generation length.
+and ``{workdir}/metrics.json``; rerunning resumes after the last complete line. Beside each
+generations file, ``.fingerprint.json`` records what produced it (the checkpoint's files, the
+tokenizer, the protocol settings, the rows): a rerun with anything different stops instead of
+reporting another model's results. Prints a table per task and generation length.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import sys
 import time
 from typing import Any, Sequence
 
@@ -54,20 +59,62 @@ def _read_done(path: str) -> list[dict]:
   return done
 
 
+class FingerprintMismatch(ValueError):
+  """Generations in an output file came from another checkpoint, tokenizer or protocol."""
+
+
+def folder_fingerprint(folder: str) -> dict:
+  """``{file: [size, mtime_ns]}`` of the weight and config files of a checkpoint folder."""
+  out = {"path": os.path.abspath(folder)}
+  for name in sorted(os.listdir(folder)):
+    if name.endswith((".safetensors", ".json")):
+      st = os.stat(os.path.join(folder, name))
+      out[name] = [st.st_size, st.st_mtime_ns]
+  return out
+
+
+def check_fingerprint(out_path: str, fingerprint: dict) -> None:
+  """Records ``fingerprint`` beside ``out_path`` or checks it against the recorded one."""
+  path = out_path + ".fingerprint.json"
+  current = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+  if os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)
+    changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+    if changed:
+      raise FingerprintMismatch(
+          f"{out_path} holds generations of another evaluation (different {', '.join(changed)}); "
+          f"use another --workdir, or delete {out_path} and {path} to re-evaluate")
+  elif os.path.exists(out_path) and os.path.getsize(out_path):
+    raise FingerprintMismatch(f"{out_path} has generations but no {path}: their source is "
+                              f"unknown; delete it to re-evaluate")
+  else:
+    with open(path, "w") as f:
+      json.dump(current, f, indent=1, sort_keys=True)
+
+
 def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, gen_length: int,
                   block_length: int, batch_size: int, max_prompt_length: int, mask_id: int,
                   eos_id: int, out_path: str | None = None, mask_padding: bool = True,
                   seed: int = 0, progress: bool = True, prompt_fn=None,
-                  steps: int | None = None) -> dict[str, Any]:
+                  steps: int | None = None, model_fingerprint: dict | None = None
+                  ) -> dict[str, Any]:
   """Greedy d1-protocol evaluation of ``rows``; appends to ``out_path`` and resumes from it.
 
   ``prompt_fn`` (default ``task.eval_prompt``) gives the user content; ``steps`` defaults to d1's
-  ``gen_length // 2``.
+  ``gen_length // 2``. With ``out_path``, ``model_fingerprint`` (checkpoint and tokenizer) and the
+  protocol settings are checked against the file's recorded fingerprint before resuming.
   """
   prompt_fn = prompt_fn or task.eval_prompt
   settings = SamplerSettings(gen_length=gen_length, block_length=min(block_length, gen_length),
                              steps=steps or gen_length // 2, temperature=0.0, mask_id=mask_id,
                              mask_padding=mask_padding)
+  if out_path:
+    rows_digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
+    check_fingerprint(out_path, {
+        "model": model_fingerprint, "task": task.name, "sampler": dataclasses.asdict(settings),
+        "max_prompt_length": max_prompt_length, "seed": seed, "rows": rows_digest.hexdigest(),
+        "prompt": prompt_fn(rows[0]) if rows else "", "rewards": sorted(task.reward_terms)})
   done = _read_done(out_path) if out_path else []
   scores = [Score(d["correct"], d["total"]) for d in done]
   start = len(done)
@@ -111,7 +158,12 @@ def run(config, workdir: str) -> dict:
   cfg, graphdef, state = checkpoint.load_hf_checkpoint(
       config.checkpoint, param_dtype=config.get("param_dtype") or None,
       compute_dtype=config.get("compute_dtype") or None)
-  tokenizer = tok.load_tokenizer(config.get("tokenizer") or config.checkpoint)
+  tokenizer_dir = config.get("tokenizer") or config.checkpoint
+  tokenizer = tok.load_tokenizer(tokenizer_dir)
+  model_fingerprint = {"checkpoint": folder_fingerprint(config.checkpoint),
+                       "tokenizer": folder_fingerprint(tokenizer_dir),
+                       "param_dtype": cfg.param_dtype, "compute_dtype": cfg.compute_dtype,
+                       "d1_compat": config.d1_compat}
   results: dict[str, dict[int, dict]] = {}
   for name in [t for t in str(config.tasks).split(",") if t]:
     task = get_task(name, d1_compat=config.d1_compat)
@@ -130,7 +182,8 @@ def run(config, workdir: str) -> dict:
           block_length=config.block_length, batch_size=config.batch_size,
           max_prompt_length=config.max_prompt_length, mask_id=cfg.mask_token_id,
           eos_id=cfg.eos_token_id, out_path=os.path.join(workdir, f"{name}_{gen_length}.jsonl"),
-          mask_padding=config.mask_padding, prompt_fn=prompt_fn)
+          mask_padding=config.mask_padding, prompt_fn=prompt_fn,
+          model_fingerprint=model_fingerprint)
       logging.info("%s@%d: %.4f (%.1fs)", name, gen_length,
                    results[name][gen_length]["accuracy"], time.perf_counter() - start)
   with open(os.path.join(workdir, "metrics.json"), "w") as f:
@@ -144,7 +197,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  run(FLAGS.config, FLAGS.workdir)
+  try:
+    run(FLAGS.config, FLAGS.workdir)
+  except (FingerprintMismatch, data_lib.DataError) as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -1,50 +1,40 @@
-"""Plan for scale: compile the DiSPO train step for LLaDA-8B on a fake CPU mesh, no weights.
+"""Plan for scale: compile a config's train step for LLaDA-8B on a fake CPU mesh, no weights.
 
   python -m dispo_jax.plan_scale --devices=8 --mesh=1,8,1
-  python -m dispo_jax.plan_scale --devices=32 --mesh=4,8,1 --microbatches=12
+  python -m dispo_jax.plan_scale --config=configs/gsm8k.py --devices=32 --mesh=4,8,1 --microbatches=12
 
-Lowers and compiles ``update`` (LoRA r128 over bf16 base weights, DiSPO Z=2, |S|=K, the paper's
-batch of 16 prompts × 6, prompt 200 + completion 256 tokens) with abstract inputs sharded by the
-logical-axis rules, and prints XLA's per-device ``memory_analysis()``. The fake devices are host CPU
-devices, so the numbers are XLA's buffer assignment for this program, a planning estimate for
-accelerators (which use their own compiler and fusion decisions).
+Reads the run's config (method, LoRA, optimizer, rollout batch, prompt and completion lengths, DiSPO's
+Z and |S|, μ), lowers and compiles its ``update`` with abstract inputs sharded by the logical-axis
+rules, and prints XLA's per-device ``memory_analysis()``. The fake devices are host CPU devices, so
+the numbers are XLA's buffer assignment for this program, a planning estimate for accelerators
+(which use their own compiler and fusion decisions).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--config", default="configs/sudoku.py", help="file.py[:variants]")
   parser.add_argument("--devices", type=int, default=8)
   parser.add_argument("--mesh", default="1,8,1", help="data,fsdp,tensor")
   parser.add_argument("--preset", default="llada_8b")
-  parser.add_argument("--microbatches", type=int, default=12)
-  parser.add_argument("--prompts", type=int, default=16)
-  parser.add_argument("--group", type=int, default=6)
-  parser.add_argument("--prompt-len", type=int, default=200)
-  parser.add_argument("--gen", type=int, default=256)
-  parser.add_argument("--mu", type=int, default=8)
-  args = parser.parse_args()
+  parser.add_argument("--microbatches", type=int, default=12, help="0: the config's")
+  return parser.parse_args()
 
+
+def abstract_state(cfg, lora, mesh, optimizer):
+  """``(graphdef, trainable, frozen, opt_state)`` as sharded ``ShapeDtypeStruct`` trees."""
   import jax
-  jax.config.update("jax_num_cpu_devices", args.devices)
-  import jax.numpy as jnp
-  import optax
   from flax import nnx
   from jax.sharding import NamedSharding, PartitionSpec as P
 
   from dispo_jax.model import llada, sharding
-  from dispo_jax.model.config import LoRAConfig, get_config
-  from dispo_jax.rl import learner
-  from dispo_jax.rl.policy import Policy
 
-  data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
-  mesh = sharding.make_mesh(data, fsdp, tensor)
-  cfg = get_config(args.preset, remat=True)
-  lora = LoRAConfig(rank=128, alpha=64, dropout=0.05)
   graphdef, lora_abs, base_abs = nnx.split(
       nnx.eval_shape(lambda: llada.LLaDA(cfg, rngs=llada.model_rngs(0), lora=lora)),
       llada.LoRAParam, ...)
@@ -56,50 +46,58 @@ def main() -> None:
                               for x, s in zip(leaves, jax.tree.leaves(shardings))])
 
   trainable, frozen = with_sharding(lora_abs), with_sharding(base_abs)
-  optimizer = optax.chain(optax.clip_by_global_norm(0.2),
-                          optax.adamw(3e-6, b1=0.9, b2=0.99, weight_decay=0.1))
-  opt_state = jax.eval_shape(optimizer.init, trainable)
   opt_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(
           mesh, sharding.fit_spec_to_shape(sharding.logical_to_mesh_axes(
               ("embed",) + (None,) * (len(x.shape) - 1)), x.shape, mesh) if x.ndim else P())),
-      opt_state)
+      jax.eval_shape(optimizer.init, trainable))
+  return graphdef, trainable, frozen, opt_state
 
-  n, p, g, s, z, mu = args.prompts * args.group, args.prompt_len, args.gen, 1, 2, args.mu
+
+def abstract_batch(s, mesh):
+  """An :class:`RLBatch` of ``ShapeDtypeStruct`` for run settings ``s`` (rows over the data axes)."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  from dispo_jax.model import sharding
+  from dispo_jax.rl import learner
+
+  n = s.rollout.prompts_per_step * s.rollout.group_size
+  p, g, mu = s.rollout.max_prompt_length, s.sampler.gen_length, s.objective.num_iterations
+  n_states, z = s.rollout.states_per_prompt, s.rollout.num_branches
   rows = NamedSharding(mesh, sharding.logical_to_mesh_axes(("batch",)))
   rows_mu = NamedSharding(mesh, P(None, *sharding.logical_to_mesh_axes(("batch",))))
-  sds = lambda shape, dtype, sh: jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
-  batch = learner.RLBatch(
-      prompt_tokens=sds((n, p), jnp.int32, rows), prompt_key_mask=sds((n, p), jnp.bool_, rows),
-      completion=sds((n, g), jnp.int32, rows), completion_mask=sds((n, g), jnp.bool_, rows),
-      advantages=sds((n,), jnp.float32, rows), row_ids=sds((n,), jnp.int32, rows),
-      base_row_weights=sds((n,), jnp.float32, rows),
-      base_old_logp=sds((mu, n, g), jnp.float32, rows_mu),
-      base_ref_logp=sds((mu, n, g), jnp.float32, rows_mu),
-      state_canvas=sds((n, s, g), jnp.int32, rows), actions=sds((n, s, z, g), jnp.int32, rows),
-      action_mask=sds((n, s, z, g), jnp.bool_, rows),
-      branch_advantages=sds((n, s, z), jnp.float32, rows),
-      step_old_logp=sds((mu, n, s, z, g), jnp.float32, rows_mu),
-      step_ref_logp=sds((mu, n, s, z, g), jnp.float32, rows_mu))
-  policy = Policy(graphdef, True)
-  objective = learner.ObjectiveSettings(method="dispo", mask_id=cfg.mask_token_id)
-  update = learner.make_update_fn(policy.apply, optimizer, objective, args.microbatches,
-                                  lora_dropout=True)
-  key = jax.random.key(0)
-  shard_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
-  jitted = jax.jit(update, donate_argnums=(0, 2),
-                   out_shardings=(shard_of(trainable), shard_of(opt_state), None))
-  start = time.perf_counter()
-  lowered = jitted.lower(trainable, frozen, opt_state, batch, 0, key, key)
-  compiled = lowered.compile()
-  seconds = time.perf_counter() - start
+  sds = lambda shape, dtype, sh=rows: jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+  step = s.objective.use_step
+  ratio = not s.objective.uses_spg
+  replay = learner.ReplayLogprobs(
+      base_old=sds((mu, n, g), jnp.float32, rows_mu) if ratio else None,
+      base_ref=sds((mu, n, g), jnp.float32, rows_mu) if ratio and s.objective.beta else None,
+      step_old=sds((mu, n, n_states, z, g), jnp.float32, rows_mu) if step else None,
+      step_ref=sds((mu, n, n_states, z, g), jnp.float32, rows_mu)
+      if step and s.objective.beta else None)
+  return learner.RLBatch(
+      prompt_tokens=sds((n, p), jnp.int32), prompt_key_mask=sds((n, p), jnp.bool_),
+      completion=sds((n, g), jnp.int32), completion_mask=sds((n, g), jnp.bool_),
+      advantages=sds((n,), jnp.float32), row_ids=sds((n,), jnp.int32),
+      commit_step=sds((n, g), jnp.int32),
+      base_row_weights=None if s.objective.uses_spg else sds((n,), jnp.float32),
+      sequence_weights=sds((n,), jnp.float32) if s.objective.uses_spg else None,
+      state_canvas=sds((n, n_states, g), jnp.int32) if step else None,
+      actions=sds((n, n_states, z, g), jnp.int32) if step else None,
+      action_mask=sds((n, n_states, z, g), jnp.bool_) if step else None,
+      branch_advantages=sds((n, n_states, z), jnp.float32) if step else None, replay=replay)
+
+
+def report(compiled, seconds: float, args, s, params: int) -> None:
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2**30
-  params = sum(x.size for x in jax.tree.leaves(base_abs)) + sum(
-      x.size for x in jax.tree.leaves(lora_abs))
-  print(f"preset={args.preset} params={params:,} devices={args.devices} mesh(data,fsdp,tensor)="
-        f"{(data, fsdp, tensor)} rows={n} tokens/row={p + g} microbatches={args.microbatches} "
-        f"(compiled in {seconds:.0f}s)")
+  n = s.rollout.prompts_per_step * s.rollout.group_size
+  print(f"{args.config}: method={s.objective.method} preset={args.preset} params={params:,} "
+        f"devices={args.devices} mesh(data,fsdp,tensor)=({args.mesh}) rows={n} tokens/row="
+        f"{s.rollout.max_prompt_length + s.sampler.gen_length} microbatches="
+        f"{s.objective.num_microbatches} (compiled in {seconds:.0f}s)")
   print(f"per device: arguments {gib(mem.argument_size_in_bytes):.2f} GiB | outputs "
         f"{gib(mem.output_size_in_bytes):.2f} GiB | temporaries {gib(mem.temp_size_in_bytes):.2f} "
         f"GiB | aliased {gib(mem.alias_size_in_bytes):.2f} GiB | generated code "
@@ -107,6 +105,41 @@ def main() -> None:
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
            - mem.alias_size_in_bytes)
   print(f"per device peak estimate (arguments + outputs + temporaries - aliased): {gib(total):.2f} GiB")
+
+
+def main() -> None:
+  args = parse_args()
+  import jax
+  jax.config.update("jax_num_cpu_devices", args.devices)
+
+  from dispo_jax.config_lib import load_config
+  from dispo_jax.model import sharding
+  from dispo_jax.model.config import get_config
+  from dispo_jax.rl import learner
+  from dispo_jax.rl.optimizer import make_optimizer
+  from dispo_jax.rl.policy import Policy
+  from dispo_jax.train import run_settings
+
+  c = load_config(args.config)
+  cfg = get_config(args.preset, remat=c.model.remat)
+  s = run_settings(c, mask_id=cfg.mask_token_id)
+  if args.microbatches:
+    s = dataclasses.replace(s, objective=dataclasses.replace(
+        s.objective, num_microbatches=args.microbatches))
+  mesh = sharding.make_mesh(*(int(x) for x in args.mesh.split(",")))
+  optimizer = make_optimizer(s.optim)
+  graphdef, trainable, frozen, opt_state = abstract_state(cfg, s.lora, mesh, optimizer)
+  update = learner.make_update_fn(Policy(graphdef, s.lora is not None).bind, optimizer,
+                                  s.objective, lora_dropout=bool(s.lora and s.lora.dropout))
+  shard_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
+  jitted = jax.jit(update, donate_argnums=(0, 2),
+                   out_shardings=(shard_of(trainable), shard_of(opt_state), None))
+  key = jax.random.key(0)
+  start = time.perf_counter()
+  compiled = jitted.lower(trainable, frozen, opt_state, abstract_batch(s, mesh), 0, key,
+                          key).compile()
+  params = sum(x.size for x in jax.tree.leaves((trainable, frozen)))
+  report(compiled, time.perf_counter() - start, args, s, params)
 
 
 if __name__ == "__main__":

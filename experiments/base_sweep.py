@@ -16,8 +16,6 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,15 +24,15 @@ from dispo_jax import tiny  # noqa: E402
 from dispo_jax.evaluate import evaluate_task, generate_texts  # noqa: E402
 from dispo_jax.model import tokenizer as tok  # noqa: E402
 from dispo_jax.sampling import SamplerSettings  # noqa: E402
-from dispo_jax.tasks import get_task, metric  # noqa: E402
+from dispo_jax.tasks import DataSettings, get_task, metric  # noqa: E402
 
 
 def sampled_reward(task, rows, graphdef, state, tokenizer, c, steps: int, mask_id: int,
                    eos_id: int, samples: int, seed: int) -> float:
   """Mean reward of ``samples`` τ-sampled completions per row (the rollout distribution)."""
-  settings = SamplerSettings(gen_length=c.rollout.gen_length, block_length=c.rollout.block_length,
-                             steps=steps, temperature=c.rollout.temperature, mask_id=mask_id)
-  prompts = [tok.render_chat(tiny.compact_prompt(r)) for r in rows]
+  settings = SamplerSettings(gen_length=c.sampler.gen_length, block_length=c.sampler.block_length,
+                             steps=steps, temperature=c.sampler.temperature, mask_id=mask_id)
+  prompts = [tok.render_chat(task.tiny.prompt(r)) for r in rows]
   scores = []
   for s in range(samples):
     texts = generate_texts(graphdef, state, tokenizer, prompts, settings,
@@ -56,22 +54,23 @@ def main() -> None:
   for n in (int(s) for s in args.base_steps.split(",")):
     c = sudoku_config.get_config("tiny")
     c.base.steps = n
-    tokenizer, cfg, graphdef, state = tiny.prepare_base(c, os.path.join(args.root, f"base_{n}"))
+    c.base.cache_dir = args.root
+    tokenizer, cfg, graphdef, state = tiny.prepare_base(c)
     ids = tok.special_ids(tokenizer)
-    _, eval_rows = tiny.task_rows(c)
+    _, eval_rows = task.tiny.rows(DataSettings(**c.data.to_dict()))
     eval_rows = eval_rows[: args.eval_rows]
     for steps in (int(s) for s in args.decode_steps.split(",")):
       greedy = evaluate_task(task, eval_rows, graphdef, state, tokenizer,
-                             gen_length=c.rollout.gen_length, block_length=c.rollout.block_length,
+                             gen_length=c.sampler.gen_length, block_length=c.sampler.block_length,
                              steps=steps, batch_size=64, max_prompt_length=c.rollout.max_prompt_length,
                              mask_id=cfg.mask_token_id, eos_id=ids.eos, progress=False,
-                             prompt_fn=tiny.compact_prompt)["accuracy"]
+                             prompt_fn=task.tiny.prompt)["accuracy"]
       sampled = sampled_reward(task, eval_rows, graphdef, state, tokenizer, c, steps,
                                cfg.mask_token_id, ids.eos, args.samples, seed=1000)
       table[f"{n}/{steps}"] = {"base_steps": n, "decode_steps": steps, "greedy": greedy,
                                "sampled": sampled}
       print(f"base {n:4d} SFT steps, {steps:2d} decode steps: greedy {greedy:.3f}, "
-            f"sampled (τ={c.rollout.temperature}) {sampled:.3f}", flush=True)
+            f"sampled (τ={c.sampler.temperature}) {sampled:.3f}", flush=True)
   with open(os.path.join(args.root, "base_sweep.json"), "w") as f:
     json.dump(table, f, indent=2)
 

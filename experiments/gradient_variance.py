@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import sudoku as sudoku_config  # noqa: E402
 from dispo_jax import train  # noqa: E402
 from dispo_jax.model import tokenizer as tok  # noqa: E402
-from dispo_jax.rl import learner, losses, rollout as rollout_lib  # noqa: E402
+from dispo_jax import pipeline  # noqa: E402
+from dispo_jax.rl import learner, losses  # noqa: E402
 from dispo_jax.sampling import decode_completions  # noqa: E402
 
 
@@ -46,14 +47,12 @@ def term_gradients(policy, params, batch: learner.RLBatch, key, s: learner.Objec
   matched = jnp.any(batch.action_mask, axis=2)[:, 0] & batch.completion_mask  # [N, G]
 
   def base(t):
-    apply = lambda tokens, key_mask: policy.apply((t, frozen), tokens, key_mask)
-    logp = learner.base_logprobs(apply, batch, key, s)
+    logp = learner.base_logprobs(policy.bind((t, frozen)), batch, key, s)
     return losses.diffu_grpo_loss(logp, jax.lax.stop_gradient(logp), None, batch.advantages,
                                   matched, beta=0.0)[0]
 
   def step(t):
-    apply = lambda tokens, key_mask: policy.apply((t, frozen), tokens, key_mask)
-    logp = learner.step_logprobs(apply, batch, key, s)
+    logp = learner.step_logprobs(policy.bind((t, frozen)), batch, key, s)
     return losses.dispo_step_loss(logp, jax.lax.stop_gradient(logp), None,
                                   batch.branch_advantages, batch.action_mask, beta=0.0)[0]
   return flat(jax.grad(base)(trainable)), flat(jax.grad(step)(trainable))
@@ -68,31 +67,22 @@ def main() -> None:
   args = parser.parse_args()
   c = sudoku_config.get_config(args.config)
   c.method, c.rl.beta = "dispo", 0.0
-  os.makedirs(args.workdir, exist_ok=True)
-  (tokenizer, cfg, graphdef, state, train_rows, _, prompt_fn, _) = train.load_model_and_data(
-      c, args.workdir)
-  ids = tok.special_ids(tokenizer)
-  policy, trainable, frozen = train.make_params(c, cfg, graphdef, state)
-  sampler = train.sampler_settings(c, cfg.mask_token_id)
-  objective = train.objective_settings(c, cfg.mask_token_id)
-  rows = train.prompts_for_step(train_rows, 0, c.rollout.prompts_per_step, c.seed)
-  tokens, lengths = tok.encode_prompts(tokenizer, [tok.render_prompt(tokenizer, prompt_fn(r))
-                                                   for r in rows], c.rollout.max_prompt_length,
-                                       ids.pad)
-  task = train.get_task(c.task, c.d1_compat)
+  run, state = train.setup(c, args.workdir)
+  md, ids, policy = run.md, run.ids, run.fns.policy
+  rows = pipeline.prompts_for_step(md.train_rows, 0, c.rollout.prompts_per_step, c.seed)
+  tokens, lengths = tok.encode_prompts(
+      md.tokenizer, [tok.render_prompt(md.tokenizer, md.prompt_fn(r)) for r in rows],
+      c.rollout.max_prompt_length, ids.pad)
+  decode = lambda completions: decode_completions(md.tokenizer, completions, ids.eos)
+  reward_fn = pipeline.make_reward_fn(run.task, decode, rows)
 
-  def reward_fn(completions, prompt_index):
-    texts = decode_completions(tokenizer, completions, ids.eos)
-    return task.rewards(texts, [rows[i] for i in prompt_index])
-
-  grads_of = jax.jit(lambda p, b, k: term_gradients(policy, p, b, k, objective))
+  grads_of = jax.jit(lambda p, b, k: term_gradients(policy, p, b, k, run.settings.objective))
   base_grads, step_grads, tokens_scored = [], [], []
   for r in range(args.repeats):
     key = jax.random.fold_in(jax.random.key(args.seed), r)
-    batch, _ = rollout_lib.collect(key, policy.graphdef, policy.model_state((trainable, frozen)),
-                                   tokens, lengths, reward_fn, sampler, objective,
-                                   train.rollout_settings(c), eos_id=ids.eos)
-    g_base, g_step = grads_of((trainable, frozen), batch, jax.random.fold_in(key, 7))
+    batch, _, _ = pipeline.collect(key, policy.graphdef, policy.model_state(state.params), tokens,
+                                   lengths, reward_fn, run.fns.settings)
+    g_base, g_step = grads_of(state.params, batch, jax.random.fold_in(key, 7))
     base_grads.append(np.asarray(g_base))
     step_grads.append(np.asarray(g_step))
     tokens_scored.append(int(jnp.sum(jnp.any(batch.action_mask, axis=2))))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -30,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import sudoku as sudoku_config  # noqa: E402
-from dispo_jax import tiny, train  # noqa: E402
+from dispo_jax import train  # noqa: E402
 
 # run name -> (config variant, method, α_step, shuffled-reward control)
 METHODS = {"diffu_grpo": ("tiny", "diffu_grpo", 0.0, False),
@@ -53,11 +52,12 @@ def make_config(args, name: str, seed: int):
   c.num_steps = args.rollouts * mu
   c.optim.learning_rate = args.lr
   c.base.steps = args.base_steps
-  c.rollout.steps = args.decode_steps
+  c.sampler.steps = args.decode_steps
   c.rl.trace.segments = args.decode_steps
   c.rollout.group_size = args.group
   c.rollout.prompts_per_step = args.prompts
   c.data.rl_grid_fraction = args.rl_grid_fraction
+  c.base.cache_dir = os.path.join(args.root, "_base_cache")  # one base, shared by every run
   c.eval_every = args.eval_every * mu
   c.eval_rows = args.eval_rows
   c.checkpoint_every = c.num_steps
@@ -190,11 +190,8 @@ def main() -> None:
   parser.add_argument("--tag", default="", help="plot name suffix (default: lr, base, decode steps)")
   args = parser.parse_args()
   os.makedirs(args.root, exist_ok=True)
-  base_dir = os.path.join(args.root, "_base")
   first = args.methods.split(",")[0]
   mu = make_config(args, first, 0).rl.num_iterations
-  if not args.summary_only:
-    tiny.prepare_base(make_config(args, first, 0), base_dir)
 
   runs = {}
   for seed in (int(s) for s in args.seeds.split(",")):  # seeds outermost: complete seeds first
@@ -202,9 +199,6 @@ def main() -> None:
       workdir = os.path.join(args.root, f"{name}_seed{seed}")
       path = os.path.join(workdir, "metrics.jsonl")
       if not args.summary_only:
-        for sub in ("base", "tokenizer"):
-          if not os.path.exists(os.path.join(workdir, sub)):
-            shutil.copytree(os.path.join(base_dir, sub), os.path.join(workdir, sub))
         start = time.perf_counter()
         train.train(make_config(args, name, seed), workdir)
         print(f"{name} seed {seed}: {time.perf_counter() - start:.0f}s", flush=True)

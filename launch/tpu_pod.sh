@@ -36,7 +36,9 @@ setup="rm -rf ~/$REMOTE_DIR && mkdir -p ~/$REMOTE_DIR && tar -xzf ~/dispo_jax.ta
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all $PROJECT_FLAG --command="$setup"
 
 quoted_args=$(printf ' %q' "$@")
+# Every value that reaches the remote shell is quoted (paths with spaces or shell characters).
 run="cd ~/$REMOTE_DIR && . .venv/bin/activate && python -m dispo_jax.train \
-  --workdir=$WORKDIR --config.model.checkpoint=$CHECKPOINT $quoted_args 2>&1 | tee -a ~/train.log"
+  $(printf '%q' "--workdir=$WORKDIR") $(printf '%q' "--config.model.checkpoint=$CHECKPOINT")\
+$quoted_args 2>&1 | tee -a ~/train.log"
 # Every worker runs the same program; the ssh session streams all workers' logs.
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all $PROJECT_FLAG --command="$run"

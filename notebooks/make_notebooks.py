@@ -45,21 +45,22 @@ from configs import sudoku as sudoku_config
 from dispo_jax import tiny
 from dispo_jax.model import tokenizer as tok
 from dispo_jax.sampling import SamplerSettings, generate
+from dispo_jax.tasks import DataSettings, get_task
 
 c = sudoku_config.get_config("tiny")
 c.base.steps = 40 if SMOKE else (300 if backend == "cpu" else 1500)
 if SMOKE:
     c.model.overrides.d_model, c.model.overrides.n_layers = 32, 1
     c.data.num_train = 200
-workdir = "/tmp/dispo_notebook_sampler" + ("_smoke" if SMOKE else "")
-tokenizer, cfg, graphdef, state = tiny.prepare_base(c, workdir)
-train_rows, test_rows = tiny.task_rows(c)
+task = get_task("sudoku")
+tokenizer, cfg, graphdef, state = tiny.prepare_base(c)  # trained once, cached by its settings
+train_rows, test_rows = task.tiny.rows(DataSettings(**c.data.to_dict()))
 print(cfg)"""),
     ("code", """\
 rows = test_rows[:4]
-prompts = [tok.render_chat(tiny.compact_prompt(r)) for r in rows]
+prompts = [tok.render_chat(task.tiny.prompt(r)) for r in rows]
 tokens, lengths = tok.encode_prompts(tokenizer, prompts, c.rollout.max_prompt_length)
-settings = SamplerSettings(gen_length=c.rollout.gen_length, block_length=c.rollout.gen_length // 2,
+settings = SamplerSettings(gen_length=c.sampler.gen_length, block_length=c.sampler.gen_length // 2,
                            steps=8, temperature=0.0, mask_id=cfg.mask_token_id)
 every_step = jnp.tile(jnp.arange(settings.steps)[None], (len(rows), 1))
 rollout = generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths),
@@ -95,7 +96,7 @@ DISPO_CELLS = [
     ("code", INSTALL),
     ("code", RUNTIME),
     ("code", """\
-import json, shutil
+import json
 import numpy as np
 import matplotlib.pyplot as plt
 from configs import sudoku as sudoku_config
@@ -118,11 +119,7 @@ root = "/tmp/dispo_notebook_compare" + ("_smoke" if SMOKE else "")
 runs = {}
 for name in RUNS:
     workdir = f"{root}/{name}"
-    if name != "diffu_grpo" and os.path.exists(f"{root}/diffu_grpo/base"):   # share the SFT'd base
-        for sub in ("base", "tokenizer"):
-            if not os.path.exists(f"{workdir}/{sub}"):
-                shutil.copytree(f"{root}/diffu_grpo/{sub}", f"{workdir}/{sub}")
-    train.train(config(name), workdir)
+    train.train(config(name), workdir)   # the SFT'd base is trained once and cached
     runs[name] = [json.loads(l) for l in open(f"{workdir}/metrics.jsonl")]"""),
     ("code", """\
 fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))

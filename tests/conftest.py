@@ -1,8 +1,12 @@
 """Test set-up: 8 fake CPU devices (for sharding tests) and exact fp32 matmuls."""
 
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tiny bases and default run folders of this session (and of the CLIs it starts) stay out of ~.
+os.environ["DISPO_JAX_CACHE"] = tempfile.mkdtemp(prefix="dispo_jax_test_cache_")
+os.environ["DISPO_JAX_RUNS"] = tempfile.mkdtemp(prefix="dispo_jax_test_runs_")
 
 import jax  # noqa: E402
 

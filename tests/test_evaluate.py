@@ -68,3 +68,22 @@ def test_sudoku_few_shot_protocol_puts_the_worked_examples_in_the_prompt(tiny_ch
   config.limit, config.sudoku_few_shot, config.max_prompt_length = 2, 3, 2048
   evaluate.run(config, str(tmp_path / "few_shot"))
   assert seen and all(p.count("Question: Solve the following Sudoku puzzle") == 4 for p in seen)
+
+
+def test_evaluating_another_checkpoint_into_a_used_folder_stops(tiny_checkpoint, tmp_path):
+  """Generations of checkpoint A are never reported as checkpoint B's (resume was by line count)."""
+  import shutil
+  workdir = str(tmp_path / "eval")
+  evaluate.run(_config(tiny_checkpoint), workdir)
+  other = str(tmp_path / "other_ckpt")
+  shutil.copytree(tiny_checkpoint, other)
+  cfg, _, state = checkpoint.load_hf_checkpoint(other)
+  state["wte"][...] = state["wte"][...] * 2  # different weights
+  checkpoint.export_hf_checkpoint(cfg, state, other, dtype="float32")
+  with pytest.raises(evaluate.FingerprintMismatch, match=r"another evaluation \(different model\)"):
+    evaluate.run(_config(other), workdir)
+  changed = _config(tiny_checkpoint)
+  changed.block_length = 8  # another protocol, same model
+  with pytest.raises(evaluate.FingerprintMismatch, match=r"different sampler"):
+    evaluate.run(changed, workdir)
+  evaluate.run(_config(other), str(tmp_path / "fresh"))  # a fresh folder is fine

@@ -1,5 +1,7 @@
 """The RL update end to end on a tiny model with a synthetic reward."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,8 @@ import pytest
 
 from dispo_jax.model import llada
 from dispo_jax.model.config import LoRAConfig, get_config
-from dispo_jax.rl import learner, rollout
+from dispo_jax import pipeline
+from dispo_jax.rl import learner
 from dispo_jax.rl.policy import make_policy
 from dispo_jax.sampling import SamplerSettings
 
@@ -32,16 +35,26 @@ def _setup(method="dispo", use_lora=False, beta=0.04, seed=0):
   sampler = SamplerSettings(gen_length=8, block_length=8, steps=4, temperature=1.0,
                             mask_id=cfg.mask_token_id)
   objective = learner.ObjectiveSettings(method=method, mask_id=cfg.mask_token_id, beta=beta)
-  rs = rollout.RolloutSettings(group_size=4, num_branches=2)
+  rs = pipeline.RolloutSettings(group_size=4, num_branches=2)
   prompts = np.tile(np.arange(3, dtype=np.int32), (4, 1))
   lengths = np.full((4,), 3, np.int32)
   return cfg, policy, trainable, frozen, sampler, objective, rs, prompts, lengths
 
 
-def _collect(setup, key):
-  cfg, policy, trainable, frozen, sampler, objective, rs, prompts, lengths = setup
-  return rollout.collect(key, policy.graphdef, policy.model_state((trainable, frozen)), prompts,
-                         lengths, reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
+def _collect(setup, key, objective=None, rs=None):
+  """``(batch, metrics)`` of one rollout batch (``objective`` / ``rs`` override the setup's)."""
+  cfg, policy, trainable, frozen, sampler, setup_objective, setup_rs, prompts, lengths = setup
+  settings = pipeline.CollectSettings(sampler, objective or setup_objective, rs or setup_rs,
+                                      cfg.eos_token_id)
+  batch, metrics, _ = pipeline.collect(key, policy.graphdef,
+                                       policy.model_state((trainable, frozen)), prompts, lengths,
+                                       reward_fn, settings)
+  return batch, metrics
+
+
+def _replay(policy, params, batch, keys, objective):
+  return learner.with_old_and_ref_logprobs(policy.bind(params), policy.bind_reference(params),
+                                           batch, keys, objective)
 
 
 @pytest.mark.parametrize("method", ["diffu_grpo", "dispo", "dispo_spg"])
@@ -50,15 +63,14 @@ def test_first_inner_update_has_ratio_exactly_one(method):
   _, policy, trainable, frozen, _, objective, *_ = setup
   batch, metrics = _collect(setup, jax.random.key(0))
   keys = jax.random.split(jax.random.key(1), 3)
-  batch = learner.with_old_and_ref_logprobs(policy.apply, policy.apply_reference,
-                                            (trainable, frozen), batch, keys, objective)
+  batch = _replay(policy, (trainable, frozen), batch, keys, objective)
   if objective.uses_spg:  # SPG's term is ratio-free: old log-probs only for the branch states
-    assert batch.base_old_logp is None and batch.step_old_logp.shape[0] == 3
+    assert batch.replay.base_old is None and batch.replay.step_old.shape[0] == 3
     assert batch.sequence_weights.shape == (16,)
   else:
-    assert batch.base_old_logp.shape == (3,) + batch.completion.shape
+    assert batch.replay.base_old.shape == (3,) + batch.completion.shape
   for i in range(3):
-    _, diag = learner.policy_loss((trainable, frozen), policy.apply, batch, i, keys[i], objective)
+    _, diag = learner.policy_loss(policy.bind((trainable, frozen)), batch, i, keys[i], objective)
     prefixes = ("step/",) if objective.uses_spg else ("base/",)
     for prefix in prefixes + (("step/",) if method == "dispo" else ()):
       # Same masks => ratio 1 up to float reassociation between separately compiled graphs (a
@@ -80,14 +92,13 @@ def test_each_inner_iteration_has_its_own_masks_and_updates_move_the_ratio():
   _, policy, trainable, frozen, _, objective, *_ = setup
   batch, _ = _collect(setup, jax.random.key(0))
   keys = jax.random.split(jax.random.key(1), 2)
-  batch = learner.with_old_and_ref_logprobs(policy.apply, policy.apply_reference,
-                                            (trainable, frozen), batch, keys, objective)
-  for name in ("base_old_logp", "step_old_logp"):
-    old = np.asarray(getattr(batch, name))
+  batch = _replay(policy, (trainable, frozen), batch, keys, objective)
+  for name in ("base_old", "step_old"):
+    old = np.asarray(getattr(batch.replay, name))
     assert np.abs(old[0] - old[1]).max() > 1e-3, name  # different prompt masks per iteration
 
   def ratio_spread(params, iteration, key):
-    _, diag = learner.policy_loss(params, policy.apply, batch, iteration, key, objective)
+    _, diag = learner.policy_loss(policy.bind(params), batch, iteration, key, objective)
     return max(abs(float(diag[p + m]) - 1.0) for p in ("base/", "step/")
                for m in ("ratio_min", "ratio_max"))
 
@@ -95,7 +106,7 @@ def test_each_inner_iteration_has_its_own_masks_and_updates_move_the_ratio():
   mismatch = ratio_spread((trainable, frozen), 1, keys[0])
   assert mismatch > 1e-3
   opt = optax.sgd(1e-2)
-  update = jax.jit(learner.make_update_fn(policy.apply, opt, objective))
+  update = jax.jit(learner.make_update_fn(policy.bind, opt, objective))
   moved, _, _ = update(trainable, frozen, opt.init(trainable), batch, 0, keys[0])
   after_update = ratio_spread((moved, frozen), 1, keys[1])
   assert 1e-6 < after_update < mismatch
@@ -106,21 +117,18 @@ def test_each_inner_iteration_has_its_own_masks_and_updates_move_the_ratio():
     {"step_ratio": "branch", "step_normaliser": "states"}, {"base_normaliser": "batch"}])
 def test_objective_options_train_at_ratio_one(options):
   setup = _setup("dispo")
-  cfg, policy, trainable, frozen, sampler, _, rs, prompts, lengths = setup
+  cfg, policy, trainable, frozen, *_ = setup
   objective = learner.ObjectiveSettings(method="dispo", mask_id=cfg.mask_token_id, **options)
-  batch, _ = rollout.collect(jax.random.key(0), policy.graphdef,
-                             policy.model_state((trainable, frozen)), prompts, lengths,
-                             reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
+  batch, _ = _collect(setup, jax.random.key(0), objective)
   assert batch.action_mask.shape == batch.actions.shape  # [N, S, Z, G]
   keys = jax.random.split(jax.random.key(1), 1)
-  batch = learner.with_old_and_ref_logprobs(policy.apply, policy.apply_reference,
-                                            (trainable, frozen), batch, keys, objective)
-  _, diag = learner.policy_loss((trainable, frozen), policy.apply, batch, 0, keys[0], objective)
+  batch = _replay(policy, (trainable, frozen), batch, keys, objective)
+  _, diag = learner.policy_loss(policy.bind((trainable, frozen)), batch, 0, keys[0], objective)
   np.testing.assert_allclose([float(diag["step/ratio_min"]), float(diag["step/ratio_max"])], 1.0,
                              atol=1e-6)
   assert float(diag["step/branch_abs_log_ratio_max"]) < 1e-5
   opt = optax.sgd(1e-2)
-  update = jax.jit(learner.make_update_fn(policy.apply, opt, objective))
+  update = jax.jit(learner.make_update_fn(policy.bind, opt, objective))
   _, _, metrics = update(trainable, frozen, opt.init(trainable), batch, 0, keys[0])
   assert float(metrics["skipped"]) == 0.0 and float(metrics["grad_norm"]) > 0
 
@@ -131,12 +139,12 @@ def test_microbatched_gradient_equals_full_batch(method):
   _, policy, trainable, frozen, _, objective, *_ = setup
   batch, _ = _collect(setup, jax.random.key(0))
   keys = jax.random.split(jax.random.key(1), 2)
-  batch = learner.with_old_and_ref_logprobs(policy.apply, policy.apply_reference,
-                                            (trainable, frozen), batch, keys, objective)
+  batch = _replay(policy, (trainable, frozen), batch, keys, objective)
   sgd = optax.sgd(1.0)
   results = []
   for micro in (1, 4):
-    update = jax.jit(learner.make_update_fn(policy.apply, sgd, objective, micro))
+    update = jax.jit(learner.make_update_fn(
+        policy.bind, sgd, dataclasses.replace(objective, num_microbatches=micro)))
     new, _, metrics = update(trainable, frozen, sgd.init(trainable), batch, 1, keys[1])
     results.append((new, metrics))
   for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0])):
@@ -149,11 +157,10 @@ def test_non_finite_gradient_skips_the_update():
   _, policy, trainable, frozen, _, objective, *_ = setup
   batch, _ = _collect(setup, jax.random.key(0))
   keys = jax.random.split(jax.random.key(1), 1)
-  batch = learner.with_old_and_ref_logprobs(policy.apply, policy.apply_reference,
-                                            (trainable, frozen), batch, keys, objective)
+  batch = _replay(policy, (trainable, frozen), batch, keys, objective)
   batch = batch.replace(advantages=batch.advantages.at[0].set(jnp.nan))
   opt = optax.adam(1e-2)
-  update = jax.jit(learner.make_update_fn(policy.apply, opt, objective))
+  update = jax.jit(learner.make_update_fn(policy.bind, opt, objective))
   new, _, metrics = update(trainable, frozen, opt.init(trainable), batch, 0, keys[0])
   assert float(metrics["skipped"]) == 1.0
   for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(trainable)):
@@ -162,19 +169,16 @@ def test_non_finite_gradient_skips_the_update():
 
 def _rollout_rewards(setup, objective, rs, rollouts=12):
   """Trains ``rollouts`` rollout batches × 2 updates (adam 1e-2); the rollout reward of each."""
-  cfg, policy, trainable, frozen, sampler, _, _, prompts, lengths = setup
+  cfg, policy, trainable, frozen, *_ = setup
   opt = optax.adam(1e-2)
   opt_state = opt.init(trainable)
-  update = jax.jit(learner.make_update_fn(policy.apply, opt, objective))
-  old_ref = jax.jit(lambda p, b, k: learner.with_old_and_ref_logprobs(
-      policy.apply, policy.apply_reference, p, b, k, objective))
+  update = jax.jit(learner.make_update_fn(policy.bind, opt, objective))
+  old_ref = jax.jit(lambda p, b, k: _replay(policy, p, b, k, objective))
   rewards = []
   key = jax.random.key(0)
   for _ in range(rollouts):
     key, k_roll, k_mask = jax.random.split(key, 3)
-    batch, metrics = rollout.collect(k_roll, policy.graphdef,
-                                     policy.model_state((trainable, frozen)), prompts, lengths,
-                                     reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
+    batch, metrics = _collect((*setup[:2], trainable, *setup[3:]), k_roll, objective, rs)
     rewards.append(metrics["reward_mean"])
     mask_keys = jax.random.split(k_mask, 2)
     batch = old_ref((trainable, frozen), batch, mask_keys)
@@ -200,7 +204,7 @@ def test_the_step_term_alone_drives_the_reward(alpha_step, rises):
   setup = _setup("dispo", beta=0.0)
   objective = learner.ObjectiveSettings(method="dispo", alpha_base=0.0, alpha_step=alpha_step,
                                         beta=0.0, mask_id=setup[0].mask_token_id)
-  rs = rollout.RolloutSettings(group_size=4, num_branches=4, timestep_schedule="uniform")
+  rs = pipeline.RolloutSettings(group_size=4, num_branches=4, timestep_schedule="uniform")
   rewards = _rollout_rewards(setup, objective, rs)
   gain = np.mean(rewards[-3:]) - np.mean(rewards[:3])
   assert (gain > 0.15) if rises else (abs(gain) < 0.05), rewards
@@ -222,16 +226,13 @@ def test_a_registered_base_loss_plugs_in_without_touching_the_rest():
     with pytest.raises(ValueError, match="already registered"):
       losses.register_loss("test_reinforce")(reinforce)
     setup = _setup("dispo")
-    cfg, policy, trainable, frozen, sampler, _, rs, prompts, lengths = setup
+    cfg, policy, trainable, frozen, *_ = setup
     objective = learner.ObjectiveSettings(method="dispo", base_loss="test_reinforce",
                                           mask_id=cfg.mask_token_id)
-    batch, _ = rollout.collect(jax.random.key(0), policy.graphdef,
-                               policy.model_state((trainable, frozen)), prompts, lengths,
-                               reward_fn, sampler, objective, rs, eos_id=cfg.eos_token_id)
+    batch, _ = _collect(setup, jax.random.key(0), objective)
     keys = jax.random.split(jax.random.key(1), 1)
-    batch = learner.with_old_and_ref_logprobs(policy.apply, policy.apply_reference,
-                                              (trainable, frozen), batch, keys, objective)
-    loss, diag = learner.policy_loss((trainable, frozen), policy.apply, batch, 0, keys[0],
+    batch = _replay(policy, (trainable, frozen), batch, keys, objective)
+    loss, diag = learner.policy_loss(policy.bind((trainable, frozen)), batch, 0, keys[0],
                                      objective)
     assert calls and np.isfinite(float(loss)) and "step/loss" in diag
   finally:

@@ -10,7 +10,7 @@ import pytest
 from dispo_jax import rl
 from dispo_jax.model import llada
 from dispo_jax.model.config import get_config
-from dispo_jax.rl import rollout as rl_rollout
+from dispo_jax.rl import losses as rl_losses
 from dispo_jax.sampling import completion_mask, sample_branches
 
 
@@ -45,7 +45,7 @@ def test_dispo_gradient_matches_exact_fixed_state_objective(micro, advantage, fa
   key0 = jax.random.key(0)
 
   def state_logprobs(p, targets):
-    return rl.surrogate_logprobs(apply_fn, p, prompt, None, state_canvas, targets, key0, row,
+    return rl.surrogate_logprobs(lambda t, k: apply_fn(p, t, k), prompt, None, state_canvas, targets, key0, row,
                                  p_mask_prompt=0.0, mask_id=mask)
 
   fillings = jnp.asarray(list(itertools.product(range(4), repeat=2)), jnp.int32)  # [16, 2]
@@ -103,7 +103,7 @@ def test_dispo_gradient_on_the_default_training_path(micro):
   assert 0 < int(rl.prompt_mask(key0, row, 3, 0.5).sum()) < 3  # the prompt really is masked
 
   def surrogate(p, targets):  # [1, ..., G] targets
-    return rl.surrogate_logprobs(apply_fn, p, prompt, None, state_canvas, targets, key0, row,
+    return rl.surrogate_logprobs(lambda t, k: apply_fn(p, t, k), prompt, None, state_canvas, targets, key0, row,
                                  p_mask_prompt=0.5, mask_id=mask)
 
   logits = apply_fn(params, jnp.concatenate([prompt, state_canvas], 1), None)[:, 3:]  # sampler's
@@ -132,7 +132,7 @@ def test_dispo_gradient_on_the_default_training_path(micro):
   def one_key(key):
     filled, action_mask = sample_branches(key, state_canvas[:, None], logits[:, None], None, z,
                                           tau, mask)
-    scored = rl_rollout.step_token_mask(action_mask, filled, eos, "action")
+    scored = rl_losses.step_token_mask(action_mask, filled, eos, "action")
     adv_z = rl.get_advantage("mean")(reward_table[filled[..., 1], filled[..., 2]])
 
     def neg_loss(p):
@@ -174,7 +174,7 @@ def test_diffu_grpo_gradient_at_ratio_one_is_reinforce(micro, normaliser):
   weights = rl.base_row_weights(cmask, 2, normaliser)
 
   def logp_fn(p):
-    return rl.surrogate_logprobs(apply_fn, p, prompts, None, masked, completion, key, rows,
+    return rl.surrogate_logprobs(lambda t, k: apply_fn(p, t, k), prompts, None, masked, completion, key, rows,
                                  p_mask_prompt=0.15, mask_id=mask)
 
   def grpo(p):
@@ -372,10 +372,10 @@ def test_branches_share_one_forward(micro):
   canvas = jnp.asarray([[mask, 1, mask, mask]], jnp.int32)
   targets = jnp.asarray([[[0, 1, 2, 3], [3, 1, 0, 0], [1, 1, 1, 1]]], jnp.int32)
   args = dict(p_mask_prompt=0.15, mask_id=mask)
-  together = rl.surrogate_logprobs(apply_fn, params, prompt, None, canvas, targets,
+  together = rl.surrogate_logprobs(lambda t, k: apply_fn(params, t, k), prompt, None, canvas, targets,
                                    jax.random.key(4), jnp.zeros(1, jnp.int32), **args)
   for zi in range(3):
-    alone = rl.surrogate_logprobs(apply_fn, params, prompt, None, canvas, targets[:, zi],
+    alone = rl.surrogate_logprobs(lambda t, k: apply_fn(params, t, k), prompt, None, canvas, targets[:, zi],
                                   jax.random.key(4), jnp.zeros(1, jnp.int32), **args)
     np.testing.assert_allclose(together[:, zi], alone, atol=1e-6)
 
@@ -387,7 +387,7 @@ def test_step_token_mask_by_hand():
               "action_with_tail": [[0, 1, 1, 1], [0, 1, 1, 1]],
               "all": [[1, 1, 0, 0], [1, 1, 1, 1]]}  # every token up to the EOS
   for name, rows in expected.items():
-    got = rl_rollout.step_token_mask(action_mask, filled, 1, name)
+    got = rl_losses.step_token_mask(action_mask, filled, 1, name)
     np.testing.assert_array_equal(np.asarray(got)[0, 0], np.asarray(rows, bool), err_msg=name)
-  unused = rl_rollout.step_token_mask(jnp.zeros_like(action_mask), filled, 1, "all")
+  unused = rl_losses.step_token_mask(jnp.zeros_like(action_mask), filled, 1, "all")
   assert not np.asarray(unused).any()  # an unused state slot scores nothing

@@ -318,9 +318,9 @@ def test_spg_settings_are_validated():
   with pytest.raises(ValueError, match="beta must be 0"):
     learner.ObjectiveSettings(method="spg", beta=0.04)
   learner.ObjectiveSettings(method="dispo_spg", beta=0.04)  # the KL belongs to the step term
-  with pytest.raises(ValueError, match="spg_negative_bound"):
-    learner.ObjectiveSettings(method="spg", beta=0.0, spg_negative_bound="upper")
-  with pytest.raises(ValueError, match="spg_mix_weight"):
-    learner.ObjectiveSettings(method="spg", beta=0.0, spg_mix_weight=1.5)
+  with pytest.raises(ValueError, match="negative_bound='upper' is not one of"):
+    spg.SPGSettings(negative_bound="upper")
+  with pytest.raises(ValueError, match="mix_weight"):
+    spg.SPGSettings(mix_weight=1.5)
   s = learner.ObjectiveSettings(method="dispo_spg", beta=0.0)
   assert s.uses_spg and s.use_step and s.base == "spg"

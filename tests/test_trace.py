@@ -9,6 +9,7 @@ from dispo_jax.model import llada
 from dispo_jax.model.config import get_config
 from dispo_jax.rl import learner, trace
 from dispo_jax.rl.logprobs import token_logprobs
+from dispo_jax.rl.trace import TraceSettings
 from dispo_jax.sampling import SamplerSettings, completion_mask, generate
 
 
@@ -80,13 +81,13 @@ def test_one_segment_is_diffu_grpos_surrogate(rollout):
   grpo = learner.base_logprobs(apply, batch, key, learner.ObjectiveSettings(
       method="diffu_grpo", **settings))
   one = learner.base_logprobs(apply, batch, key, learner.ObjectiveSettings(
-      method="trace", trace_segments=1, **settings))
+      method="trace", trace=TraceSettings(1), **settings))
   np.testing.assert_allclose(one, grpo, atol=1e-6)
   three = learner.base_logprobs(apply, batch, key, learner.ObjectiveSettings(
-      method="trace", trace_segments=3, **settings))
+      method="trace", trace=TraceSettings(3), **settings))
   assert float(jnp.abs(three - grpo).max()) > 1e-2
 
 
 def test_trace_settings_are_validated():
-  with pytest.raises(ValueError, match="trace_segments=9 must be in"):
-    learner.ObjectiveSettings(method="dispo_trace", trace_segments=9, denoising_steps=6)
+  with pytest.raises(ValueError, match=r"trace.segments=9 must be in"):
+    learner.ObjectiveSettings(method="dispo_trace", trace=TraceSettings(9), denoising_steps=6)

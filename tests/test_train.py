@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 
 from configs import sudoku as sudoku_config
 from dispo_jax import train as train_lib
+from dispo_jax.rl import learner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,18 +48,16 @@ def small_config(**changes):
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-  """A workdir holding the SFT'd tiny base and tokenizer, copied into each test's workdir."""
-  folder = str(tmp_path_factory.mktemp("base"))
-  train_lib.tiny_lib.prepare_base(small_config(), folder)
-  return folder
+def base_dir():
+  """The cached folder of small_config()'s SFT'd base (the session's $DISPO_JAX_CACHE)."""
+  train_lib.tiny_lib.prepare_base(small_config(), progress=False)
+  return train_lib.tiny_lib.base_folder(small_config())
 
 
 def _workdir(tmp_path, base_dir, name):
+  """A fresh work folder; the base comes from the cache that ``base_dir`` filled."""
   path = tmp_path / name
   path.mkdir()
-  for sub in ("base", "tokenizer"):
-    shutil.copytree(os.path.join(base_dir, sub), path / sub)
   return str(path)
 
 
@@ -68,19 +66,31 @@ def _metrics(workdir):
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("rl.alpha_step", -0.5, r"config\.rl\.alpha_step=-0\.5 is invalid"),
+    ("rl.alpha_step", -0.5, r"config\.rl: alpha_step=-0\.5 must be >= 0"),
     ("method", "ppo", r"config\.method='ppo' is invalid"),
-    ("rollout.group_size", 1, r"config\.rollout\.group_size=1 is invalid"),
+    ("rollout.group_size", 1, r"config\.rollout: group_size=1 must be >= 2"),
     ("rl.num_microbatches", 3, r"config\.rl\.num_microbatches=3 is invalid"),
-    ("rollout.block_length", 7, r"gen_length=24 is not a multiple of block_length=7"),
-    ("lora.rank", 0, r"rank must be positive"),
-    ("method", "spg", r"method='spg' has no KL term: beta must be 0"),
-    ("rl.spg.negative_bound", "upper", r"spg_negative_bound='upper' is not one of"),
+    ("sampler.block_length", 7, r"config\.sampler: .*gen_length=24 is not a multiple of "
+     r"block_length=7"),
+    ("lora.rank", 0, r"config\.lora: .*rank must be positive"),
+    ("method", "spg", r"config\.rl: method='spg' has no KL term: beta must be 0"),
+    ("rl.spg.negative_bound", "upper", r"config\.rl\.spg: negative_bound='upper' is not one of"),
     ("checkpoint_every", 3, r"config\.checkpoint_every=3 is invalid: must be a positive multiple"),
     ("max_steps", 3, r"config\.max_steps=3 is invalid"),
     ("rl.base_normaliser", "device", r"base_normaliser='device' is not one of"),
     ("rl.step_ratio", "branch", r"step_ratio='branch' \(Eq. 5\) needs step_normaliser"),
     ("rl.step_tokens", "some", r"step_tokens='some' is not one of"),
+    ("optim.b2", -1.0, r"config\.optim: b2=-1\.0 must be in \[0, 1\)"),
+    ("optim.learning_rate", float("nan"), r"config\.optim: learning_rate=nan must be finite"),
+    ("optim.weight_decay", -0.1, r"config\.optim: weight_decay=-0\.1 must be finite and >= 0"),
+    ("keep_checkpoints", 0, r"config\.keep_checkpoints=0 is invalid"),
+    ("checkpoint_every", 0, r"config\.checkpoint_every=0 is invalid"),
+    ("rollout.max_prompt_length", 0, r"config\.rollout: max_prompt_length=0 must be >= 1"),
+    ("seed", -1, r"config\.seed=-1 is invalid"),
+    ("data.num_train", 0, r"config\.data: num_train=0 must be >= 1"),
+    ("rollout.timestep_degree", float("inf"), r"config\.rollout: timestep_degree=inf must be "
+     r"finite"),
+    ("data.train_file", "/tmp/x.csv", r"config\.data\.train_file / eval_file are set but the tiny"),
 ])
 def test_bad_config_values_fail_before_compute(key, value, match):
   c = small_config(**{key: value})
@@ -97,7 +107,7 @@ def test_unknown_config_key_is_named_on_the_command_line(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "alpha_stepp" in result.stderr
-  assert not os.path.exists(tmp_path / "base")  # nothing was computed
+  assert not os.path.exists(tmp_path / "config.json")  # nothing was started
 
 
 def test_tiny_run_logs_checkpoints_and_exports(tmp_path, base_dir):
@@ -190,15 +200,15 @@ def test_sigterm_saves_a_usable_checkpoint(tmp_path, base_dir):
   step, leaves = _trainable_leaves(workdir)
   assert 1 <= step < 1000 and leaves
   assert step % 2 == 0  # SIGTERM finishes the rollout batch (μ = 2) before saving
-  c = small_config(num_steps=1000, max_steps=2)  # resumes from it
+  c = small_config(num_steps=1000, max_steps=step + 2)  # resumes from it, runs to step + 2
   train_lib.train(c, workdir)
   assert _trainable_leaves(workdir)[0] == step + 2
 
 
 def test_non_finite_updates_stop_the_run_with_the_checkpoint_intact(tmp_path, base_dir, monkeypatch):
   workdir = _workdir(tmp_path, base_dir, "nan")
-  train_lib.train(small_config(num_steps=2), workdir)  # a good checkpoint at step 2
-  real = train_lib.learner.make_update_fn
+  train_lib.train(small_config(num_steps=10, max_steps=2), workdir)  # a good checkpoint at 2
+  real = learner.make_update_fn
 
   def poisoned(*args, **kwargs):
     update = real(*args, **kwargs)
@@ -207,7 +217,7 @@ def test_non_finite_updates_stop_the_run_with_the_checkpoint_intact(tmp_path, ba
                     batch.replace(advantages=batch.advantages * np.nan), *rest)
     return wrapped
 
-  monkeypatch.setattr(train_lib.learner, "make_update_fn", poisoned)
+  monkeypatch.setattr(learner, "make_update_fn", poisoned)
   with pytest.raises(RuntimeError, match=r"2 consecutive steps had non-finite losses.*last good "
                      r"checkpoint \(step 2\) is intact"):
     train_lib.train(small_config(num_steps=10, max_bad_steps=2), workdir)
@@ -254,10 +264,10 @@ def test_tiny_config_reward_rises(tmp_path, base_dir, monkeypatch):
   docs/RESULTS.md), so a test on it could not fail for the right reasons.
   """
   import dataclasses
-  from dispo_jax.tasks import sudoku
   ones = lambda text, row: text.count("1") / 16.0
+  real_get_task = train_lib.get_task
   monkeypatch.setattr(train_lib, "get_task", lambda name, d1_compat=False: dataclasses.replace(
-      sudoku.TASK, reward_terms={"ones": ones}))
+      real_get_task(name, d1_compat), reward_terms={"ones": ones}))
   workdir = _workdir(tmp_path, base_dir, "rise")
   train_lib.train(small_config(**{"num_steps": 16, "optim.learning_rate": 1e-3,
                                   "rollout.prompts_per_step": 4}), workdir)
@@ -271,7 +281,7 @@ def test_tiny_config_reward_rises(tmp_path, base_dir, monkeypatch):
 def test_spg_variants_of_the_tiny_config_train(tmp_path, base_dir, variant, method):
   c = sudoku_config.get_config(variant)
   assert c.method == method and c.rl.beta == 0.0 and c.rl.num_iterations == 4
-  assert c.rollout.gen_length == 24 and c.optim.learning_rate == 1e-4  # tiny rollout kept
+  assert c.sampler.gen_length == 24 and c.optim.learning_rate == 1e-4  # tiny rollout kept
   small = small_config(method=method, **{"rl.beta": 0.0, "num_steps": 2})
   workdir = _workdir(tmp_path, base_dir, method)
   final = train_lib.train(small, workdir)
@@ -285,7 +295,7 @@ def test_trace_methods_train_the_tiny_config(tmp_path, base_dir, method, segment
   final = train_lib.train(small_config(method=method, **{"rl.trace.segments": segments}), workdir)
   assert final["skipped_updates"] == 0 and np.isfinite(final["loss"])
   assert ("step/loss" in final) == (method == "dispo_trace") and "base/kl" in final
-  with pytest.raises(ValueError, match="trace_segments=7 must be in"):
+  with pytest.raises(ValueError, match=r"trace\.segments=7 must be in"):
     train_lib.validate_config(small_config(method=method, **{"rl.trace.segments": 7}))
 
 
@@ -297,11 +307,11 @@ def test_config_variants_carry_the_spg_recipe():
     c = module.get_config("dispo_spg")  # the DiSPO paper's SPG runs (App. D.3)
     assert (c.method, c.num_steps, c.rl.spg.eubo_beta, c.optim.learning_rate) == (
         "dispo_spg", steps, beta, 3e-6)
-    assert (c.rollout.prompts_per_step, c.rollout.group_size, c.rollout.gen_length,
-            c.rollout.steps, c.rollout.block_length, c.rl.beta) == (16, 6, 256, 128, 32, 0.0)
-    assert c.rollout.temperature == 0.9 and c.rl.spg.block_choice == "spg"
+    assert (c.rollout.prompts_per_step, c.rollout.group_size, c.sampler.gen_length,
+            c.sampler.steps, c.sampler.block_length, c.rl.beta) == (16, 6, 256, 128, 32, 0.0)
+    assert c.sampler.temperature == 0.9 and c.rl.spg.block_choice == "spg"
     assert module.get_config("spg,spg_repo").num_steps == repo_steps  # SPG's own repository
-  assert sudoku_config.get_config("spg,spg_repo").rollout.temperature == 0.3
+  assert sudoku_config.get_config("spg,spg_repo").sampler.temperature == 0.3
   assert sudoku_config.get_config("spg,3shot").data.few_shot == 3
   with pytest.raises(ValueError, match="unknown config variant 'spgg'"):
     sudoku_config.get_config("tiny,spgg")

@@ -325,8 +325,11 @@ def export_hf_checkpoint(cfg: LLaDAConfig, state: nnx.State, folder: str, *,
   os.makedirs(folder, exist_ok=True)
   files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
   weight_map = {}
+  umask = os.umask(0)
+  os.umask(umask)
   for file, tensors in zip(files, shards):
     save_file(tensors, os.path.join(folder, file), metadata={"format": "pt"})
+    os.chmod(os.path.join(folder, file), 0o666 & ~umask)  # safetensors creates files 0600
     weight_map.update({name: file for name in tensors})
   with open(os.path.join(folder, INDEX_FILE), "w") as f:
     json.dump({"metadata": {"total_size": int(sum(sizes))}, "weight_map": weight_map}, f, indent=2)

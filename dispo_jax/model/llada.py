@@ -1,4 +1,4 @@
-"""LLaDA in Flax NNX: a bidirectional Llama-style transformer for masked diffusion.
+"""LLaDA in Flax NNX: a bidirectional Llama-style transformer for masked diffusion (docs/METHOD.md §3).
 
 Every parameter carries ``logical_axes`` metadata; :mod:`dispo_jax.model.sharding` maps those names
 to mesh axes through one table. The hot paths call the pure functions at the bottom of this file

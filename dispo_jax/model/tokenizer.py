@@ -83,8 +83,25 @@ def special_ids(tokenizer) -> SpecialIds:
   return SpecialIds(bos=vocab[BOS], eos=vocab[EOS], pad=pad, mask=vocab[MASK], eot=vocab[EOT])
 
 
+def _import_transformers_quietly() -> None:
+  """Imports transformers without its "PyTorch was not found" notice (printed at import): only its
+  tokenizers are used here, JAX does the modelling. Later warnings keep their usual level; a
+  ``TRANSFORMERS_VERBOSITY`` the user set is respected."""
+  import sys
+  if "transformers" in sys.modules or "TRANSFORMERS_VERBOSITY" in os.environ:
+    return
+  os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+  try:
+    import transformers  # noqa: F401
+    from transformers.utils import logging as hf_logging
+  finally:
+    del os.environ["TRANSFORMERS_VERBOSITY"]
+  hf_logging.set_verbosity_warning()
+
+
 def load_tokenizer(folder: str):
   """Loads a tokenizer from a local folder with ``AutoTokenizer`` (never touches a hub)."""
+  _import_transformers_quietly()
   from transformers import AutoTokenizer
 
   if not os.path.isdir(folder):
@@ -98,17 +115,21 @@ def load_tokenizer(folder: str):
 
 
 def encode_prompts(tokenizer, texts: Sequence[str], max_length: int,
-                   pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   pad_id: int | None = None, count_truncated: bool = False):
   """Tokenises rendered prompts, left-truncated and left-padded to ``max_length``.
 
   Returns:
     tokens: ``[B, max_length]`` int32, padding on the left.
     lengths: ``[B]`` int32, the number of real (non-pad) tokens of each row.
+    truncated (only with ``count_truncated``): how many prompts lost tokens on the left.
   """
   if pad_id is None:
     pad_id = special_ids(tokenizer).pad
   ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-  return left_pad([row[-max_length:] for row in ids], max_length, pad_id)
+  tokens, lengths = left_pad([row[-max_length:] for row in ids], max_length, pad_id)
+  if count_truncated:
+    return tokens, lengths, sum(len(row) > max_length for row in ids)
+  return tokens, lengths
 
 
 def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int

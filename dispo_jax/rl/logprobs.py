@@ -17,7 +17,7 @@ same key and therefore exactly the same masks (ratio exactly 1 on the first inne
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +25,9 @@ import jax.numpy as jnp
 from dispo_jax.sampling.sampler import action_logits
 
 Array = jax.Array
-# apply_fn(params, tokens [R, L] int32, key_mask [R, L] bool | None) -> logits [R, L, V]
-ApplyFn = Callable[[Any, Array, Array | None], Array]
+# The one forward convention of rl/: apply(tokens [R, L] int32, key_mask [R, L] bool | None)
+# -> logits [R, L, V]. Parameters (and a dropout key) are bound before (``Policy.bind``).
+Apply = Callable[[Array, Array | None], Array]
 
 
 def prompt_mask(key: Array, row_ids: Array, prompt_length: int, p_mask_prompt: float) -> Array:
@@ -55,7 +56,7 @@ def token_logprobs(logits: Array, targets: Array, mask_id: int) -> Array:
   return picked[..., 0] - log_norm
 
 
-def canvas_logprobs(apply: Callable[[Array, Array | None], Array], masked_prompt: Array,
+def canvas_logprobs(apply: Apply, masked_prompt: Array,
                     prompt_key_mask: Array | None, completion_canvas: Array, targets: Array,
                     mask_id: int) -> Array:
   """One forward pass on ``masked_prompt ‖ completion_canvas``; log-probs of ``targets``.
@@ -78,13 +79,13 @@ def canvas_logprobs(apply: Callable[[Array, Array | None], Array], masked_prompt
   return token_logprobs(apply(canvas, key_mask)[:, p:], targets, mask_id)
 
 
-def surrogate_logprobs(apply_fn: ApplyFn, params: Any, prompt_tokens: Array, prompt_key_mask: Array
-                       | None, completion_canvas: Array, targets: Array, key: Array,
-                       row_ids: Array, *, p_mask_prompt: float, mask_id: int) -> Array:
+def surrogate_logprobs(apply: Apply, prompt_tokens: Array, prompt_key_mask: Array | None,
+                       completion_canvas: Array, targets: Array, key: Array, row_ids: Array, *,
+                       p_mask_prompt: float, mask_id: int) -> Array:
   """One forward pass; log-probs of ``targets`` at every completion position.
 
   Args:
-    apply_fn, params: the policy (see :data:`ApplyFn`).
+    apply: the policy's forward (see :data:`Apply`).
     prompt_tokens: ``[R, P]`` int32 left-padded prompts.
     prompt_key_mask: ``[R, P]`` bool (False on padding) or None to attend to padding.
     completion_canvas: ``[R, G]`` int32; MASK wherever a target is scored.
@@ -95,5 +96,5 @@ def surrogate_logprobs(apply_fn: ApplyFn, params: Any, prompt_tokens: Array, pro
   """
   p = prompt_tokens.shape[1]
   masked_prompt = jnp.where(prompt_mask(key, row_ids, p, p_mask_prompt), mask_id, prompt_tokens)
-  return canvas_logprobs(lambda t, m: apply_fn(params, t, m), masked_prompt, prompt_key_mask,
-                         completion_canvas, targets, mask_id)
+  return canvas_logprobs(apply, masked_prompt, prompt_key_mask, completion_canvas, targets,
+                         mask_id)

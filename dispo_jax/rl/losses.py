@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from dispo_jax.registry import Registry
+from dispo_jax.sampling.decoding import completion_mask
 
 Array = jax.Array
 LossFn = Callable[..., tuple[Array, Dict[str, Array]]]
@@ -162,6 +163,24 @@ def spg_loss(sequence_logp: Array, advantages: Array, sequence_weights: Array
   """
   loss = -jnp.sum(jax.lax.stop_gradient(advantages * sequence_weights) * sequence_logp)
   return loss, {"base/loss": loss}
+
+
+def step_token_mask(action_mask: jax.Array, filled: jax.Array, eos_id: int, step_tokens: str
+                    ) -> jax.Array:
+  """``[N, S, Z, G]`` tokens the step term scores (``ObjectiveSettings.step_tokens``).
+
+  Args:
+    action_mask: ``[N, S, G]`` bool, the positions the branches filled (False for unused slots).
+    filled: ``[N, S, Z, G]`` int32 filled branch completions.
+  """
+  positions = jnp.broadcast_to(action_mask[:, :, None, :], filled.shape)
+  if step_tokens == "action_with_tail":
+    return positions
+  upto_eos = completion_mask(filled, eos_id)
+  if step_tokens == "all":
+    used = jnp.any(action_mask, -1)[:, :, None, None]
+    return upto_eos & used
+  return positions & upto_eos
 
 
 def branch_mask(action_mask: Array, num_branches: int) -> Array:

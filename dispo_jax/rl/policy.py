@@ -1,10 +1,11 @@
 """Policy parameterisations: LoRA adapters over a frozen base, or full fine-tuning.
 
-Both give the learner the same three functions over ``params = (trainable, frozen)``:
+Both give the learner the same functions over ``params = (trainable, frozen)``, each returning
+``rl/``'s one forward convention ``apply(tokens, key_mask) -> logits``:
 
-* ``apply(params, tokens, key_mask, dropout_key) -> logits``: the policy being trained;
-* ``apply_reference(params, tokens, key_mask) -> logits``: the KL reference — the base model with
-  adapters off (LoRA: no extra copy), or the frozen initial weights (full fine-tuning);
+* ``bind(params, dropout_key)``: the policy being trained;
+* ``bind_reference(params)``: the KL reference — the base model with adapters off (LoRA: no extra
+  copy), or the frozen initial weights (full fine-tuning);
 * ``model_state(params)``: what the sampler takes as the model state.
 """
 
@@ -20,6 +21,7 @@ from flax import nnx
 from dispo_jax.model import llada
 from dispo_jax.model.config import LLaDAConfig, LoRAConfig
 from dispo_jax.model.llada import LoRACall
+from dispo_jax.rl.logprobs import Apply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,16 +29,20 @@ class Policy:
   graphdef: nnx.GraphDef
   use_lora: bool
 
-  def apply(self, params, tokens, key_mask, dropout_key=None) -> jax.Array:
-    return llada.forward(self.graphdef, self.model_state(params), tokens, key_mask,
-                         lora=LoRACall(True, dropout_key))
+  def bind(self, params, dropout_key: jax.Array | None = None) -> Apply:
+    """The policy's forward ``(tokens [R, L], key_mask [R, L] | None) -> logits [R, L, V]``."""
+    state = self.model_state(params)
+    lora = LoRACall(True, dropout_key)
+    return lambda tokens, key_mask: llada.forward(self.graphdef, state, tokens, key_mask,
+                                                  lora=lora)
 
-  def apply_reference(self, params, tokens, key_mask) -> jax.Array:
+  def bind_reference(self, params) -> Apply:
+    """The KL reference's forward (same convention as :meth:`bind`)."""
     trainable, frozen = params
     if self.use_lora:
-      return llada.forward(self.graphdef, (frozen, trainable), tokens, key_mask,
-                           lora=LoRACall(False))
-    return llada.forward(self.graphdef, frozen, tokens, key_mask)
+      return lambda tokens, key_mask: llada.forward(self.graphdef, (frozen, trainable), tokens,
+                                                    key_mask, lora=LoRACall(False))
+    return lambda tokens, key_mask: llada.forward(self.graphdef, frozen, tokens, key_mask)
 
   def model_state(self, params) -> Any:
     trainable, frozen = params

@@ -24,6 +24,7 @@ position after the first EOS (masked in the input, never counted in a bound).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, Optional
 
 import jax
@@ -33,9 +34,39 @@ from dispo_jax.rl.logprobs import canvas_logprobs
 
 Array = jax.Array
 NEGATIVE_BOUNDS = ("mix", "eubo", "elbo", "none")
-
-
 BLOCK_CHOICES = ("spg", "cycled")
+
+
+@dataclasses.dataclass(frozen=True)
+class SPGSettings:
+  """SPG's term (config section ``rl.spg``; methods ``spg`` and ``dispo_spg``).
+
+  Attributes:
+    num_masks: m, Monte Carlo mask samples per completion.
+    block_length: SPG's mask block size.
+    negative_bound: bound for negative-advantage completions (:data:`NEGATIVE_BOUNDS`).
+    mix_weight: ω of ``mix = ω·EUBO + (1−ω)·ELBO``.
+    eubo_beta: β of the EUBO.
+    block_choice: how the m samples pick their blocks (:data:`BLOCK_CHOICES`; ``spg`` = SPG's
+      trainer).
+  """
+
+  num_masks: int = 2
+  block_length: int = 32
+  negative_bound: str = "mix"
+  mix_weight: float = 0.5
+  eubo_beta: float = 1.5
+  block_choice: str = "spg"
+
+  def __post_init__(self):
+    if self.block_choice not in BLOCK_CHOICES:
+      raise ValueError(f"block_choice={self.block_choice!r} is not one of {BLOCK_CHOICES}")
+    if self.negative_bound not in NEGATIVE_BOUNDS:
+      raise ValueError(f"negative_bound={self.negative_bound!r} is not one of {NEGATIVE_BOUNDS}")
+    if (self.num_masks < 1 or self.block_length < 1 or not self.eubo_beta > 0
+        or not 0 <= self.mix_weight <= 1):
+      raise ValueError(f"SPG needs num_masks >= 1, block_length >= 1, eubo_beta > 0 and "
+                       f"0 <= mix_weight <= 1; got {self}")
 
 
 def block_choices(key: Array, row_ids: Array, completion_mask: Array, *, num_samples: int,

@@ -1,4 +1,4 @@
-"""The branch-state timestep distribution ω(t) and the per-prompt subset T_sub.
+"""The branch-state timestep distribution ω(t) and the per-prompt subset T_sub (docs/METHOD.md §1).
 
 Decision (the paper does not print the formula): over steps ``t = 0..T−1`` (0 = first denoising
 step), ``late`` ω(t) ∝ ((t+1)/T)^k, ``early`` ω(t) ∝ ((T−t)/T)^k, ``uniform`` ω(t) ∝ 1; k = 4 by

@@ -20,15 +20,32 @@ log-probs differ.
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dispo_jax.rl.logprobs import surrogate_logprobs
+from dispo_jax.rl.logprobs import Apply, surrogate_logprobs
 
 Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceSettings:
+  """The trajectory-consistent surrogate (config section ``rl.trace``).
+
+  Attributes:
+    segments: N, contiguous groups of the T denoising steps; each costs one forward. N = T is
+      exact, N = 1 is diffu-GRPO's one-step surrogate. Checked against T by
+      ``ObjectiveSettings``.
+  """
+
+  segments: int = 16
+
+  def __post_init__(self):
+    if self.segments < 1:
+      raise ValueError(f"segments={self.segments} must be >= 1")
 
 
 def segment_starts(total_steps: int, segments: int) -> np.ndarray:
@@ -58,7 +75,7 @@ def segment_canvases(completion: Array, commit_step: Array, total_steps: int, se
   return jnp.where(visible, completion[:, None, :], mask_id).astype(jnp.int32)
 
 
-def trace_logprobs(apply: Callable[[Array, Array | None], Array], prompt_tokens: Array,
+def trace_logprobs(apply: Apply, prompt_tokens: Array,
                    prompt_key_mask: Array | None, completion: Array, commit_step: Array,
                    key: Array, row_ids: Array, *, segments: int, total_steps: int,
                    p_mask_prompt: float, mask_id: int) -> Array:
@@ -75,7 +92,7 @@ def trace_logprobs(apply: Callable[[Array, Array | None], Array], prompt_tokens:
   n = segments
   canvases = segment_canvases(completion, commit_step, total_steps, n, mask_id)  # [R, N, G]
   repeat = lambda x: None if x is None else jnp.repeat(x, n, axis=0)
-  logp = surrogate_logprobs(lambda _, t, m: apply(t, m), None, repeat(prompt_tokens),
+  logp = surrogate_logprobs(apply, repeat(prompt_tokens),
                             repeat(prompt_key_mask), canvases.reshape(r * n, g),
                             repeat(completion), key, repeat(row_ids),
                             p_mask_prompt=p_mask_prompt, mask_id=mask_id)

@@ -1,5 +1,7 @@
 """LLaDA's denoising sampler as one jitted ``lax`` loop, with a branch-state logit cache.
 
+Semantics and the deliberate differences from LLaDA's ``generate``: ``docs/METHOD.md`` §4–5.
+
 The canvas is ``prompt ‖ gen_length × MASK``. The completion is split into ``num_blocks`` blocks of
 ``block_length`` decoded left to right (semi-autoregressive); each block gets
 ``steps_per_block = steps / num_blocks`` denoising steps. At step ``j`` of a block,

@@ -3,8 +3,11 @@ training wires a task's reward into a plain function."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from dispo_jax.tasks import countdown, gsm8k, math500, sudoku
-from dispo_jax.tasks.base import Score, Task, metric
+from dispo_jax.tasks.base import DataSettings, Score, Task, TinySetting, metric
+from dispo_jax.tasks.tiny import TINY_SETTINGS
 
 _FACTORIES = {
     "sudoku": sudoku.make_task,
@@ -16,10 +19,11 @@ TASK_NAMES = tuple(_FACTORIES)
 
 
 def get_task(name: str, d1_compat: bool = False) -> Task:
-  """The task ``name``; ``d1_compat=True`` reproduces d1's reward bugs exactly (see each module)."""
+  """The task ``name`` with its tiny setting; ``d1_compat=True`` reproduces d1's reward bugs
+  exactly (see each module)."""
   if name not in _FACTORIES:
     raise KeyError(f"unknown task {name!r}; choose one of {list(TASK_NAMES)}")
-  return _FACTORIES[name](d1_compat)
+  return dataclasses.replace(_FACTORIES[name](d1_compat), tiny=TINY_SETTINGS.get(name))
 
 
-__all__ = ["Score", "TASK_NAMES", "Task", "get_task", "metric"]
+__all__ = ["DataSettings", "Score", "TASK_NAMES", "Task", "TinySetting", "get_task", "metric"]

@@ -9,7 +9,6 @@ any text gets a value in the documented range.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Callable, Dict, Mapping, Sequence
 
 Example = Mapping[str, Any]
@@ -26,7 +25,6 @@ Respond in the following format:
 </answer>
 """
 
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 MAX_TEXT_CHARS = 100_000  # longer model outputs are cut before parsing (bounds regex time)
 
 
@@ -37,9 +35,44 @@ def clip_text(text: Any) -> str:
   return text[:MAX_TEXT_CHARS]
 
 
+class NextOccurrence:
+  """``text.find(needle, start)`` for non-decreasing ``start`` in amortised linear total time."""
+
+  def __init__(self, text: str, needle: str):
+    self.text, self.needle, self.found, self.start = text, needle, None, -1
+
+  def __call__(self, start: int) -> int:
+    if self.found is not None and start >= self.start and (self.found == -1 or self.found >= start):
+      return self.found
+    self.start, self.found = start, self.text.find(self.needle, start)
+    return self.found
+
+
+def find_delimited(text: str, opening: str, closing: str, dotall: bool = True) -> list[str]:
+  """``re.findall(re.escape(opening) + "(.*?)" + re.escape(closing), text, re.DOTALL if dotall
+  else 0)`` in linear time (the regex is quadratic on repeated openings without a closing)."""
+  out, pos = [], 0
+  next_open, next_close = NextOccurrence(text, opening), NextOccurrence(text, closing)
+  next_newline = NextOccurrence(text, "\n")
+  while True:
+    start = next_open(pos)
+    if start == -1:
+      return out
+    body = start + len(opening)
+    end = next_close(body)
+    if end == -1:
+      return out
+    newline = -1 if dotall else next_newline(body)
+    if newline != -1 and newline < end:  # '.' stops at a newline: try the next opening
+      pos = start + 1
+      continue
+    out.append(text[body:end])
+    pos = end + len(closing)
+
+
 def last_answer_block(text: str) -> str | None:
   """Content of the last complete ``<answer>...</answer>`` block, stripped; None if there is none."""
-  matches = _ANSWER_BLOCK.findall(clip_text(text))
+  matches = find_delimited(clip_text(text), "<answer>", "</answer>")
   return matches[-1].strip() if matches else None
 
 
@@ -60,6 +93,71 @@ class Score:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """Where a run's rows come from (config section ``data``, one key per field).
+
+  Attributes:
+    train_file, eval_file: local dataset files (HF formats; Sudoku: d1's CSV); "" = the task's
+      default (d1's bundled test sets for evaluation; the tiny setting's generated rows).
+    num_train, num_test: rows the tiny setting generates.
+    test_fraction: tiny Sudoku: fraction of the grids held out of SFT.
+    rl_grid_fraction: tiny Sudoku: > 0 sets this fraction of held-out grids aside for RL prompts.
+    num_blanks: tiny Sudoku: (fewest, most) blank cells of a generated puzzle.
+    seed: data generation and the grid split (independent of the run's seed).
+    few_shot: Sudoku with a checkpoint: worked examples in the prompt (SPG's protocol: 3).
+  """
+
+  train_file: str = ""
+  eval_file: str = ""
+  num_train: int = 4000
+  num_test: int = 256
+  test_fraction: float = 0.2
+  rl_grid_fraction: float = 0.0
+  num_blanks: tuple[int, int] = (6, 10)
+  seed: int = 0
+  few_shot: int = 0
+
+  def __post_init__(self):
+    object.__setattr__(self, "num_blanks", tuple(self.num_blanks))
+    checks = [
+        ("num_train", self.num_train >= 1, ">= 1"),
+        ("num_test", self.num_test >= 1, ">= 1"),
+        ("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
+        ("rl_grid_fraction", 0 <= self.rl_grid_fraction < 1, "in [0, 1)"),
+        ("num_blanks", len(self.num_blanks) == 2 and 1 <= self.num_blanks[0]
+         <= self.num_blanks[1] <= 16, "(fewest, most) with 1 <= fewest <= most <= 16"),
+        ("seed", self.seed >= 0, ">= 0"),
+        ("few_shot", self.few_shot >= 0, ">= 0"),
+    ]
+    for name, ok, what in checks:
+      if not ok:
+        raise ValueError(f"{name}={getattr(self, name)!r} must be {what}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TinySetting:
+  """A task at CPU scale: a compact prompt/completion format and generated rows.
+
+  The real prompts are hundreds of tokens; the tiny setting keeps the task's reward but asks with
+  a compact user content (``"Sudoku <puzzle>"``) and answers ``"<answer>...</answer>"``.
+
+  Attributes:
+    prompt: row -> compact user content (training and evaluation).
+    completion: row -> the target completion the base model is SFT'd on.
+    rows: ``DataSettings -> (RL train rows, held-out test rows)``.
+    sft_rows: ``DataSettings -> rows`` the base is SFT'd on (None: the RL train rows).
+  """
+
+  prompt: Callable[[Example], str]
+  completion: Callable[[Example], str]
+  rows: Callable[[DataSettings], tuple[list, list]]
+  sft_rows: Callable[[DataSettings], list] | None = None
+
+  def base_rows(self, data: DataSettings) -> list:
+    return self.sft_rows(data) if self.sft_rows is not None else self.rows(data)[0]
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
   """A task: prompts, reward terms (summed into the reward), and the evaluation metric.
 
@@ -71,6 +169,7 @@ class Task:
     score: ``fn(text, row) -> Score`` for the evaluation metric.
     max_reward: the largest possible reward (for logging and range checks).
     eval_size: d1's evaluation set size (None = the whole test set).
+    tiny: the task's CPU-scale setting (:class:`TinySetting`), or None.
   """
 
   name: str
@@ -80,6 +179,7 @@ class Task:
   score: Callable[[str, Example], Score]
   max_reward: float
   eval_size: int | None = None
+  tiny: TinySetting | None = None
 
   def reward(self, text: str, row: Example) -> float:
     return float(sum(fn(text, row) for fn in self.reward_terms.values()))

@@ -35,7 +35,10 @@ def _records(path: str) -> Iterator[tuple[int, dict]]:
   if not os.path.isfile(path):
     raise DataError(f"{path}: file does not exist")
   if path.endswith(".parquet"):
-    import pyarrow.parquet as pq
+    try:
+      import pyarrow.parquet as pq
+    except ImportError:
+      raise DataError(f"{path}: reading parquet needs pyarrow: pip install 'dispo_jax[data]'") from None
     try:
       table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for corrupt files
@@ -43,8 +46,9 @@ def _records(path: str) -> Iterator[tuple[int, dict]]:
     for i, row in enumerate(table.to_pylist(), start=1):
       yield i, row
     return
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      line = _decoded(raw, path, lineno)
       if not line.strip():
         continue
       try:
@@ -54,6 +58,30 @@ def _records(path: str) -> Iterator[tuple[int, dict]]:
       if not isinstance(row, dict):
         raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
       yield lineno, row
+
+
+def _decoded(raw: bytes, path: str, lineno: int) -> str:
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}:{lineno}: not UTF-8 (byte {raw[e.start:e.start + 1]!r} at column "
+                    f"{e.start + 1})") from None
+
+
+def _nonempty(rows: list[dict], path: str) -> list[dict]:
+  if not rows:
+    raise DataError(f"{path}: no rows (the file is empty or holds only blank lines)")
+  return rows
+
+
+def _strict_int(value, name: str, where: str) -> int:
+  """An integer field: ints, or strings of digits; never floats (6.7 -> 6) or booleans."""
+  if isinstance(value, bool) or not isinstance(value, (int, str)):
+    raise DataError(f"{where}: {name}={value!r} is not an integer")
+  try:
+    return int(value)
+  except ValueError:
+    raise DataError(f"{where}: {name}={value!r} is not an integer") from None
 
 
 def _require(row: dict, keys, where: str) -> None:
@@ -66,25 +94,33 @@ def load_sudoku_csv(path: str) -> list[dict]:
   """d1's Sudoku CSV -> ``[{"puzzle", "solution"}]``, validating every row."""
   if not os.path.isfile(path):
     raise DataError(f"{path}: file does not exist")
+  with open(path, "rb") as f:
+    lines = [_decoded(raw, path, lineno) for lineno, raw in enumerate(f, start=1)]
+  reader = csv.reader(lines)
+  try:
+    return _nonempty(_sudoku_records(path, reader), path)
+  except csv.Error as e:  # e.g. a field over csv's 128 KiB limit
+    raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+
+
+def _sudoku_records(path: str, reader) -> list[dict]:
   rows = []
-  with open(path, newline="", encoding="utf-8") as f:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if header is None or [h.strip() for h in header[:2]] != ["Puzzle", "Solution"]:
-      raise DataError(f"{path}:1: expected header 'Puzzle,Solution', got {header!r}")
-    for lineno, record in enumerate(reader, start=2):
-      if not record:
-        continue
-      if len(record) < 2:
-        raise DataError(f"{path}:{lineno}: expected 2 columns, got {len(record)}")
-      puzzle, solution = record[0].strip(), record[1].strip()
-      if len(puzzle) != 16 or set(puzzle) - set("01234"):
-        raise DataError(f"{path}:{lineno}: puzzle {puzzle!r} is not 16 digits 0-4")
-      if not sudoku.is_valid_grid(solution):
-        raise DataError(f"{path}:{lineno}: solution {solution!r} is not a valid 4x4 grid")
-      if any(p != "0" and p != s for p, s in zip(puzzle, solution)):
-        raise DataError(f"{path}:{lineno}: puzzle {puzzle!r} contradicts solution {solution!r}")
-      rows.append({"puzzle": puzzle, "solution": solution})
+  header = next(reader, None)
+  if header is None or [h.strip() for h in header[:2]] != ["Puzzle", "Solution"]:
+    raise DataError(f"{path}:1: expected header 'Puzzle,Solution', got {header!r}")
+  for lineno, record in enumerate(reader, start=2):
+    if not record:
+      continue
+    if len(record) < 2:
+      raise DataError(f"{path}:{lineno}: expected 2 columns, got {len(record)}")
+    puzzle, solution = record[0].strip(), record[1].strip()
+    if len(puzzle) != 16 or set(puzzle) - set("01234"):
+      raise DataError(f"{path}:{lineno}: puzzle {puzzle[:40]!r} is not 16 digits 0-4")
+    if not sudoku.is_valid_grid(solution):
+      raise DataError(f"{path}:{lineno}: solution {solution[:40]!r} is not a valid 4x4 grid")
+    if any(p != "0" and p != s for p, s in zip(puzzle, solution)):
+      raise DataError(f"{path}:{lineno}: puzzle {puzzle!r} contradicts solution {solution!r}")
+    rows.append({"puzzle": puzzle, "solution": solution})
   return rows
 
 
@@ -93,19 +129,22 @@ def load_countdown(path: str) -> list[dict]:
   rows = []
   for lineno, row in _records(path):
     where = f"{path}:{lineno}"
-    try:
-      if "input" in row:
-        _require(row, ["input", "output"], where)
-        numbers = [int(x) for x in str(row["input"]).split(",")]
-        target = int(row["output"])
-      else:
-        _require(row, ["nums", "target"], where)
-        numbers = [int(x) for x in row["nums"]]
-        target = int(row["target"])
-    except (TypeError, ValueError) as e:
-      raise DataError(f"{where}: numbers/target are not integers ({e})") from e
+    if "input" in row:
+      _require(row, ["input", "output"], where)
+      if not isinstance(row["input"], str):
+        raise DataError(f"{where}: input={row['input']!r} is not a comma-separated string")
+      numbers = [_strict_int(x.strip(), "input", where) for x in row["input"].split(",")]
+      target = _strict_int(row["output"], "output", where)
+    else:
+      _require(row, ["nums", "target"], where)
+      if not isinstance(row["nums"], list):
+        raise DataError(f"{where}: nums={row['nums']!r} is not a list")
+      numbers = [_strict_int(x, "nums", where) for x in row["nums"]]
+      target = _strict_int(row["target"], "target", where)
+    if not numbers:
+      raise DataError(f"{where}: no numbers")
     rows.append({"numbers": numbers, "target": target})
-  return rows
+  return _nonempty(rows, path)
 
 
 def load_gsm8k(path: str) -> list[dict]:
@@ -115,7 +154,7 @@ def load_gsm8k(path: str) -> list[dict]:
     if "####" not in str(row["answer"]):
       raise DataError(f"{path}:{lineno}: answer has no '#### <number>' line")
     rows.append({"question": str(row["question"]), "answer": str(row["answer"])})
-  return rows
+  return _nonempty(rows, path)
 
 
 def load_math(path: str) -> list[dict]:
@@ -126,7 +165,7 @@ def load_math(path: str) -> list[dict]:
       raise DataError(f"{path}:{lineno}: needs an 'answer' or a 'solution' field")
     rows.append({k: row[k] for k in ("problem", "solution", "answer", "subject", "level",
                                      "unique_id") if k in row and row[k] is not None})
-  return rows
+  return _nonempty(rows, path)
 
 
 LOADERS: dict[str, Callable[[str], list[dict]]] = {

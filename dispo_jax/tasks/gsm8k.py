@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 
-from dispo_jax.tasks.base import (Example, Score, SYSTEM_PROMPT, Task, clip_text, last_answer_block,
+from dispo_jax.tasks.base import (Example, NextOccurrence, Score, SYSTEM_PROMPT, Task, clip_text,
+                                  find_delimited, last_answer_block,
                                   split_answer)
 
 _STRICT = r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$"
@@ -44,14 +45,58 @@ def xml_count_reward(text: str, row: Example) -> float:
   return count
 
 
+def soft_format_match(text: str, dotall: bool) -> bool:
+  """``re.match(_SOFT, text, re.DOTALL if dotall else 0)`` in linear time.
+
+  The text opens with ``<reasoning>``; some ``</reasoning>`` (inside the first line without DOTALL)
+  is followed by whitespace and ``<answer>``, and a ``</answer>`` follows that (on the same line
+  without DOTALL)."""
+  if not text.startswith("<reasoning>"):
+    return False
+  first_newline = -1 if dotall else text.find("\n", len("<reasoning>"))
+  first_newline = len(text) if first_newline == -1 else first_newline  # A = .*? ends by here
+  next_tag, next_close = NextOccurrence(text, "</reasoning>"), NextOccurrence(text, "</answer>")
+  next_newline = NextOccurrence(text, "\n")
+  p = next_tag(11)
+  while p != -1 and p <= first_newline:
+    k = p + len("</reasoning>")
+    while k < len(text) and text[k].isspace():
+      k += 1
+    if text.startswith("<answer>", k):
+      close = next_close(k + len("<answer>"))
+      if dotall:
+        return close != -1
+      newline = next_newline(k + len("<answer>"))
+      if close != -1 and (newline == -1 or close < newline):
+        return True
+    p = next_tag(p + 1)
+  return False
+
+
+def strict_format_match(text: str, dotall: bool) -> bool:
+  """``re.match(_STRICT, text, re.DOTALL if dotall else 0)`` in linear time: ``<reasoning>\\n A
+  \\n</reasoning>\\n<answer>\\n B \\n</answer>\\n`` then the end or one more newline
+  (``$``); without DOTALL A and B hold no newline."""
+  head, sep, tail = "<reasoning>\n", "\n</reasoning>\n<answer>\n", "\n</answer>\n"
+  if not text.startswith(head):
+    return False
+  ends = [e for e in (len(text) - len(tail), len(text) - len(tail) - 1)
+          if e >= len(head) and text.startswith(tail, e) and text[e + len(tail):] in ("", "\n")]
+  if dotall:
+    first = text.find(sep, len(head))
+    return any(first != -1 and first + len(sep) <= e for e in ends)
+  split = text.find("\n", len(head))
+  if split == -1 or not text.startswith(sep, split):
+    return False
+  return text.find("\n", split + len(sep)) in ends
+
+
 def soft_format_reward(text: str, row: Example, d1_compat: bool = False) -> float:
-  flags = 0 if d1_compat else re.DOTALL
-  return 0.5 if re.match(_SOFT, clip_text(text), flags) else 0.0
+  return 0.5 if soft_format_match(clip_text(text), dotall=not d1_compat) else 0.0
 
 
 def strict_format_reward(text: str, row: Example, d1_compat: bool = False) -> float:
-  flags = 0 if d1_compat else re.DOTALL
-  return 0.5 if re.match(_STRICT, clip_text(text), flags) else 0.0
+  return 0.5 if strict_format_match(clip_text(text), dotall=not d1_compat) else 0.0
 
 
 def int_reward(text: str, row: Example, d1_compat: bool = False) -> float:
@@ -67,7 +112,7 @@ def correctness_reward(text: str, row: Example) -> float:
 
 def parse_eval_answer(text: str) -> float | None:
   text = clip_text(text)
-  for content in re.findall(r"\\boxed{(.*?)}", text):
+  for content in find_delimited(text, "\\boxed{", "}", dotall=False):
     content = content.strip()
     if not content or re.fullmatch(r"\.+", content):
       continue

@@ -18,7 +18,12 @@ import json
 import os
 
 import numpy as np
-import tensorflow_datasets as tfds
+
+try:
+  import tensorflow_datasets as tfds
+except ImportError as e:  # an optional extra: the main command never needs it
+  raise ImportError("dispo_jax.tasks.tfds_builder needs tensorflow-datasets: "
+                    "pip install 'dispo_jax[data]'") from e
 
 from dispo_jax.tasks import data as data_lib
 

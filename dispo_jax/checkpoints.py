@@ -1,0 +1,114 @@
+"""Orbax checkpoints of a :class:`TrainState`, with a fingerprint and a fallback on damage.
+
+Each checkpoint holds the trainable parameters, the optimizer state and a JSON ``meta`` record that
+includes a fingerprint of every array (per leaf: the sum, the sum of absolute values and the count
+of non-finite entries, computed on device, so it works on any mesh and host count). A restore
+checks the fingerprint; a step that fails to restore or to match is moved aside
+(``checkpoints/damaged-<step>``) with a warning and the previous step is tried.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+
+from dispo_jax.pipeline.step import TrainState
+
+
+def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                         cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+@jax.jit
+def _leaf_fingerprint(x):
+  x = x.astype(jnp.float32)
+  finite = jnp.isfinite(x)
+  clean = jnp.where(finite, x, 0.0)
+  return jnp.stack([clean.sum(), jnp.abs(clean).sum(), (~finite).sum().astype(jnp.float32)])
+
+
+def fingerprint(tree) -> list[list[float]]:
+  """``[[sum, sum |x|, non-finite count], ...]`` over the leaves of ``tree`` (floating leaves)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return [[float(v) for v in jax.device_get(_leaf_fingerprint(x))] for x in leaves]
+
+
+def fingerprints_match(saved: list, restored: list, rtol: float = 1e-4) -> bool:
+  if len(saved) != len(restored):
+    return False
+  for (s_sum, s_abs, s_bad), (r_sum, r_abs, r_bad) in zip(saved, restored):
+    scale = rtol * max(s_abs, 1e-30)
+    if s_bad != r_bad or abs(s_sum - r_sum) > scale or abs(s_abs - r_abs) > scale:
+      return False
+  return True
+
+
+def save(mgr: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
+  items = {"trainable": nnx.to_pure_dict(state.trainable), "opt_state": state.opt_state}
+  meta = {**meta, "fingerprint": fingerprint(items)}
+  mgr.save(state.step, args=ocp.args.Composite(
+      trainable=ocp.args.StandardSave(items["trainable"]),
+      opt_state=ocp.args.StandardSave(items["opt_state"]),
+      meta=ocp.args.JsonSave(meta)))
+
+
+def _restore_step(mgr, step: int, state: TrainState) -> tuple[TrainState, dict]:
+  abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      trainable=ocp.args.StandardRestore(abstract(nnx.to_pure_dict(state.trainable))),
+      opt_state=ocp.args.StandardRestore(abstract(state.opt_state)),
+      meta=ocp.args.JsonRestore()))
+  items = {"trainable": restored["trainable"], "opt_state": restored["opt_state"]}
+  meta = restored["meta"]
+  if "fingerprint" in meta and not fingerprints_match(meta["fingerprint"], fingerprint(items)):
+    raise ValueError("its arrays do not match the fingerprint recorded when it was saved")
+  trainable = state.trainable
+  nnx.replace_by_pure_dict(trainable, restored["trainable"])
+  return state.replace(trainable=trainable, opt_state=restored["opt_state"], step=step), meta
+
+
+def restore_latest(workdir: str, keep: int, state: TrainState
+                   ) -> tuple[ocp.CheckpointManager, TrainState, dict | None]:
+  """``(manager, state, meta)`` from the newest intact checkpoint (``meta`` None: none found).
+
+  A damaged newest step (missing or truncated files, an empty folder, arrays that do not match
+  their fingerprint) is moved to ``checkpoints/damaged-<step>`` and the previous one is tried.
+  """
+  while True:
+    mgr = manager(workdir, keep)
+    step = mgr.latest_step()
+    if step is None:
+      return mgr, state, None
+    try:
+      new_state, meta = _restore_step(mgr, step, state)
+      return mgr, new_state, meta
+    except Exception as e:  # orbax raises many types for damaged files
+      _move_aside(mgr, workdir, step, e)
+
+
+def _move_aside(mgr, workdir: str, step: int, error: Exception) -> None:
+  folder = os.path.join(os.path.abspath(workdir), "checkpoints")
+  bad = os.path.join(folder, f"damaged-{step}")
+  message = (f"{folder}/{step}: cannot be restored ({type(error).__name__}: "
+             f"{str(error).splitlines()[0][:200] if str(error) else ''}); moved to {bad}, "
+             f"falling back to the previous checkpoint")
+  logging.warning(message)
+  print(f"warning: {message}")
+  mgr.close()
+  if jax.process_index() == 0:
+    if os.path.exists(bad):
+      shutil.rmtree(bad)
+    os.replace(os.path.join(folder, str(step)), bad)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"checkpoint-fallback-{step}")
+

@@ -1,0 +1,84 @@
+"""Config sections -> settings dataclasses, one key per field.
+
+Every section of a run's config (``sampler``, ``rollout``, ``rl`` with ``rl.spg`` / ``rl.trace``,
+``optim``, ``lora``) constructs its dataclass directly: the config key *is* the field name, a
+nested section becomes a nested dataclass, and the dataclass's ``__post_init__`` is the one place
+its values are validated. Adding a hyperparameter touches the dataclass and the config table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any, Iterable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+  """A bad configuration value; the message names the config key."""
+
+
+def _as_dict(section: Any) -> dict:
+  return section.to_dict() if hasattr(section, "to_dict") else dict(section)
+
+
+def _nested_type(field: dataclasses.Field):
+  """The dataclass type of a field whose default is a dataclass instance (a nested section)."""
+  if field.default_factory is not dataclasses.MISSING:
+    default = field.default_factory()
+    if dataclasses.is_dataclass(default):
+      return type(default)
+  return None
+
+
+def settings_from(cls: type[T], section: Mapping | Any, path: str, exclude: Iterable[str] = (),
+                  **derived) -> T:
+  """``cls(**section, **derived)`` with nested sections built recursively.
+
+  Args:
+    cls: a dataclass.
+    section: a ``ConfigDict`` (or mapping) whose keys are ``cls``'s fields.
+    path: the section's name in the config (``"rl"``), for error messages.
+    exclude: keys of the section that are not fields (e.g. ``lora.enabled``).
+    derived: fields that come from elsewhere (the model's MASK id, the sampler's steps).
+  Raises:
+    ConfigError: naming ``config.<path>.<key>`` for an unknown key or an invalid value.
+  """
+  values = {k: v for k, v in _as_dict(section).items() if k not in set(exclude)}
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  for key in values:
+    if key not in fields or key in derived:
+      settable = sorted(set(fields) - set(derived))
+      raise ConfigError(f"config.{path}.{key} is not a setting of {cls.__name__} "
+                        f"(its keys: {', '.join(settable)})")
+  for key, value in values.items():
+    nested = _nested_type(fields[key])
+    if nested is not None:
+      values[key] = settings_from(nested, value, f"{path}.{key}")
+  if isinstance(values.get("targets"), list):
+    values["targets"] = tuple(values["targets"])
+  try:
+    return cls(**values, **derived)
+  except (TypeError, ValueError) as e:
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError(f"config.{path}: {e}") from None
+
+
+def load_config(spec: str):
+  """``"configs/sudoku.py:tiny,spg"`` -> that file's ``get_config("tiny,spg")`` (as the CLIs'
+  ``--config`` flag reads it)."""
+  import importlib.util
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"{path}: config file does not exist")
+  module_spec = importlib.util.spec_from_file_location("_dispo_jax_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
+  try:
+    module_spec.loader.exec_module(module)
+  finally:
+    sys.path.pop(0)
+  return module.get_config(arg)

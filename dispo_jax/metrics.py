@@ -1,0 +1,78 @@
+"""``metrics.jsonl`` and TensorBoard events of a run, written from process 0.
+
+One JSON object per line: ``{"step": int, "rollout": int, name: float | null, ...}``; a non-finite
+value is written as ``null`` (valid JSON). On resume, rows logged after the checkpoint are dropped
+(training rows of later steps; evaluations of the checkpoint itself are kept); an unreadable line is
+skipped with a warning and the rest kept; TensorBoard purges events after the resumed step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+
+def _logged_before(row: dict, resume_step: int) -> bool:
+  """Whether a metrics row belongs to the run up to checkpoint ``resume_step``: training rows of
+  steps before it, and evaluations of the checkpoint itself (logged at ``step == resume_step``)."""
+  if row["step"] < resume_step:
+    return True
+  return row["step"] == resume_step and all(k == "step" or k.startswith("eval/") for k in row)
+
+
+def read_rows(path: str) -> list[dict]:
+  """Every readable row of a metrics file (unreadable lines skipped, with a warning)."""
+  rows = []
+  with open(path, "rb") as f:
+    for number, line in enumerate(f, 1):
+      try:
+        row = json.loads(line)
+        int(row["step"])
+        rows.append(row)
+      except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        if line.strip():
+          logging.warning("%s:%d: unreadable metrics line skipped", path, number)
+  return rows
+
+
+class MetricWriter:
+  """JSONL + TensorBoard; on resume, keeps exactly what was logged up to the checkpoint."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if not self.enabled:
+      return
+    if os.path.exists(self.path):
+      kept = [r for r in read_rows(self.path) if _logged_before(r, resume_step)]
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+      os.replace(tmp, self.path)
+    from tensorboardX import SummaryWriter
+    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                            purge_step=resume_step if resume_step else None)
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    clean = {}
+    for k, v in metrics.items():
+      if np.ndim(v) == 0:
+        v = int(v) if k == "rollout" else float(v)
+        clean[k] = v if math.isfinite(v) else None
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, **clean}) + "\n")
+    for k, v in clean.items():
+      if v is not None:
+        self.tb.add_scalar(k, v, step)
+    self.tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self.tb.close()

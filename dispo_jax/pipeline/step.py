@@ -1,0 +1,114 @@
+"""One RL step: a rollout batch and its μ optimizer updates, on one :class:`TrainState`.
+
+Named levels (as Tunix's learner): the *global step* counts optimizer updates; every μ =
+``ObjectiveSettings.num_iterations`` updates a new *rollout batch* is generated (d1 / TRL), its
+behaviour and reference log-probs computed once, and replayed μ times; each update accumulates its
+gradient over ``num_microbatches`` micro-batches (:func:`dispo_jax.rl.learner.make_update_fn`).
+Every random choice is a function of (seed, rollout index, iteration), so a resumed run repeats a
+straight run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import struct
+
+from dispo_jax.pipeline.rewards import RewardFn
+from dispo_jax.pipeline.rollout import CollectSettings, collect
+from dispo_jax.rl import learner
+from dispo_jax.rl.policy import Policy
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a run updates, as one pytree.
+
+  Attributes:
+    trainable: the parameters being trained (LoRA adapters, or every weight).
+    frozen: the parameters that stay fixed (the base under LoRA; the KL reference copy otherwise).
+    opt_state: the optimizer's state over ``trainable``.
+    step: optimizer updates done (a host int, static).
+  """
+
+  trainable: Any
+  frozen: Any
+  opt_state: Any
+  step: int = struct.field(pytree_node=False, default=0)
+
+  @property
+  def params(self) -> tuple[Any, Any]:
+    return self.trainable, self.frozen
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+  """The compiled pieces of :func:`rl_step`, built once by :func:`make_step_functions`.
+
+  Attributes:
+    policy: the parameterisation (``bind``, ``bind_reference``, ``model_state``).
+    settings: the static rollout bundle.
+    update: jitted ``update(trainable, frozen, opt_state, batch, iteration, mask_key,
+      dropout_key) -> (trainable, opt_state, metrics)``.
+    replay: jitted ``replay(params, batch, mask_keys [μ]) -> batch`` (old and reference
+      log-probs).
+    row_sharding: ``NamedSharding`` of ``[rows, length]`` arrays, or None.
+  """
+
+  policy: Policy
+  settings: CollectSettings
+  update: Callable
+  replay: Callable
+  row_sharding: Any = None
+
+
+def make_step_functions(policy: Policy, optimizer, settings: CollectSettings, state: TrainState,
+                        lora_dropout: bool = False, row_sharding=None) -> StepFunctions:
+  """Jits the update (outputs keep ``state``'s shardings; params and optimizer state donated)
+  and the replay log-probs."""
+  shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
+  update = jax.jit(learner.make_update_fn(policy.bind, optimizer, settings.objective, lora_dropout),
+                   donate_argnums=(0, 2),
+                   out_shardings=(shardings(state.trainable), shardings(state.opt_state), None))
+
+  def replay(params, batch, mask_keys):
+    return learner.with_old_and_ref_logprobs(policy.bind(params), policy.bind_reference(params),
+                                             batch, mask_keys, settings.objective)
+  return StepFunctions(policy, settings, update, jax.jit(replay), row_sharding)
+
+
+def rl_step(fns: StepFunctions, state: TrainState, prompt_tokens: np.ndarray,
+            prompt_lengths: np.ndarray, reward_fn: RewardFn, key: jax.Array,
+            num_updates: int | None = None) -> tuple[TrainState, list[dict[str, float]]]:
+  """One rollout batch from ``state`` and its updates (μ, or ``num_updates`` at a run's end).
+
+  Args:
+    prompt_tokens: ``[n, P]`` int32 left-padded prompts; prompt_lengths ``[n]``.
+    reward_fn: ``(completions [R, G], prompt_index [R]) -> [R]`` rewards (host).
+    key: this rollout batch's key (``fold_in(run key, rollout index)``).
+  Returns:
+    The new state and one metrics dict (host floats) per update.
+  """
+  start = time.perf_counter()
+  mu = fns.settings.objective.num_iterations
+  roll_key, mask_key, dropout_key = jax.random.split(key, 3)
+  batch, rollout_metrics, _ = collect(
+      roll_key, fns.policy.graphdef, fns.policy.model_state(state.params), prompt_tokens,
+      prompt_lengths, reward_fn, fns.settings, row_sharding=fns.row_sharding)
+  mask_keys = jax.random.split(mask_key, mu)
+  batch = fns.replay(state.params, batch, mask_keys)
+  trainable, opt_state, rows = state.trainable, state.opt_state, []
+  for iteration in range(mu if num_updates is None else num_updates):
+    trainable, opt_state, m = fns.update(trainable, state.frozen, opt_state, batch, iteration,
+                                         mask_keys[iteration],
+                                         jax.random.fold_in(dropout_key, iteration))
+    m = {name: float(v) for name, v in jax.device_get(m).items()}
+    rows.append({**rollout_metrics, **m, "skipped_updates": m["skipped"],
+                 "step_seconds": time.perf_counter() - start})
+    start = time.perf_counter()
+  new_state = state.replace(trainable=trainable, opt_state=opt_state, step=state.step + len(rows))
+  return new_state, rows

@@ -1,0 +1,114 @@
+"""Every task's tiny setting (:class:`dispo_jax.tasks.base.TinySetting`): compact formats and rows.
+
+Sudoku puzzles come from the grid-disjoint generator with d1's test grids never SFT'd on;
+Countdown problems are generated with d1's test problems removed; GSM8K and MATH get synthetic
+stand-ins with the real rows' fields and rewards (word sums, products), small enough for a CPU
+model. :func:`dispo_jax.tasks.get_task` attaches these to each task.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dispo_jax.tasks import countdown, data as data_lib, sudoku
+from dispo_jax.tasks.base import DataSettings, Example, TinySetting
+
+
+def _answer(text) -> str:
+  return f"<answer>{text}</answer>"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sudoku
+# ----------------------------------------------------------------------------------------------
+
+
+def sudoku_grids(data: DataSettings) -> tuple[list[str], list[str], list[str]]:
+  """(SFT, RL, test) grid lists, pairwise disjoint; d1's test grids are never SFT grids.
+
+  ``rl_grid_fraction = 0``: RL prompts come from the SFT grids (RL = SFT grids). ``> 0``: that
+  fraction of the held-out grids is set aside for RL prompts and the rest is the test set, so RL
+  trains where the base is at its held-out level (4×4 Sudoku has only 288 grids; the base
+  memorises its SFT grids).
+  """
+  d1_grids = {r["solution"] for r in data_lib.load_rows("sudoku")}
+  sft, held_out = sudoku.split_grids(data.test_fraction, data.seed, exclude_from_train=d1_grids)
+  if not data.rl_grid_fraction:
+    return sft, sft, held_out
+  order = np.random.default_rng([data.seed, 1]).permutation(len(held_out))
+  n_rl = int(round(data.rl_grid_fraction * len(held_out)))
+  rl = sorted(held_out[i] for i in order[:n_rl])
+  return sft, rl, sorted(held_out[i] for i in order[n_rl:])
+
+
+def sudoku_rows(data: DataSettings) -> tuple[list[dict], list[dict]]:
+  """(RL train, held-out test) puzzles on disjoint grids (:func:`sudoku_grids`)."""
+  sft, rl, test_grids = sudoku_grids(data)
+  if rl is sft:
+    train = sudoku.generate_puzzles(sft, data.num_train, data.num_blanks, seed=data.seed)
+  else:
+    train = sudoku.generate_puzzles(rl, data.num_train, data.num_blanks, seed=data.seed + 2)
+  test = sudoku.generate_puzzles(test_grids, data.num_test, data.num_blanks, seed=data.seed + 1)
+  return train, test
+
+
+def sudoku_sft_rows(data: DataSettings) -> list[dict]:
+  """Puzzles on the SFT grids."""
+  sft, _, _ = sudoku_grids(data)
+  return sudoku.generate_puzzles(sft, data.num_train, data.num_blanks, seed=data.seed)
+
+
+SUDOKU = TinySetting(prompt=lambda row: f"Sudoku {row['puzzle']}",
+                     completion=lambda row: _answer(row["solution"]),
+                     rows=sudoku_rows, sft_rows=sudoku_sft_rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Countdown, GSM8K, MATH
+# ----------------------------------------------------------------------------------------------
+
+
+def countdown_rows(data: DataSettings) -> tuple[list[dict], list[dict]]:
+  """Generated problems without d1's test problems: (train, test)."""
+  test_keys = {(tuple(sorted(r["numbers"])), r["target"]) for r in data_lib.load_rows("countdown")}
+  rows = [r for r in countdown.generate_problems(data.num_train + data.num_test, seed=data.seed)
+          if (tuple(sorted(r["numbers"])), r["target"]) not in test_keys]
+  return rows[data.num_test:], rows[:data.num_test]
+
+
+def _countdown_prompt(row: Example) -> str:
+  return f"Countdown {' '.join(map(str, row['numbers']))} target {row['target']}"
+
+
+COUNTDOWN = TinySetting(prompt=_countdown_prompt, completion=lambda row: _answer(row["solution"]),
+                        rows=countdown_rows)
+
+
+def arithmetic_rows(task: str, count: int, seed: int) -> list[dict]:
+  """GSM8K-style word sums (``answer`` ends in ``#### n``) or MATH-style products (``answer``)."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(count):
+    a, b = (int(x) for x in rng.integers(2, 50, 2))
+    if task == "gsm8k":
+      rows.append({"question": f"Ann has {a} pens and buys {b} more. How many pens?",
+                   "answer": f"{a} + {b} = {a + b}\n#### {a + b}"})
+    else:
+      rows.append({"problem": f"Compute ${a} \\times {b}$.", "answer": str(a * b)})
+  return rows
+
+
+def _arithmetic_split(task: str):
+  def rows(data: DataSettings) -> tuple[list[dict], list[dict]]:
+    generated = arithmetic_rows(task, data.num_train + data.num_test, data.seed)
+    return generated[data.num_test:], generated[:data.num_test]
+  return rows
+
+
+GSM8K = TinySetting(prompt=lambda row: str(row["question"]),
+                    completion=lambda row: _answer(row["answer"].split("####")[1].strip()),
+                    rows=_arithmetic_split("gsm8k"))
+MATH500 = TinySetting(prompt=lambda row: str(row["problem"]),
+                      completion=lambda row: _answer(f"\\boxed{{{row['answer']}}}"),
+                      rows=_arithmetic_split("math500"))
+TINY_SETTINGS = {"sudoku": SUDOKU, "countdown": COUNTDOWN, "gsm8k": GSM8K, "math500": MATH500}

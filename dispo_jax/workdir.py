@@ -1,0 +1,167 @@
+"""A work folder belongs to one run: its resolved config, a lock, and a name derived from the config.
+
+* ``config.json`` is written when a run starts (with the package version and, when known, the git
+  commit); a rerun in the same folder must have the same config except for the keys in
+  :data:`MAY_CHANGE_ON_RESUME` (cadence, caps, paths, the mesh), else it stops before any compute
+  naming every changed key.
+* ``lock`` holds the owner's host and pid: a second writer stops; a lock whose process is gone (same
+  host) is taken over with a warning.
+* :func:`default_workdir` names a folder by task, method and a short hash of the config, so two
+  different runs never share a folder by accident.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import socket
+import subprocess
+
+from absl import logging
+
+from dispo_jax.config_lib import ConfigError
+
+# Keys that may differ between a run and its resumption: they do not change what is trained.
+MAY_CHANGE_ON_RESUME = ("max_steps", "eval_every", "eval_rows", "checkpoint_every",
+                        "keep_checkpoints", "export_hf", "max_bad_steps", "mesh.data", "mesh.fsdp",
+                        "mesh.tensor", "model.checkpoint", "model.tokenizer", "base.cache_dir",
+                        "data.train_file", "data.eval_file", "distributed_timeout_s")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """``{"a": {"b": 1}} -> {"a.b": 1}``; tuples become lists (as JSON stores them)."""
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def run_identity(c) -> dict:
+  """The config keys that define what a run trains (everything but :data:`MAY_CHANGE_ON_RESUME`)."""
+  return {k: v for k, v in flatten(c.to_dict()).items() if k not in MAY_CHANGE_ON_RESUME}
+
+
+def config_hash(c) -> str:
+  blob = json.dumps(run_identity(c), sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def default_workdir(c) -> str:
+  """``$DISPO_JAX_RUNS`` (default ``/tmp/dispo_jax_runs``) / ``<task>-<method>-<hash>``."""
+  root = os.environ.get("DISPO_JAX_RUNS", "/tmp/dispo_jax_runs")
+  return os.path.join(root, f"{c.task}-{c.method}-{config_hash(c)}")
+
+
+def _git_commit() -> str | None:
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    return out.stdout.strip() or None if out.returncode == 0 else None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def config_changes(recorded: dict, current: dict) -> list[str]:
+  """``key: old -> new`` for every identity key that differs (added and removed keys too)."""
+  changes = []
+  for key in sorted(set(recorded) | set(current)):
+    if key in MAY_CHANGE_ON_RESUME:
+      continue
+    old, new = recorded.get(key, "<absent>"), current.get(key, "<absent>")
+    if old != new:
+      changes.append(f"{key}: {old!r} -> {new!r}")
+  return changes
+
+
+def record_or_check_config(workdir: str, c, write: bool = True) -> bool:
+  """Writes ``config.json`` for a new run, or checks a rerun against it.
+
+  Returns whether the folder already belonged to this run. Raises :class:`ConfigError` naming
+  every changed key when it belonged to another.
+  """
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(json.dumps(flatten(c.to_dict()), default=str))
+  if os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)["config"]
+    changes = config_changes(recorded, current)
+    if changes:
+      raise ConfigError(f"{workdir} holds another run (its config.json differs in "
+                        f"{len(changes)} key(s): {'; '.join(changes)}); use another --workdir, or "
+                        f"delete the folder to start over")
+    return True
+  if write:
+    from dispo_jax import __version__
+    record = {"config": current, "package_version": __version__, "git_commit": _git_commit()}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(record, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+  return False
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except OSError as e:
+    return e.errno == errno.EPERM
+  return True
+
+
+class WorkdirLock:
+  """``<workdir>/lock`` = ``{"host", "pid"}`` while a run writes the folder (a context manager)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "lock")
+    self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    self.held = False
+
+  def acquire(self) -> None:
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        self._take_over_if_stale()
+        continue
+      with os.fdopen(fd, "w") as f:
+        json.dump(self.owner, f)
+      self.held = True
+      return
+    raise RuntimeError(f"{self.path}: could not take the lock")
+
+  def _take_over_if_stale(self) -> None:
+    try:
+      with open(self.path) as f:
+        owner = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      owner = {}
+    if owner.get("host") == self.owner["host"] and not _pid_alive(int(owner.get("pid", -1))):
+      logging.warning("%s: taking over a stale lock of pid %s (that process is gone)", self.path,
+                      owner.get("pid"))
+      print(f"warning: {self.path}: taking over a stale lock (pid {owner.get('pid')} is gone)")
+      os.remove(self.path)
+      return
+    raise RuntimeError(f"{os.path.dirname(self.path)} is in use by another run (host "
+                       f"{owner.get('host', '?')}, pid {owner.get('pid', '?')}); wait for it, use "
+                       f"another --workdir, or delete {self.path} if that run is gone")
+
+  def release(self) -> None:
+    if self.held:
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+      self.held = False
+
+  def __enter__(self):
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
