@@ -85,6 +85,10 @@ def restore_latest(workdir: str, keep: int, state: TrainState
   """
   while True:
     mgr = manager(workdir, keep)
+    unlisted = _unlisted_step_folders(workdir, mgr)
+    if unlisted:  # e.g. an empty or half-deleted step folder orbax does not recognise
+      _move_aside(mgr, workdir, unlisted[-1], ValueError("not a complete orbax checkpoint"))
+      continue
     step = mgr.latest_step()
     if step is None:
       return mgr, state, None
@@ -93,6 +97,15 @@ def restore_latest(workdir: str, keep: int, state: TrainState
       return mgr, new_state, meta
     except Exception as e:  # orbax raises many types for damaged files
       _move_aside(mgr, workdir, step, e)
+
+
+def _unlisted_step_folders(workdir: str, mgr) -> list[int]:
+  folder = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(folder):
+    return []
+  listed = set(mgr.all_steps())
+  return sorted(int(name) for name in os.listdir(folder)
+                if name.isdigit() and int(name) not in listed)
 
 
 def _move_aside(mgr, workdir: str, step: int, error: Exception) -> None:

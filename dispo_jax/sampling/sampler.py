@@ -197,98 +197,167 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens: Array,
   return _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings, branch_steps)
 
 
+@struct.dataclass
+class BranchCache:
+  """The states cached for DiSPO's branches (see :class:`Rollout`): ``canvas [B, S, G]``,
+  ``logits [B, S, G, W]`` and, with top-k caching, ``ids [B, S, G, k]``."""
+
+  canvas: Array
+  logits: Array
+  ids: Optional[Array]
+
+
+@struct.dataclass
+class LoopState:
+  """The carry of the denoising loop.
+
+  Attributes:
+    canvas: ``[B, P + G]`` int32, prompt ‖ completion (MASK where not yet committed).
+    commit_step: ``[B, G]`` int32, the step each token was committed at (``-1``: not yet).
+    cache: the branch-state cache.
+  """
+
+  canvas: Array
+  commit_step: Array
+  cache: BranchCache
+
+
+@struct.dataclass
+class LoopContext:
+  """What every step reads and never changes (a pytree; ``model`` and ``settings`` are static).
+
+  Attributes:
+    model: the merged LLaDA module.
+    settings: the static :class:`SamplerSettings`.
+    key_mask: ``[B(·2 with CFG), P + G]`` bool attention mask, or None.
+    branch_steps: ``[B, S]`` int32 steps whose states are cached (``-1``: unused slot).
+    schedule: ``[steps_per_block]`` int32 tokens committed per step of a block.
+    key: the rollout's PRNG key.
+    prompt_length: P, the (padded) prompt width.
+  """
+
+  model: llada.LLaDA = struct.field(pytree_node=False)
+  settings: SamplerSettings = struct.field(pytree_node=False)
+  key_mask: Optional[Array]
+  branch_steps: Array
+  schedule: Array
+  key: Array
+  prompt_length: int = struct.field(pytree_node=False)
+
+
+def _hidden(ctx: LoopContext, x: Array) -> Array:
+  """Hidden states of the canvas (and of its prompt-masked copy under CFG)."""
+  s, p = ctx.settings, ctx.prompt_length
+  if s.cfg_scale > 0:
+    x = jnp.concatenate([x, x.at[:, :p].set(s.mask_id)], axis=0)
+  return ctx.model.hidden_states(x, ctx.key_mask)
+
+
+def _head(ctx: LoopContext, h: Array, batch: int) -> Array:
+  return _guided(ctx.model.logits(h), batch, ctx.settings.cfg_scale)
+
+
+def _cache_states(ctx: LoopContext, t: Array, x: Array, h: Array, cache: BranchCache
+                  ) -> BranchCache:
+  """Writes step ``t``'s input canvas and completion logits into the rows that branch at ``t``."""
+  s, b, p = ctx.settings, x.shape[0], ctx.prompt_length
+  hit = ctx.branch_steps == t  # [B, S]
+  logits = _head(ctx, h[:, p:], b)  # [B, G, V]
+  if s.cache_top_k is None:
+    values, ids = logits, cache.ids
+  else:
+    values, top_ids = jax.lax.top_k(action_logits(logits, s.mask_id), cache.logits.shape[-1])
+    ids = jnp.where(hit[:, :, None, None], top_ids[:, None], cache.ids)
+  values = jnp.where(hit[:, :, None, None], values[:, None].astype(cache.logits.dtype),
+                     cache.logits)
+  canvas = jnp.where(hit[:, :, None], x[:, None, p:], cache.canvas)
+  return BranchCache(canvas, values, ids)
+
+
+def _transfer(ctx: LoopContext, t: Array, logits: Array, x_window: Array, offset) -> tuple:
+  """Candidates and the positions committed at step ``t`` in the window (``[B, W]`` each)."""
+  s = ctx.settings
+  block = t // s.steps_per_block
+  k_t = ctx.schedule[t % s.steps_per_block]
+  gumbel_key, remask_key = _step_keys(ctx.key, t)
+  x0 = gumbel_argmax(gumbel_key, logits, s.temperature)
+  if s.remasking == "low_confidence":
+    probs = jax.nn.softmax(logits, axis=-1)
+    confidence = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
+  else:
+    confidence = jax.random.uniform(remask_key, x0.shape, jnp.float32)
+  width = x_window.shape[1]
+  eligible = ((x_window == s.mask_id)
+              & (offset + jnp.arange(width) < (block + 1) * s.block_length)[None])
+  confidence = jnp.where(eligible, confidence, -jnp.inf)
+  k_max = int(s.transfer_schedule().max())
+  _, top_idx = jax.lax.top_k(confidence, k_max)  # [B, k_max]
+  chosen = jnp.arange(k_max)[None, :] < k_t
+  b = x_window.shape[0]
+  transfer = jnp.zeros((b, width), bool).at[jnp.arange(b)[:, None], top_idx].max(chosen)
+  return x0, transfer & eligible
+
+
+def denoise_step(t: Array, state: LoopState, ctx: LoopContext) -> LoopState:
+  """One denoising step: forward, cache (at branch steps), candidates, commit the top-k.
+
+  Candidates are drawn over a window: the current block, or (``allow_mask_action``) the whole
+  completion, where a still-masked position left of the block stays eligible as in LLaDA.
+  """
+  s, p = ctx.settings, ctx.prompt_length
+  width = s.gen_length if s.allow_mask_action else s.block_length
+  offset = 0 if s.allow_mask_action else (t // s.steps_per_block) * s.block_length
+  x = state.canvas
+  h = _hidden(ctx, x)
+  cache = jax.lax.cond(jnp.any(ctx.branch_steps == t),
+                       lambda c: _cache_states(ctx, t, x, h, c), lambda c: c, state.cache)
+  logits = _head(ctx, jax.lax.dynamic_slice_in_dim(h, p + offset, width, axis=1), x.shape[0])
+  logits = (logits.astype(jnp.float32) if s.allow_mask_action
+            else action_logits(logits, s.mask_id))  # [B, width, V] fp32
+  x_window = jax.lax.dynamic_slice_in_dim(x, p + offset, width, axis=1)
+  x0, transfer = _transfer(ctx, t, logits, x_window, offset)
+  x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(transfer, x0, x_window), p + offset,
+                                          axis=1)
+  c_window = jax.lax.dynamic_slice_in_dim(state.commit_step, offset, width, axis=1)
+  commit_step = jax.lax.dynamic_update_slice_in_dim(
+      state.commit_step, jnp.where(transfer, t, c_window), offset, axis=1)
+  return LoopState(x, commit_step, cache)
+
+
+def _initial_state(settings: SamplerSettings, prompt_tokens: Array, n_states: int,
+                   cache_width: int, compute_dtype) -> LoopState:
+  s, (b, _), g = settings, prompt_tokens.shape, settings.gen_length
+  canvas = jnp.concatenate(
+      [prompt_tokens.astype(jnp.int32), jnp.full((b, g), s.mask_id, jnp.int32)], axis=1)
+  cache = BranchCache(
+      canvas=jnp.full((b, n_states, g), s.mask_id, jnp.int32),
+      logits=jnp.zeros((b, n_states, g, cache_width), compute_dtype),
+      ids=None if s.cache_top_k is None else jnp.zeros((b, n_states, g, cache_width), jnp.int32))
+  return LoopState(canvas, jnp.full((b, g), -1, jnp.int32), cache)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
 def _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings, branch_steps):
   s = settings
   b, p = prompt_tokens.shape
-  g, bl = s.gen_length, s.block_length
-  length = p + g
   if branch_steps is None:
     branch_steps = jnp.full((b, 0), -1, jnp.int32)
-  n_states = branch_steps.shape[1]
   model = llada.merge_model(graphdef, params)
-  compute_dtype = model.cfg.jnp_compute_dtype
-  vocab = model.cfg.vocab_size
-
-  canvas = jnp.concatenate(
-      [prompt_tokens.astype(jnp.int32), jnp.full((b, g), s.mask_id, jnp.int32)], axis=1)
+  key_mask = None
   if s.mask_padding:
-    key_mask = jnp.arange(length)[None, :] >= (p - prompt_lengths.astype(jnp.int32))[:, None]
-  else:
-    key_mask = None
-  if s.cfg_scale > 0 and key_mask is not None:
-    key_mask = jnp.concatenate([key_mask, key_mask], axis=0)
-
-  schedule = jnp.asarray(s.transfer_schedule())
-  k_max = int(s.transfer_schedule().max())
-  cache_width = vocab if s.cache_top_k is None else min(s.cache_top_k, vocab)
-
-  def hidden(x):
+    start = p - prompt_lengths.astype(jnp.int32)
+    key_mask = jnp.arange(p + s.gen_length)[None, :] >= start[:, None]
     if s.cfg_scale > 0:
-      uncond = x.at[:, :p].set(s.mask_id)
-      x = jnp.concatenate([x, uncond], axis=0)
-    return model.hidden_states(x, key_mask)
+      key_mask = jnp.concatenate([key_mask, key_mask], axis=0)
+  ctx = LoopContext(model=model, settings=s, key_mask=key_mask,
+                    branch_steps=branch_steps.astype(jnp.int32),
+                    schedule=jnp.asarray(s.transfer_schedule()), key=key, prompt_length=p)
+  vocab = model.cfg.vocab_size
+  cache_width = vocab if s.cache_top_k is None else min(s.cache_top_k, vocab)
+  state = _initial_state(s, prompt_tokens, branch_steps.shape[1], cache_width,
+                         model.cfg.jnp_compute_dtype)
+  state = jax.lax.fori_loop(0, s.steps, functools.partial(denoise_step, ctx=ctx), state)
+  return Rollout(tokens=state.canvas, commit_step=state.commit_step,
+                 branch_steps=ctx.branch_steps, branch_canvas=state.cache.canvas,
+                 branch_logits=state.cache.logits, branch_logit_ids=state.cache.ids)
 
-  def head(h):
-    return _guided(model.logits(h), b, s.cfg_scale)
-
-  def cache_states(t, x, h, cache):
-    canvas_cache, logit_cache, id_cache = cache
-    hit = branch_steps == t  # [B, S]
-    logits = head(h[:, p:])  # [B(*2), G, V] -> guided [B, G, V]
-    if s.cache_top_k is None:
-      values, ids = logits, id_cache
-    else:
-      values, top_ids = jax.lax.top_k(action_logits(logits, s.mask_id), cache_width)
-      ids = jnp.where(hit[:, :, None, None], top_ids[:, None], id_cache)
-    values = jnp.where(hit[:, :, None, None], values[:, None].astype(logit_cache.dtype), logit_cache)
-    canvas_cache = jnp.where(hit[:, :, None], x[:, None, p:], canvas_cache)
-    return canvas_cache, values, ids
-
-  # Candidates are drawn over a window: the current block, or (allow_mask_action) the whole
-  # completion, where a still-masked position left of the block stays eligible as in LLaDA.
-  width = g if s.allow_mask_action else bl
-
-  def step(t, carry):
-    x, commit_step, cache = carry
-    block = t // s.steps_per_block
-    k_t = schedule[t % s.steps_per_block]
-    h = hidden(x)
-    cache = jax.lax.cond(jnp.any(branch_steps == t), cache_states, lambda t, x, h, c: c,
-                         t, x, h, cache)
-    offset = 0 if s.allow_mask_action else block * bl  # window start inside the completion
-    h_window = jax.lax.dynamic_slice_in_dim(h, p + offset, width, axis=1)
-    logits = head(h_window)
-    logits = (logits.astype(jnp.float32) if s.allow_mask_action
-              else action_logits(logits, s.mask_id))  # [B, width, V] fp32
-    x_window = jax.lax.dynamic_slice_in_dim(x, p + offset, width, axis=1)
-    gumbel_key, remask_key = _step_keys(key, t)
-    x0 = gumbel_argmax(gumbel_key, logits, s.temperature)
-    if s.remasking == "low_confidence":
-      probs = jax.nn.softmax(logits, axis=-1)
-      confidence = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
-    else:
-      confidence = jax.random.uniform(remask_key, x0.shape, jnp.float32)
-    eligible = (x_window == s.mask_id) & (offset + jnp.arange(width) < (block + 1) * bl)[None]
-    confidence = jnp.where(eligible, confidence, -jnp.inf)
-    _, top_idx = jax.lax.top_k(confidence, k_max)  # [B, k_max]
-    chosen = jnp.arange(k_max)[None, :] < k_t
-    transfer = jnp.zeros((b, width), bool).at[jnp.arange(b)[:, None], top_idx].max(chosen)
-    transfer = jnp.logical_and(transfer, eligible)
-    x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(transfer, x0, x_window), p + offset,
-                                            axis=1)
-    c_window = jax.lax.dynamic_slice_in_dim(commit_step, offset, width, axis=1)
-    commit_step = jax.lax.dynamic_update_slice_in_dim(
-        commit_step, jnp.where(transfer, t, c_window), offset, axis=1)
-    return x, commit_step, cache
-
-  cache = (
-      jnp.full((b, n_states, g), s.mask_id, jnp.int32),
-      jnp.zeros((b, n_states, g, cache_width), compute_dtype),
-      None if s.cache_top_k is None else jnp.zeros((b, n_states, g, cache_width), jnp.int32),
-  )
-  commit_step = jnp.full((b, g), -1, jnp.int32)
-  x, commit_step, (canvas_cache, logit_cache, id_cache) = jax.lax.fori_loop(
-      0, s.steps, step, (canvas, commit_step, cache))
-  return Rollout(tokens=x, commit_step=commit_step, branch_steps=branch_steps.astype(jnp.int32),
-                 branch_canvas=canvas_cache, branch_logits=logit_cache, branch_logit_ids=id_cache)

@@ -1,0 +1,315 @@
+"""A work folder cannot silently mix, lose or misreport a run (one test per fault of the probe).
+
+Item numbers follow the reliability issue: 1 a folder belongs to one run, 3 nothing non-finite is
+trained on or saved, 4 damaged checkpoints, 5 logs and signals, 6 data files, 7 bounded parsers,
+8 small ones. (Item 2, evaluation fingerprints, is in tests/test_evaluate.py.)
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from dispo_jax import checkpoints, metrics as metrics_lib, tiny, train as train_lib, workdir as wd
+from dispo_jax.config_lib import ConfigError
+from dispo_jax.tasks import data, get_task, gsm8k
+from dispo_jax.tasks.base import find_delimited
+from tests.test_train import (REPO, _metrics, _trainable_leaves, _workdir, base_dir,  # noqa: F401
+                              small_config)
+
+
+# 1. A work folder belongs to one run ---------------------------------------------------------
+
+
+def test_resume_with_another_method_stops_naming_the_key(tmp_path):
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  wd.record_or_check_config(workdir, small_config())
+  with pytest.raises(ConfigError, match=r"holds another run .*method: 'dispo' -> 'diffu_grpo'"):
+    train_lib.train(small_config(method="diffu_grpo"), workdir)
+  with pytest.raises(ConfigError, match=r"seed: 0 -> 1; .*rollout\.group_size: 4 -> 8|"
+                     r"rollout\.group_size: 4 -> 8; seed: 0 -> 1"):
+    wd.record_or_check_config(workdir, small_config(seed=1, **{"rollout.group_size": 8}))
+  # Cadence, caps, paths and the mesh may change on resume.
+  assert wd.record_or_check_config(workdir, small_config(max_steps=2, eval_every=2,
+                                                         checkpoint_every=4))
+  recorded = json.load(open(os.path.join(workdir, "config.json")))
+  assert recorded["package_version"] and recorded["config"]["method"] == "dispo"
+
+
+def test_a_second_writer_stops_and_a_stale_lock_is_taken_over(tmp_path, capsys):
+  workdir = str(tmp_path / "locked")
+  os.makedirs(workdir)
+  with wd.WorkdirLock(workdir):
+    with pytest.raises(RuntimeError, match=r"in use by another run .*pid %d" % os.getpid()):
+      train_lib.train(small_config(), workdir)
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  with open(os.path.join(workdir, "lock"), "w") as f:
+    json.dump({"host": wd.socket.gethostname(), "pid": dead.pid}, f)
+  lock = wd.WorkdirLock(workdir)
+  lock.acquire()
+  assert "taking over a stale lock" in capsys.readouterr().out
+  assert json.load(open(lock.path))["pid"] == os.getpid()
+  lock.release()
+  assert not os.path.exists(lock.path)
+
+
+def test_default_workdir_and_base_cache_are_keyed_on_the_config():
+  a, b = small_config(), small_config(method="diffu_grpo")
+  assert wd.default_workdir(a) == wd.default_workdir(small_config())
+  assert wd.default_workdir(a) != wd.default_workdir(b)
+  assert wd.default_workdir(a) == wd.default_workdir(small_config(max_steps=2))  # same run
+  assert tiny.base_folder(a) == tiny.base_folder(b)  # the base does not depend on the method
+  for change in ({"model.overrides.d_model": 64}, {"base.steps": 151}, {"data.seed": 1},
+                 {"sampler.gen_length": 32, "sampler.block_length": 32}):
+    assert tiny.base_folder(small_config(**change)) != tiny.base_folder(a), change
+
+
+def test_max_steps_caps_the_step_reached_and_a_resume_announces_itself(tmp_path, base_dir, capsys):  # noqa: F811
+  workdir = _workdir(tmp_path, base_dir, "capped")
+  c = small_config(num_steps=4, max_steps=2)
+  train_lib.train(c, workdir)
+  capsys.readouterr()
+  train_lib.train(c, workdir)  # the same command again: the run is already at its cap
+  out = capsys.readouterr().out
+  assert f"resuming {workdir} from step 2 of 2" in out
+  assert _trainable_leaves(workdir)[0] == 2
+  assert [r["step"] for r in _metrics(workdir) if "loss" in r] == [0, 1]
+
+
+# 3. Nothing non-finite is trained on or saved -----------------------------------------------
+
+
+def test_an_update_with_non_finite_new_parameters_is_skipped():
+  from tests.test_learner import _collect, _replay, _setup
+  from dispo_jax.rl import learner
+  setup = _setup("diffu_grpo")
+  _, policy, trainable, frozen, _, objective, *_ = setup
+  batch, _ = _collect(setup, jax.random.key(0))
+  keys = jax.random.split(jax.random.key(1), 1)
+  batch = _replay(policy, (trainable, frozen), batch, keys, objective)
+  # b2 = -1: the second step's bias correction 1 - b2^2 is 0, so finite loss and gradients give
+  # NaN parameters (the probe's optim.b2=-1 run saved 14,076 of them).
+  bad = optax.adamw(1e-2, b2=-1.0)
+  update = jax.jit(learner.make_update_fn(policy.bind, bad, objective))
+  first, opt_state, m = update(trainable, frozen, bad.init(trainable), batch, 0, keys[0])
+  assert float(m["skipped"]) == 0.0
+  second, _, m = update(first, frozen, opt_state, batch, 0, keys[0])
+  assert float(m["skipped"]) == 1.0 and np.isfinite(float(m["loss"]))
+  assert np.isfinite(float(m["grad_norm"]))
+  for a, b in zip(jax.tree.leaves(second), jax.tree.leaves(first)):
+    np.testing.assert_array_equal(a, b)
+
+
+# 4. Damaged checkpoints --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, base_dir):  # noqa: F811
+  workdir = str(tmp_path_factory.mktemp("finished") / "run")
+  os.makedirs(workdir)
+  train_lib.train(small_config(num_steps=4, checkpoint_every=2), workdir)
+  return workdir
+
+
+def _array_files(step_dir):
+  files = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(step_dir, "trainable"))
+           for f in names]
+  return sorted(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "empty_folder"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, finished_run, damage,
+                                                                    capsys):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished_run, workdir)
+  newest = os.path.join(workdir, "checkpoints", "4")
+  if damage == "empty_folder":
+    shutil.rmtree(newest)
+    os.makedirs(newest)
+  else:
+    target = _array_files(newest)[-1]  # the largest array file
+    size = os.path.getsize(target)
+    with open(target, "r+b") as f:
+      if damage == "truncate":
+        f.truncate(size // 2)
+      else:
+        f.seek(size // 2)
+        f.write(np.random.default_rng(0).bytes(400))
+  c = small_config(num_steps=4, checkpoint_every=2)
+  run, state = train_lib.setup(c, workdir)
+  assert state.step == 2, "did not fall back to step 2"
+  assert "falling back to the previous checkpoint" in capsys.readouterr().out
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged-4"))
+  run.manager.close()
+  run.preempted.restore()
+
+
+def test_fingerprints_tell_a_changed_array_from_a_resharded_one():
+  tree = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.float32)}
+  saved = checkpoints.fingerprint(jax.tree.map(jax.numpy.asarray, tree))
+  assert checkpoints.fingerprints_match(saved, checkpoints.fingerprint(tree))
+  tree["a"][1, 2] += 1e-2
+  assert not checkpoints.fingerprints_match(saved, checkpoints.fingerprint(tree))
+  tree["a"][1, 2] = np.nan
+  assert not checkpoints.fingerprints_match(saved, checkpoints.fingerprint(tree))
+
+
+# 5. Logs and signals -----------------------------------------------------------------------
+
+
+def test_a_corrupt_metrics_line_is_skipped_not_the_rest_and_nan_is_null(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  rows = [{"step": i, "loss": float(i)} for i in range(6)]
+  lines = [json.dumps(r) + "\n" for r in rows]
+  lines[2] = '{"step": 2, "loss": 0.\n'  # torn in the middle of the history
+  path.write_text("".join(lines))
+  writer = metrics_lib.MetricWriter(str(tmp_path), resume_step=5)
+  writer.write(5, {"loss": float("nan"), "rollout": 2})
+  writer.close()
+  kept = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [r["step"] for r in kept] == [0, 1, 3, 4, 5]
+  assert kept[-1] == {"step": 5, "loss": None, "rollout": 2}
+  assert "NaN" not in path.read_text()
+
+
+def test_ctrl_c_asks_for_a_clean_stop_and_a_second_one_aborts():
+  preempted = train_lib.Preemption()
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)
+    assert preempted.flag
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.1)
+  finally:
+    preempted.restore()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# 6. Data files -----------------------------------------------------------------------------
+
+
+def test_bad_data_files_name_file_and_line(tmp_path):
+  bad_bytes = tmp_path / "bad.jsonl"
+  bad_bytes.write_bytes(b'{"nums": [1, 2], "target": 3}\n{"nums": [1], "target": "\xff"}\n')
+  with pytest.raises(data.DataError, match=r"bad\.jsonl:2: not UTF-8"):
+    data.load_countdown(str(bad_bytes))
+  csv_bad = tmp_path / "s.csv"
+  csv_bad.write_bytes(b"Puzzle,Solution\n" + b"\xfe" * 3 + b",x\n")
+  with pytest.raises(data.DataError, match=r"s\.csv:2: not UTF-8"):
+    data.load_sudoku_csv(str(csv_bad))
+  huge = tmp_path / "huge.csv"
+  huge.write_text("Puzzle,Solution\n\"" + "1" * 200_000 + "\",x\n")
+  with pytest.raises(data.DataError, match=r"huge\.csv:\d+: malformed CSV"):
+    data.load_sudoku_csv(str(huge))
+  for name, loader in (("e.jsonl", data.load_gsm8k), ("e.csv", data.load_sudoku_csv)):
+    (tmp_path / name).write_text("\n\n" if name.endswith("jsonl") else "Puzzle,Solution\n")
+    with pytest.raises(data.DataError, match=re.escape(name) + r": no rows"):
+      loader(str(tmp_path / name))
+  for row, what in (('{"nums": [1, 2], "target": 6.7}', "target=6.7"),
+                    ('{"nums": [true, 2], "target": 3}', "nums=True"),
+                    ('{"nums": [], "target": 3}', "no numbers"),
+                    ('{"input": "1,2.5", "output": "3"}', "input='2.5'")):
+    (tmp_path / "c.jsonl").write_text(row + "\n")
+    with pytest.raises(data.DataError, match=r"c\.jsonl:1: .*" + re.escape(what)):
+      data.load_countdown(str(tmp_path / "c.jsonl"))
+
+
+def test_the_tiny_setting_rejects_data_files_and_truncation_is_counted(tmp_path, base_dir, caplog):  # noqa: F811
+  with pytest.raises(ConfigError, match=r"data\.train_file / eval_file are set but the tiny"):
+    train_lib.validate_config(small_config(**{"data.train_file": "/tmp/x.jsonl"}))
+  workdir = _workdir(tmp_path, base_dir, "short")
+  train_lib.train(small_config(num_steps=2, **{"rollout.max_prompt_length": 8}), workdir)
+  rows = [r for r in _metrics(workdir) if "loss" in r]
+  assert rows and all(r["prompts_truncated"] == 2 for r in rows)  # both prompts of each batch
+
+
+# 7. Bounded parsers ------------------------------------------------------------------------
+
+
+PIECES = ["<answer>", "</answer>", "<answer>\n", "\\boxed{", "<reasoning>", "</reasoning>",
+          "</reasoning>\n<answer>", "\n</reasoning>\n<answer>\n", "{", "}", "\n", "1", "=", "####",
+          "\\frac{", "$", "\\\\", "<reasoning>\n"]
+
+
+@pytest.mark.parametrize("name", ["sudoku", "countdown", "gsm8k", "math500"])
+def test_every_reward_and_metric_is_fast_on_100k_characters(name):
+  """The answer regexes were quadratic (5-18 s on these strings); linear code takes milliseconds.
+  The bound is loose (0.5 s) so a busy CI machine cannot fail it; a quadratic parser would."""
+  row = {"sudoku": {"puzzle": "0" * 16, "solution": "1234" * 4},
+         "countdown": {"numbers": [1, 2, 3], "target": 6},
+         "gsm8k": {"question": "q", "answer": "x\n#### 3"},
+         "math500": {"problem": "p", "answer": "3"}}[name]
+  for d1_compat in (False, True):
+    task = get_task(name, d1_compat)
+    fns = {**task.reward_terms, "score": task.score}
+    for i, piece in enumerate(PIECES):
+      prefix = "<reasoning>" if i % 2 else ""
+      text = (prefix + piece * (100_000 // len(piece)))[:100_000]
+      for term, fn in fns.items():
+        start = time.perf_counter()
+        fn(text, row)
+        assert time.perf_counter() - start < 0.5, (name, d1_compat, term, piece)
+
+
+def test_linear_parsers_agree_with_the_regexes_they_replace():
+  rng = np.random.default_rng(0)
+  alphabet = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\n", " ", "a", "\\boxed{",
+              "}", "<reasoning>\n", "\n</answer>\n"]
+  for _ in range(20_000):
+    text = "".join(rng.choice(alphabet, rng.integers(0, 10)))
+    if rng.random() < 0.5:
+      text = "<reasoning>" + text
+    for dotall in (True, False):
+      flags = re.DOTALL if dotall else 0
+      assert find_delimited(text, "<answer>", "</answer>", dotall) == re.findall(
+          r"<answer>(.*?)</answer>", text, flags)
+      assert find_delimited(text, "\\boxed{", "}", dotall) == re.findall(
+          r"\\boxed{(.*?)}", text, flags)
+      assert gsm8k.soft_format_match(text, dotall) == bool(re.match(gsm8k._SOFT, text, flags))
+      assert gsm8k.strict_format_match(text, dotall) == bool(re.match(gsm8k._STRICT, text, flags))
+
+
+# 8. Small ones -----------------------------------------------------------------------------
+
+
+def test_configuration_errors_print_one_line_without_a_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "dispo_jax.train", "--config=configs/sudoku.py:tiny",
+       f"--workdir={tmp_path}", "--config.optim.b2=-1.0"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: config.optim: b2=-1.0 must be in [0, 1)")
+
+
+def test_the_tpu_launcher_quotes_paths_for_the_remote_shell(tmp_path):
+  script = open(os.path.join(REPO, "launch", "tpu_pod.sh")).read()
+  assert "--workdir=$WORKDIR" not in script.replace('"--workdir=$WORKDIR"', "")
+  assert "printf '%q' \"--workdir=$WORKDIR\"" in script
+  assert "printf '%q' \"--config.model.checkpoint=$CHECKPOINT\"" in script
+
+
+def test_exported_weights_are_readable_by_the_group(tmp_path):
+  from dispo_jax.model import checkpoint, llada
+  from dispo_jax.model.config import get_config
+  cfg = get_config("tiny", vocab_size=64, d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=64)
+  _, state = llada.init_model(cfg)
+  old = os.umask(0o022)
+  try:
+    files = checkpoint.export_hf_checkpoint(cfg, state, str(tmp_path / "export"), dtype="float32")
+  finally:
+    os.umask(old)
+  assert all(os.stat(f).st_mode & 0o777 == 0o644 for f in files)
