@@ -10,22 +10,27 @@ checks the fingerprint; a step that fails to restore or to match is moved aside
 from __future__ import annotations
 
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from flax import nnx
 
 from dispo_jax.pipeline.step import TrainState
 
 
+def checkpoint_folder(workdir: str) -> epath.Path:
+  """``<workdir>/checkpoints`` (local paths made absolute, ``gs://`` kept as is)."""
+  root = str(workdir) if "://" in str(workdir) else os.path.abspath(workdir)
+  return epath.Path(root) / "checkpoints"
+
+
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
                                          cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+  return ocp.CheckpointManager(checkpoint_folder(workdir), options=options)
 
 
 @jax.jit
@@ -100,17 +105,17 @@ def restore_latest(workdir: str, keep: int, state: TrainState
 
 
 def _unlisted_step_folders(workdir: str, mgr) -> list[int]:
-  folder = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(folder):
+  folder = checkpoint_folder(workdir)
+  if not folder.is_dir():
     return []
   listed = set(mgr.all_steps())
-  return sorted(int(name) for name in os.listdir(folder)
-                if name.isdigit() and int(name) not in listed)
+  return sorted(int(p.name) for p in folder.iterdir()
+                if p.name.isdigit() and int(p.name) not in listed)
 
 
 def _move_aside(mgr, workdir: str, step: int, error: Exception) -> None:
-  folder = os.path.join(os.path.abspath(workdir), "checkpoints")
-  bad = os.path.join(folder, f"damaged-{step}")
+  folder = checkpoint_folder(workdir)
+  bad = folder / f"damaged-{step}"
   message = (f"{folder}/{step}: cannot be restored ({type(error).__name__}: "
              f"{str(error).splitlines()[0][:200] if str(error) else ''}); moved to {bad}, "
              f"falling back to the previous checkpoint")
@@ -118,9 +123,9 @@ def _move_aside(mgr, workdir: str, step: int, error: Exception) -> None:
   print(f"warning: {message}")
   mgr.close()
   if jax.process_index() == 0:
-    if os.path.exists(bad):
-      shutil.rmtree(bad)
-    os.replace(os.path.join(folder, str(step)), bad)
+    if bad.exists():
+      bad.rmtree()
+    (folder / str(step)).rename(bad)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"checkpoint-fallback-{step}")

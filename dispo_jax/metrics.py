@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 
 def _logged_before(row: dict, resume_step: int) -> bool:
@@ -25,10 +25,10 @@ def _logged_before(row: dict, resume_step: int) -> bool:
   return row["step"] == resume_step and all(k == "step" or k.startswith("eval/") for k in row)
 
 
-def read_rows(path: str) -> list[dict]:
+def read_rows(path) -> list[dict]:
   """Every readable row of a metrics file (unreadable lines skipped, with a warning)."""
   rows = []
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     for number, line in enumerate(f, 1):
       try:
         row = json.loads(line)
@@ -45,18 +45,23 @@ class MetricWriter:
 
   def __init__(self, workdir: str, resume_step: int):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self.rows = []
     if not self.enabled:
       return
-    if os.path.exists(self.path):
-      kept = [r for r in read_rows(self.path) if _logged_before(r, resume_step)]
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-      os.replace(tmp, self.path)
+    if self.path.exists():
+      self.rows = [json.dumps(r) + "\n" for r in read_rows(self.path)
+                   if _logged_before(r, resume_step)]
+      self._flush()
     from tensorboardX import SummaryWriter
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+    self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"),
                             purge_step=resume_step if resume_step else None)
+
+  def _flush(self) -> None:
+    """Rewrites the file (object stores have no append): all rows, then an atomic rename."""
+    tmp = self.path.parent / (self.path.name + ".tmp")
+    tmp.write_text("".join(self.rows))
+    tmp.replace(self.path)
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -66,8 +71,13 @@ class MetricWriter:
       if np.ndim(v) == 0:
         v = int(v) if k == "rollout" else float(v)
         clean[k] = v if math.isfinite(v) else None
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **clean}) + "\n")
+    line = json.dumps({"step": step, **clean}) + "\n"
+    self.rows.append(line)
+    if "://" not in str(self.path):  # a local file: append
+      with self.path.open("a") as f:
+        f.write(line)
+    else:
+      self._flush()
     for k, v in clean.items():
       if v is not None:
         self.tb.add_scalar(k, v, step)

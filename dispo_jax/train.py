@@ -14,9 +14,11 @@ a straight run exactly.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import signal
 import sys
+import tempfile
 import threading
 from typing import Any, Callable
 
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -208,6 +211,7 @@ class Run:
   writer: MetricWriter
   end_step: int
   preempted: "Preemption"
+  mesh: Any = None
   warned_truncation: bool = False
 
 
@@ -229,7 +233,7 @@ def setup(c, workdir: str, preempted: "Preemption | None" = None) -> tuple[Run, 
   """Validates, claims the folder, loads model and data, builds the step and restores."""
   s = validate_config(c)
   initialize_distributed(c.distributed_timeout_s)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   resuming = workdir_lib.record_or_check_config(workdir, c, write=jax.process_index() == 0)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
   task = get_task(c.task, c.d1_compat)
@@ -251,7 +255,7 @@ def setup(c, workdir: str, preempted: "Preemption | None" = None) -> tuple[Run, 
       lora_dropout=s.lora is not None and s.lora.dropout > 0,
       row_sharding=sharding.logical_sharding(mesh, "batch", "length"))
   run = Run(c, workdir, s, task, md, ids, fns, manager, MetricWriter(workdir, state.step),
-            end_step, preempted or Preemption())
+            end_step, preempted or Preemption(), mesh)
   return run, state
 
 
@@ -269,6 +273,15 @@ class Preemption:
     if threading.current_thread() is threading.main_thread():  # signals reach the main thread
       for signum in (signal.SIGTERM, signal.SIGINT):
         self.previous[signum] = signal.signal(signum, self._handler)
+
+  def agreed(self) -> bool:
+    """Whether any process was asked to stop (a collective: every process calls it once per
+    rollout batch), so hosts never leave the loop at different steps."""
+    if jax.process_count() == 1:
+      return self.flag
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.array([self.flag], np.int32))
+    return bool(np.any(flags))
 
   def restore(self) -> None:
     """Puts back the handlers that were installed before (in-process callers, tests)."""
@@ -337,13 +350,14 @@ def log_updates(run: Run, first_step: int, rollout_index: int, rows: list, bad: 
 
 
 def train_loop(run: Run, state: TrainState) -> dict[str, Any]:
-  """Rollout batches until ``end_step`` (or a preemption); returns the last metrics."""
+  """Rollout batches until ``end_step`` (or a preemption every host agrees on); returns the last
+  metrics."""
   c, mu = run.c, run.settings.objective.num_iterations
-  start_step, metrics, bad = state.step, {}, 0
+  start_step, metrics, bad, stop = state.step, {}, 0, False
   before = evaluate(run, state, 0) if c.eval_every > 0 and start_step == 0 else None
   progress = tqdm(total=run.end_step, initial=start_step, desc=f"{c.method}/{c.task}",
                   disable=jax.process_index() != 0)
-  while state.step < run.end_step and not run.preempted.flag:
+  while state.step < run.end_step and not stop:
     first, rollout_index = state.step, state.step // mu
     state, rows = rollout_batch(run, state, rollout_index)
     bad = log_updates(run, first, rollout_index, rows, bad, progress)
@@ -351,18 +365,19 @@ def train_loop(run: Run, state: TrainState) -> dict[str, Any]:
     if c.eval_every > 0 and (state.step // c.eval_every > first // c.eval_every
                              or state.step == c.num_steps):
       metrics["eval/accuracy"] = evaluate(run, state, state.step)
-    if state.step % c.checkpoint_every == 0 or run.preempted.flag or state.step == run.end_step:
+    stop = run.preempted.agreed()  # every process saves the same step and leaves together
+    if state.step % c.checkpoint_every == 0 or stop or state.step == run.end_step:
       rollouts_done = -(-state.step // mu)
       checkpoints.save(run.manager, state, {
           "step": state.step, "rollout": rollouts_done, "seed": c.seed,
           "data_position": rollouts_done * c.rollout.prompts_per_step})
   progress.close()
-  finish(run, state, before, start_step, metrics)
+  finish(run, state, before, start_step, metrics, preempted=stop)
   return metrics
 
 
 def finish(run: Run, state: TrainState, before: float | None, start_step: int,
-           metrics: dict) -> None:
+           metrics: dict, preempted: bool) -> None:
   """Waits for the last save; prints the before/after table; exports a finished run."""
   c = run.c
   run.manager.wait_until_finished()
@@ -370,27 +385,41 @@ def finish(run: Run, state: TrainState, before: float | None, start_step: int,
   if jax.process_index() == 0 and "eval/accuracy" in metrics:
     print(summary_table(c, before, metrics["eval/accuracy"], start_step, state.step,
                         len(run.md.eval_rows)))
-  if c.export_hf and state.step >= c.num_steps and not run.preempted.flag:
-    export_dir = os.path.join(run.workdir, "export")
-    merged = llada.merge_model(run.fns.policy.graphdef, run.fns.policy.model_state(state.params))
-    hf_io.export_hf_checkpoint(run.md.cfg, merged_base_state(merged), export_dir,
+  if c.export_hf and state.step >= c.num_steps and not preempted:
+    export(run, state, epath.Path(run.workdir) / "export")
+
+
+def export(run: Run, state: TrainState, folder: epath.Path) -> None:
+  """The trained model (LoRA folded in) and tokenizer as an HF folder; object-store folders are
+  written locally first, then copied."""
+  merged = llada.merge_model(run.fns.policy.graphdef, run.fns.policy.model_state(state.params))
+  with tempfile.TemporaryDirectory() as local:
+    target = local if "://" in str(folder) else str(folder)
+    hf_io.export_hf_checkpoint(run.md.cfg, merged_base_state(merged), target,
                                dtype=run.md.cfg.param_dtype)
-    run.md.tokenizer.save_pretrained(export_dir)
+    if jax.process_index() != 0:
+      return
+    run.md.tokenizer.save_pretrained(target)
+    if target == local:
+      folder.mkdir(parents=True, exist_ok=True)
+      for name in os.listdir(local):
+        epath.Path(local, name).copy(folder / name, overwrite=True)
 
 
 def train(c, workdir: str | None = None) -> dict[str, Any]:
   """Runs (or resumes) training in ``workdir`` (None: derived from the config); returns the
   final metrics."""
   validate_config(c)
-  workdir = workdir or workdir_lib.default_workdir(c)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = str(workdir or workdir_lib.default_workdir(c))
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lock = workdir_lib.WorkdirLock(workdir)
   if jax.process_index() == 0:
     lock.acquire()
   preempted = Preemption()  # before the minutes an 8B start-up takes
   try:
     run, state = setup(c, workdir, preempted)
-    return train_loop(run, state)
+    with jax.set_mesh(run.mesh):  # activation constraints (model/sharding.constrain) see the mesh
+      return train_loop(run, state)
   finally:
     preempted.restore()
     lock.release()
@@ -419,13 +448,33 @@ def merged_base_state(model: llada.LLaDA) -> nnx.State:
 FLAGS = flags.FLAGS
 
 
+def fatal_message(error: BaseException, workdir: str) -> str | None:
+  """The one line to end on for errors a user fixes outside the code (None: show the trace).
+
+  A full disk often surfaces as a later, unrelated exception (an ``ImportError`` raised while the
+  ``OSError`` was being handled), so the whole chain is searched.
+  """
+  if isinstance(error, (ConfigError, data_lib.DataError)):
+    return f"error: {error}"
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+      return f"error: No space left on device while writing the work folder {workdir}"
+    seen = seen.__cause__ or seen.__context__
+  return None
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
+  workdir = FLAGS.workdir or workdir_lib.default_workdir(FLAGS.config)
   try:
-    train(FLAGS.config, FLAGS.workdir or None)
-  except (ConfigError, data_lib.DataError) as e:
-    sys.exit(f"error: {e}")
+    train(FLAGS.config, workdir)
+  except Exception as e:  # noqa: BLE001 - re-raised unless it has a one-line explanation
+    message = fatal_message(e, workdir)
+    if message is None:
+      raise
+    sys.exit(message)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import socket
 import subprocess
 
 from absl import logging
+from etils import epath
 
 from dispo_jax.config_lib import ConfigError
 
@@ -85,11 +86,10 @@ def record_or_check_config(workdir: str, c, write: bool = True) -> bool:
   Returns whether the folder already belonged to this run. Raises :class:`ConfigError` naming
   every changed key when it belonged to another.
   """
-  path = os.path.join(workdir, "config.json")
+  path = epath.Path(workdir) / "config.json"
   current = json.loads(json.dumps(flatten(c.to_dict()), default=str))
-  if os.path.exists(path):
-    with open(path) as f:
-      recorded = json.load(f)["config"]
+  if path.exists():
+    recorded = json.loads(path.read_text())["config"]
     changes = config_changes(recorded, current)
     if changes:
       raise ConfigError(f"{workdir} holds another run (its config.json differs in "
@@ -99,10 +99,9 @@ def record_or_check_config(workdir: str, c, write: bool = True) -> bool:
   if write:
     from dispo_jax import __version__
     record = {"config": current, "package_version": __version__, "git_commit": _git_commit()}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(record, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    tmp = path.parent / "config.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    tmp.replace(path)
   return False
 
 
@@ -115,14 +114,26 @@ def _pid_alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-  """``<workdir>/lock`` = ``{"host", "pid"}`` while a run writes the folder (a context manager)."""
+  """``<workdir>/lock`` = ``{"host", "pid"}`` while a run writes the folder (a context manager).
+
+  On a local folder the lock is created atomically (``O_EXCL``); on an object store (``gs://``) it
+  is checked, then written: a guard against mistakes, not against two runs started in the same
+  second.
+  """
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "lock")
+    self.local = "://" not in str(workdir)
+    self.path = os.path.join(workdir, "lock") if self.local else epath.Path(workdir) / "lock"
     self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
     self.held = False
 
   def acquire(self) -> None:
+    if not self.local:
+      if self.path.exists():
+        self._take_over_if_stale()
+      self.path.write_text(json.dumps(self.owner))
+      self.held = True
+      return
     for _ in range(2):
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -137,26 +148,22 @@ class WorkdirLock:
 
   def _take_over_if_stale(self) -> None:
     try:
-      with open(self.path) as f:
-        owner = json.load(f)
+      owner = json.loads(epath.Path(self.path).read_text())
     except (OSError, json.JSONDecodeError):
       owner = {}
     if owner.get("host") == self.owner["host"] and not _pid_alive(int(owner.get("pid", -1))):
       logging.warning("%s: taking over a stale lock of pid %s (that process is gone)", self.path,
                       owner.get("pid"))
       print(f"warning: {self.path}: taking over a stale lock (pid {owner.get('pid')} is gone)")
-      os.remove(self.path)
+      epath.Path(self.path).unlink(missing_ok=True)
       return
-    raise RuntimeError(f"{os.path.dirname(self.path)} is in use by another run (host "
+    raise RuntimeError(f"{epath.Path(self.path).parent} is in use by another run (host "
                        f"{owner.get('host', '?')}, pid {owner.get('pid', '?')}); wait for it, use "
                        f"another --workdir, or delete {self.path} if that run is gone")
 
   def release(self) -> None:
     if self.held:
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
+      epath.Path(self.path).unlink(missing_ok=True)
       self.held = False
 
   def __enter__(self):

@@ -313,3 +313,15 @@ def test_exported_weights_are_readable_by_the_group(tmp_path):
   finally:
     os.umask(old)
   assert all(os.stat(f).st_mode & 0o777 == 0o644 for f in files)
+
+
+def test_a_full_disk_ends_on_one_line_naming_the_folder():
+  try:
+    try:
+      raise OSError(28, "No space left on device")
+    except OSError:
+      raise ImportError("cannot import name 'x' (partially initialized module)")
+  except ImportError as e:
+    message = train_lib.fatal_message(e, "/data/run")
+  assert message == "error: No space left on device while writing the work folder /data/run"
+  assert train_lib.fatal_message(ValueError("a bug"), "/data/run") is None

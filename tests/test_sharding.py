@@ -55,3 +55,20 @@ def test_sharded_init_and_forward_match_single_device(shape):
   sharded_logits = fwd(graphdef, sharded_state, jax.device_put(tokens, batch_sharding))
   single_logits = fwd(graphdef, single_state, tokens)
   np.testing.assert_allclose(np.asarray(sharded_logits), np.asarray(single_logits), atol=1e-5)
+
+
+def test_block_boundaries_carry_activation_constraints_under_a_mesh():
+  """Under ``jax.set_mesh`` every block boundary constrains (batch, length, embed) by the rules
+  table; without a mesh the program has none (single-device code unchanged)."""
+  cfg = get_config("tiny", n_layers=3)
+  graphdef, state = llada.init_model(cfg)
+  tokens = jnp.zeros((8, 16), jnp.int32)
+  lower = lambda: jax.jit(llada.forward, static_argnums=0).lower(graphdef, state, tokens).as_text()
+  assert "sharding_constraint" not in lower()
+  mesh = sharding.make_mesh(2, 4, 1)
+  with jax.set_mesh(mesh):
+    text = lower()
+    out = jax.jit(llada.forward, static_argnums=0)(graphdef, state, tokens)
+  assert text.count("sharding_constraint") >= cfg.n_layers + 1, text.count("sharding_constraint")
+  assert '[{"data", "fsdp"}, {}, {}]' in text  # rows over data × fsdp, width left to the weights
+  np.testing.assert_allclose(out, llada.forward(graphdef, state, tokens), rtol=1e-5, atol=1e-5)

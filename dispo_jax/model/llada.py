@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dispo_jax.model.config import LLaDAConfig, LoRAConfig
+from dispo_jax.model.sharding import constrain
 
 Array = jax.Array
 
@@ -200,6 +201,7 @@ class LLaDA(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
     x = jnp.take(self.wte[...], tokens, axis=0).astype(cfg.jnp_compute_dtype)
+    x = constrain(x, "batch", "length", "embed")  # block boundaries: no reliance on propagation
     enabled = bool(lora.enabled and self.lora is not None)
 
     def run(block, x, cos, sin, key_mask, key):
@@ -209,7 +211,7 @@ class LLaDA(nnx.Module):
       run = nnx.remat(run)
     for i, block in enumerate(self.blocks):
       key = None if lora.key is None else jax.random.fold_in(lora.key, i)
-      x = run(block, x, cos, sin, key_mask, key)
+      x = constrain(run(block, x, cos, sin, key_mask, key), "batch", "length", "embed")
     return self.ln_f(x)
 
   def logits(self, hidden: Array) -> Array:

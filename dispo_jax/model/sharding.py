@@ -87,7 +87,17 @@ def logical_to_mesh_axes(logical_axes: Sequence[str | None],
   return PartitionSpec(*spec)
 
 
-def fit_spec_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+def constrain(x: jax.Array, *logical_axes: str | None, rules=LOGICAL_AXIS_RULES) -> jax.Array:
+  """Activation sharding constraint from the rules table, under the ambient mesh
+  (``jax.set_mesh``); a no-op without one, so single-device code is unchanged."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+    return x
+  spec = fit_spec_to_shape(logical_to_mesh_axes(logical_axes, rules), x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def fit_spec_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh) -> PartitionSpec:
   """Drops mesh axes from dimensions they do not divide (those dimensions become replicated)."""
   fitted = []
   for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
@@ -170,7 +180,7 @@ def init_sharded(cfg, mesh: Mesh, seed: int = 0, rules=LOGICAL_AXIS_RULES, lora=
 
   Returns ``(graphdef, state)`` with every parameter a global ``jax.Array`` sharded per the rules.
   """
-  from dispo_jax.model.llada import LLaDA, abstract_model, model_rngs  # llada never imports us
+  from dispo_jax.model.llada import LLaDA, abstract_model, model_rngs  # llada imports this module
 
   graphdef, abstract_state = abstract_model(cfg, lora)
   shardings = state_shardings(abstract_state, mesh, rules)
