@@ -339,3 +339,75 @@ def test_schedule_matches_llada_remainders():
   s = SamplerSettings(gen_length=64, block_length=32, steps=10)
   np.testing.assert_array_equal(s.transfer_schedule(), [7, 7, 6, 6, 6])
   assert s.commits_per_step().sum() == 64
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast-dLLM's approximate dual KV cache (kv_cache="dual")
+# ----------------------------------------------------------------------------------------------
+
+
+def test_block_forward_on_its_own_cache_equals_the_full_forward(model):
+  """The block path is exact when the cached keys/values are the current canvas's."""
+  cfg, graphdef, state = model
+  m = llada.merge_model(graphdef, state)
+  prompt, lengths = _prompts(cfg)
+  tokens = jnp.concatenate([jnp.asarray(prompt), jnp.asarray(
+      np.random.default_rng(1).integers(0, cfg.vocab_size, (3, 16)), jnp.int32)], axis=1)
+  key_mask = jnp.arange(tokens.shape[1])[None] >= (7 - jnp.asarray(lengths))[:, None]
+  full, kv = m.hidden_states_and_kv(tokens, key_mask)
+  np.testing.assert_allclose(full, m.hidden_states(tokens, key_mask), atol=1e-6)
+  block = m.block_hidden_states(tokens[:, 11:19], 11, kv, key_mask)
+  np.testing.assert_allclose(block, full[:, 11:19], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_dual_cache_refreshed_every_step_equals_the_plain_sampler(model, temperature):
+  """One step per block: the cache is refreshed at every step, so every token (and the branch
+  cache) equals the plain sampler's; with several steps per block it is an approximation."""
+  cfg, graphdef, state = model
+  prompt, lengths = map(jnp.asarray, _prompts(cfg))
+  branch_steps = jnp.asarray([[1], [3], [-1]], jnp.int32)
+  runs = {}
+  for cache in ("none", "dual"):
+    s = SamplerSettings(gen_length=16, block_length=4, steps=4, temperature=temperature,
+                        mask_id=cfg.mask_token_id, kv_cache=cache)
+    runs[cache] = generate(graphdef, state, prompt, lengths, jax.random.key(3), s, branch_steps)
+  np.testing.assert_array_equal(runs["none"].tokens, runs["dual"].tokens)
+  np.testing.assert_array_equal(runs["none"].commit_step, runs["dual"].commit_step)
+  np.testing.assert_allclose(runs["none"].branch_logits, runs["dual"].branch_logits, atol=1e-5)
+
+
+def test_dual_cache_branch_logits_are_a_full_forward_of_the_branch_state(model):
+  """DiSPO branches from the logits the sampler used: at a branch step the cached sampler runs a
+  full forward, so the cached logits are exactly the full model's at that state."""
+  cfg, graphdef, state = model
+  prompt, lengths = map(jnp.asarray, _prompts(cfg))
+  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.9,
+                      mask_id=cfg.mask_token_id, kv_cache="dual")
+  branch_steps = jnp.asarray([[2], [5], [7]], jnp.int32)
+  r = generate(graphdef, state, prompt, lengths, jax.random.key(2), s, branch_steps=branch_steps)
+  p = prompt.shape[1]
+  key_mask = jnp.arange(p + 16)[None] >= (p - lengths)[:, None]
+  for row in range(3):
+    canvas = jnp.concatenate([prompt[row], r.branch_canvas[row, 0]])[None]
+    logits = _fwd(graphdef, state, canvas, key_mask[row][None])[0, p:]
+    np.testing.assert_allclose(r.branch_logits[row, 0], logits, atol=1e-5, rtol=1e-5)
+  counts = [(np.asarray(r.commit_step) == t).sum(-1) for t in range(8)]
+  assert all((c == 2).all() for c in counts)  # the schedule is unchanged: 8 tokens in 4 steps
+
+
+def test_dual_cache_on_an_8_device_mesh_matches_one_device(model):
+  cfg, graphdef, state = model
+  from dispo_jax.model import sharding
+  prompt, lengths = _prompts(cfg, b=6)
+  prompt, lengths = np.tile(prompt, (4, 1))[:8], np.tile(lengths, 4)[:8]
+  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.0,
+                      mask_id=cfg.mask_token_id, kv_cache="dual")
+  one = generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(lengths), jax.random.key(0), s)
+  mesh = sharding.make_mesh(8, 1, 1)
+  rows = sharding.logical_sharding(mesh, "batch", "length")
+  with jax.set_mesh(mesh):
+    many = generate(graphdef, state, jax.device_put(prompt, rows),
+                    jax.device_put(lengths, sharding.logical_sharding(mesh, "batch")),
+                    jax.random.key(0), s)
+  np.testing.assert_array_equal(one.tokens, many.tokens)

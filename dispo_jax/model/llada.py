@@ -117,6 +117,14 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
   return out.astype(x.dtype)
 
 
+class KVCache(NamedTuple):
+  """Keys and values of a canvas: ``[B, L, H, Dh]`` for one layer, ``[n_layers, B, L, H, Dh]``
+  for the model."""
+
+  k: Array
+  v: Array
+
+
 class Attention(nnx.Module):
   """Bidirectional multi-head attention with LLaDA's projection names."""
 
@@ -132,18 +140,32 @@ class Attention(nnx.Module):
 
   def __call__(self, x: Array, cos: Array, sin: Array, key_mask: Array | None,
                lora: LoRACall = _NO_LORA) -> Array:
+    return self.with_kv(x, cos, sin, key_mask, lora)[0]
+
+  def with_kv(self, x: Array, cos: Array, sin: Array, key_mask: Array | None,
+              lora: LoRACall = _NO_LORA, cache: KVCache | None = None, offset=0
+              ) -> tuple[Array, Array, Array]:
+    """``(output, k, v)`` for the rows ``x [B, l, d]``; ``k, v`` are ``[B, L, H, Dh]``.
+
+    Without ``cache`` the queries attend to ``x``'s own keys (``L = l``). With ``cache`` (keys and
+    values of a whole canvas, ``[B, L, H, Dh]``) ``x`` is the slice at ``offset``: its fresh keys and
+    values replace the cached ones there and its queries attend to all ``L`` positions.
+    """
     b, l, _ = x.shape
     split = lambda t: t.reshape(b, l, self.n_heads, self.head_dim)
     q = apply_rope(split(self.q_proj(x, lora)), cos, sin)
     k = apply_rope(split(self.k_proj(x, lora)), cos, sin)
     v = split(self.v_proj(x, lora))
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(cache.k.astype(k.dtype), k, offset, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache.v.astype(v.dtype), v, offset, axis=1)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(self.head_dim))
     if key_mask is not None:
       scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, self.n_heads * self.head_dim)
-    return self.attn_out(out, lora)
+    return self.attn_out(out, lora), k, v
 
 
 class MLP(nnx.Module):
@@ -171,8 +193,15 @@ class Block(nnx.Module):
 
   def __call__(self, x: Array, cos: Array, sin: Array, key_mask: Array | None,
                lora: LoRACall = _NO_LORA) -> Array:
-    x = x + self.attn(self.attn_norm(x), cos, sin, key_mask, lora)
-    return x + self.mlp(self.ff_norm(x), lora)
+    return self.with_kv(x, cos, sin, key_mask, lora)[0]
+
+  def with_kv(self, x: Array, cos: Array, sin: Array, key_mask: Array | None,
+              lora: LoRACall = _NO_LORA, cache: KVCache | None = None, offset=0
+              ) -> tuple[Array, Array, Array]:
+    """``(output, k, v)``; see :meth:`Attention.with_kv` for ``cache`` and ``offset``."""
+    out, k, v = self.attn.with_kv(self.attn_norm(x), cos, sin, key_mask, lora, cache, offset)
+    x = x + out
+    return x + self.mlp(self.ff_norm(x), lora), k, v
 
 
 class LLaDA(nnx.Module):
@@ -212,6 +241,35 @@ class LLaDA(nnx.Module):
     for i, block in enumerate(self.blocks):
       key = None if lora.key is None else jax.random.fold_in(lora.key, i)
       x = constrain(run(block, x, cos, sin, key_mask, key), "batch", "length", "embed")
+    return self.ln_f(x)
+
+  def hidden_states_and_kv(self, tokens: Array, key_mask: Array | None = None
+                           ) -> tuple[Array, KVCache]:
+    """Hidden states of the whole canvas and every layer's keys and values
+    (:class:`KVCache` of ``[n_layers, B, L, H, Dh]``), for the sampler's block cache."""
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+    x = constrain(jnp.take(self.wte[...], tokens, axis=0).astype(self.cfg.jnp_compute_dtype),
+                  "batch", "length", "embed")
+    ks, vs = [], []
+    for block in self.blocks:
+      x, k, v = block.with_kv(x, cos, sin, key_mask)
+      x = constrain(x, "batch", "length", "embed")
+      ks.append(k)
+      vs.append(v)
+    return self.ln_f(x), KVCache(jnp.stack(ks), jnp.stack(vs))
+
+  def block_hidden_states(self, tokens: Array, offset, cache: KVCache,
+                          key_mask: Array | None = None) -> Array:
+    """Hidden states ``[B, l, d_model]`` of the slice ``tokens [B, l]`` at ``offset`` of a canvas
+    whose other positions' keys and values come from ``cache`` (Fast-dLLM's approximate cache)."""
+    b, l = tokens.shape
+    positions = jnp.broadcast_to(offset + jnp.arange(l, dtype=jnp.int32), (b, l))
+    cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+    x = jnp.take(self.wte[...], tokens, axis=0).astype(self.cfg.jnp_compute_dtype)
+    for i, block in enumerate(self.blocks):
+      x = block.with_kv(x, cos, sin, key_mask, cache=KVCache(cache.k[i], cache.v[i]),
+                        offset=offset)[0]
     return self.ln_f(x)
 
   def logits(self, hidden: Array) -> Array:

@@ -49,6 +49,7 @@ from dispo_jax.model import llada
 
 Array = jax.Array
 REMASKING = ("low_confidence", "random")
+KV_CACHES = ("none", "dual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,8 @@ class SamplerSettings:
     cache_top_k: cache only the top-k logits (and their ids) per position; None caches all V.
     allow_mask_action: LLaDA's published ``generate`` exactly (MASK stays a candidate; see the
       module docstring); the RL pipeline keeps the default ``False`` (one action space without MASK).
+    kv_cache: ``"none"`` (a full forward every step) or ``"dual"`` (Fast-dLLM's approximate dual
+      cache, see :func:`_cached_hidden`).
   """
 
   gen_length: int = 256
@@ -79,9 +82,14 @@ class SamplerSettings:
   mask_padding: bool = True
   cache_top_k: Optional[int] = None
   allow_mask_action: bool = False
+  kv_cache: str = "none"
 
   def __post_init__(self):
     problems = []
+    if self.kv_cache not in KV_CACHES:
+      problems.append(f"kv_cache={self.kv_cache!r} is not one of {KV_CACHES}")
+    elif self.kv_cache != "none" and (self.cfg_scale > 0 or self.allow_mask_action):
+      problems.append("kv_cache='dual' needs cfg_scale=0 and allow_mask_action=False")
     if self.gen_length <= 0 or self.block_length <= 0 or self.steps <= 0:
       problems.append("gen_length, block_length and steps must be positive")
     elif self.gen_length % self.block_length:
@@ -215,11 +223,13 @@ class LoopState:
     canvas: ``[B, P + G]`` int32, prompt ‖ completion (MASK where not yet committed).
     commit_step: ``[B, G]`` int32, the step each token was committed at (``-1``: not yet).
     cache: the branch-state cache.
+    kv: every layer's keys and values of the canvas at the last refresh (``kv_cache="dual"``).
   """
 
   canvas: Array
   commit_step: Array
   cache: BranchCache
+  kv: Optional[llada.KVCache] = None
 
 
 @struct.dataclass
@@ -308,10 +318,14 @@ def denoise_step(t: Array, state: LoopState, ctx: LoopContext) -> LoopState:
   width = s.gen_length if s.allow_mask_action else s.block_length
   offset = 0 if s.allow_mask_action else (t // s.steps_per_block) * s.block_length
   x = state.canvas
-  h = _hidden(ctx, x)
-  cache = jax.lax.cond(jnp.any(ctx.branch_steps == t),
-                       lambda c: _cache_states(ctx, t, x, h, c), lambda c: c, state.cache)
-  logits = _head(ctx, jax.lax.dynamic_slice_in_dim(h, p + offset, width, axis=1), x.shape[0])
+  if s.kv_cache == "dual":
+    h_window, cache, kv = _cached_hidden(ctx, t, state, offset, width)
+  else:
+    h = _hidden(ctx, x)
+    cache = jax.lax.cond(jnp.any(ctx.branch_steps == t),
+                         lambda c: _cache_states(ctx, t, x, h, c), lambda c: c, state.cache)
+    h_window, kv = jax.lax.dynamic_slice_in_dim(h, p + offset, width, axis=1), None
+  logits = _head(ctx, h_window, x.shape[0])
   logits = (logits.astype(jnp.float32) if s.allow_mask_action
             else action_logits(logits, s.mask_id))  # [B, width, V] fp32
   x_window = jax.lax.dynamic_slice_in_dim(x, p + offset, width, axis=1)
@@ -321,19 +335,53 @@ def denoise_step(t: Array, state: LoopState, ctx: LoopContext) -> LoopState:
   c_window = jax.lax.dynamic_slice_in_dim(state.commit_step, offset, width, axis=1)
   commit_step = jax.lax.dynamic_update_slice_in_dim(
       state.commit_step, jnp.where(transfer, t, c_window), offset, axis=1)
-  return LoopState(x, commit_step, cache)
+  return LoopState(x, commit_step, cache, kv)
+
+
+def _cached_hidden(ctx: LoopContext, t: Array, state: LoopState, offset, width: int):
+  """Fast-dLLM's dual cache: ``(hidden states of the block [B, W, d], branch cache, kv)``.
+
+  At the first step of every block (and at every step whose state DiSPO branches from, so the
+  branch logits are a full forward's) one full forward recomputes the whole canvas and keeps every
+  layer's keys and values: the prefix (prompt and finished blocks) and the suffix (later, still
+  masked blocks). The block's other steps run the model on the block's positions only, attending
+  to those cached keys and values and the block's fresh ones. Approximate: with bidirectional
+  attention the prefix's and suffix's keys would change as the block fills; they are refreshed
+  only at the next block.
+  """
+  s, p, x = ctx.settings, ctx.prompt_length, state.canvas
+  branch_here = jnp.any(ctx.branch_steps == t)
+
+  def full(_):
+    h, kv = ctx.model.hidden_states_and_kv(x, ctx.key_mask)
+    cache = jax.lax.cond(branch_here, lambda c: _cache_states(ctx, t, x, h, c), lambda c: c,
+                         state.cache)
+    return jax.lax.dynamic_slice_in_dim(h, p + offset, width, axis=1), cache, kv
+
+  def block(_):
+    tokens = jax.lax.dynamic_slice_in_dim(x, p + offset, width, axis=1)
+    h = ctx.model.block_hidden_states(tokens, p + offset, state.kv, ctx.key_mask)
+    return h.astype(state.kv.k.dtype), state.cache, state.kv
+
+  return jax.lax.cond((t % s.steps_per_block == 0) | branch_here, full, block, None)
 
 
 def _initial_state(settings: SamplerSettings, prompt_tokens: Array, n_states: int,
-                   cache_width: int, compute_dtype) -> LoopState:
+                   cache_width: int, model: llada.LLaDA) -> LoopState:
   s, (b, _), g = settings, prompt_tokens.shape, settings.gen_length
   canvas = jnp.concatenate(
       [prompt_tokens.astype(jnp.int32), jnp.full((b, g), s.mask_id, jnp.int32)], axis=1)
+  cfg = model.cfg
   cache = BranchCache(
       canvas=jnp.full((b, n_states, g), s.mask_id, jnp.int32),
-      logits=jnp.zeros((b, n_states, g, cache_width), compute_dtype),
+      logits=jnp.zeros((b, n_states, g, cache_width), cfg.jnp_compute_dtype),
       ids=None if s.cache_top_k is None else jnp.zeros((b, n_states, g, cache_width), jnp.int32))
-  return LoopState(canvas, jnp.full((b, g), -1, jnp.int32), cache)
+  kv = None
+  if s.kv_cache == "dual":
+    shape = (cfg.n_layers, b, canvas.shape[1], cfg.n_heads, cfg.head_dim)
+    kv = llada.KVCache(jnp.zeros(shape, cfg.jnp_compute_dtype),
+                       jnp.zeros(shape, cfg.jnp_compute_dtype))
+  return LoopState(canvas, jnp.full((b, g), -1, jnp.int32), cache, kv)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
@@ -354,8 +402,7 @@ def _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings
                     schedule=jnp.asarray(s.transfer_schedule()), key=key, prompt_length=p)
   vocab = model.cfg.vocab_size
   cache_width = vocab if s.cache_top_k is None else min(s.cache_top_k, vocab)
-  state = _initial_state(s, prompt_tokens, branch_steps.shape[1], cache_width,
-                         model.cfg.jnp_compute_dtype)
+  state = _initial_state(s, prompt_tokens, branch_steps.shape[1], cache_width, model)
   state = jax.lax.fori_loop(0, s.steps, functools.partial(denoise_step, ctx=ctx), state)
   return Rollout(tokens=state.canvas, commit_step=state.commit_step,
                  branch_steps=ctx.branch_steps, branch_canvas=state.cache.canvas,
