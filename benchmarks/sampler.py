@@ -7,10 +7,12 @@ Prints, in one run:
   (b) speed-up of the jitted loop over an eager Python loop that calls a jitted forward once per
       step and selects tokens on the host in NumPy (how the PyTorch reference runs), tiny and small;
   (c) bytes of the branch cache per row (one state) against caching every step;
-  (d) ms per generated token with Fast-dLLM's approximate dual KV cache (``kv_cache="dual"``) and
-      without, on `small` at prompt 64, gen 256, block 32, 128 steps: ``speed-up = N.NNx``;
+  (d) ms per generated token of Fast-dLLM's accelerations against the plain loop, on `small` at
+      prompt 64, gen 256, block 32, 128 steps: the approximate dual KV cache (``kv_cache="dual"``),
+      confidence-threshold parallel decoding (``threshold=0.9``) and both, each as
+      ``speed-up = N.NNx`` (random weights are unconfident, so the threshold rarely fires here);
   (e) with ``--sudoku``: held-out greedy cell accuracy of the tiny Sudoku base (the main command's,
-      trained once and cached) decoded plain and with the dual cache: the accuracy cost.
+      trained once and cached) decoded with each option: the accuracy cost, and the mean steps used.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from benchmarks.common import time_fn
 from dispo_jax.model import llada
 from dispo_jax.model.config import get_config
-from dispo_jax.sampling import SamplerSettings, generate
+from dispo_jax.sampling import SamplerSettings, decode_completions, generate
 
 
 def eager_generate(fwd, graphdef, state, prompt, s: SamplerSettings, rng: np.random.Generator):
@@ -94,45 +96,51 @@ def main() -> None:
     kv_cache_accuracy()
 
 
+OPTIONS = {"plain": {}, "dual cache": {"kv_cache": "dual"}, "threshold 0.9": {"threshold": 0.9},
+           "both": {"kv_cache": "dual", "threshold": 0.9}}
+
+
 def kv_cache_speed(repeats: int, batch: int = 4, prompt: int = 64, gen: int = 256) -> None:
-  """(d) ms per generated token, plain and with the dual cache, in one run."""
+  """(d) ms per generated token of each option, in one run."""
   cfg = get_config("small")
   graphdef, state = llada.init_model(cfg)
   tokens = jnp.full((batch, prompt), 7, jnp.int32)
   lengths = jnp.full((batch,), prompt, jnp.int32)
-  times = {}
-  for cache in ("none", "dual"):
+  ms = {}
+  for name, option in OPTIONS.items():
     s = SamplerSettings(gen_length=gen, block_length=32, steps=128, temperature=0.9,
-                        mask_id=cfg.mask_token_id, kv_cache=cache)
+                        mask_id=cfg.mask_token_id, **option)
     seconds = time_fn(lambda: generate(graphdef, state, tokens, lengths, jax.random.key(0),
                                        s).tokens, repeats=repeats)
-    times[cache] = seconds * 1e3 / (batch * gen)
-  print(f"(d) small, prompt {prompt}, gen {gen}, block 32, 128 steps, batch {batch}: plain "
-        f"{times['none']:.3f} ms/token | dual cache {times['dual']:.3f} ms/token, speed-up = "
-        f"{times['none'] / times['dual']:.2f}x")
+    ms[name] = seconds * 1e3 / (batch * gen)
+    print(f"(d) small, prompt {prompt}, gen {gen}, block 32, 128 steps, batch {batch}: {name:13s} "
+          f"{ms[name]:.3f} ms/token, speed-up = {ms['plain'] / ms[name]:.2f}x")
 
 
 def kv_cache_accuracy() -> None:
-  """(e) the accuracy cost of the dual cache on the main command's tiny Sudoku base."""
+  """(e) the accuracy cost of each option on the main command's tiny Sudoku base."""
   from configs import sudoku as sudoku_config
   from dispo_jax import tiny
-  from dispo_jax.evaluate import evaluate_task
   from dispo_jax.model import tokenizer as tok
-  from dispo_jax.tasks import DataSettings, get_task
+  from dispo_jax.tasks import DataSettings, get_task, metric
   c = sudoku_config.get_config("tiny")
   tokenizer, cfg, graphdef, state = tiny.prepare_base(c)
   task = get_task("sudoku")
   rows = task.tiny.rows(DataSettings(**c.data.to_dict()))[1][:c.eval_rows]
+  texts = [tok.render_prompt(tokenizer, task.tiny.prompt(r)) for r in rows]
+  prompts, lengths = tok.encode_prompts(tokenizer, texts, c.rollout.max_prompt_length)
+  eos = tok.special_ids(tokenizer).eos
   for steps in (6, 24):
-    accuracy = {}
-    for cache in ("none", "dual"):
-      accuracy[cache] = evaluate_task(
-          task, rows, graphdef, state, tokenizer, gen_length=24, block_length=8, steps=steps,
-          batch_size=64, max_prompt_length=c.rollout.max_prompt_length, mask_id=cfg.mask_token_id,
-          eos_id=tok.special_ids(tokenizer).eos, progress=False, prompt_fn=task.tiny.prompt,
-          kv_cache=cache)["accuracy"]
-    print(f"(e) tiny Sudoku base, {len(rows)} held-out puzzles, gen 24 in 3 blocks of 8, {steps} "
-          f"steps: plain {accuracy['none']:.3f} | dual cache {accuracy['dual']:.3f}")
+    for name, option in OPTIONS.items():
+      s = SamplerSettings(gen_length=24, block_length=8, steps=steps, temperature=0.0,
+                          mask_id=cfg.mask_token_id, **option)
+      r = generate(graphdef, state, jnp.asarray(prompts), jnp.asarray(lengths),
+                   jax.random.key(0), s)
+      decoded = decode_completions(tokenizer, np.asarray(r.completion), eos)
+      accuracy = metric([task.score(t, row) for t, row in zip(decoded, rows)])
+      used = float(np.mean(np.asarray(r.commit_step).max(-1) + 1))
+      print(f"(e) tiny Sudoku base, {len(rows)} held-out puzzles, gen 24 in 3 blocks of 8, "
+            f"{steps} steps, {name:13s}: cell accuracy {accuracy:.3f}, steps used {used:.1f}")
 
 
 if __name__ == "__main__":

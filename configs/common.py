@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampler.cache_top_k = ml_collections.config_dict.placeholder(int)  # None: full-vocabulary logits at branch states
   c.sampler.allow_mask_action = False
   c.sampler.kv_cache = "none"    # none | dual (Fast-dLLM's approximate block cache; rollouts only)
+  c.sampler.threshold = ml_collections.config_dict.placeholder(float)  # parallel decoding (None: off)
 
   c.rollout = ml_collections.ConfigDict()  # dispo_jax.pipeline.RolloutSettings
   c.rollout.prompts_per_step = 16

@@ -97,8 +97,8 @@ def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, g
                   block_length: int, batch_size: int, max_prompt_length: int, mask_id: int,
                   eos_id: int, out_path: str | None = None, mask_padding: bool = True,
                   seed: int = 0, progress: bool = True, prompt_fn=None,
-                  steps: int | None = None, model_fingerprint: dict | None = None,
-                  kv_cache: str = "none") -> dict[str, Any]:
+                  steps: int | None = None, model_fingerprint: dict | None = None
+                  ) -> dict[str, Any]:
   """Greedy d1-protocol evaluation of ``rows``; appends to ``out_path`` and resumes from it.
 
   ``prompt_fn`` (default ``task.eval_prompt``) gives the user content; ``steps`` defaults to d1's
@@ -108,7 +108,7 @@ def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, g
   prompt_fn = prompt_fn or task.eval_prompt
   settings = SamplerSettings(gen_length=gen_length, block_length=min(block_length, gen_length),
                              steps=steps or gen_length // 2, temperature=0.0, mask_id=mask_id,
-                             mask_padding=mask_padding, kv_cache=kv_cache)
+                             mask_padding=mask_padding)
   if out_path:
     rows_digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
     check_fingerprint(out_path, {

@@ -411,3 +411,55 @@ def test_dual_cache_on_an_8_device_mesh_matches_one_device(model):
                     jax.device_put(lengths, sharding.logical_sharding(mesh, "batch")),
                     jax.random.key(0), s)
   np.testing.assert_array_equal(one.tokens, many.tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# Confidence-threshold parallel decoding (threshold=...)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_threshold_above_every_confidence_is_the_plain_sampler(model, kv_cache="none"):
+  """(With the dual cache too the tokens agree only approximately: threshold decoding refreshes the
+  cache at every step that could hold a branch state, the plain schedule only at the branch step.)"""
+  cfg, graphdef, state = model
+  prompt, lengths = map(jnp.asarray, _prompts(cfg))
+  branch_steps = jnp.asarray([[1, 5], [3, -1], [0, 7]], jnp.int32)
+  runs = {}
+  for threshold in (None, 2.0):
+    s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.9,
+                        mask_id=cfg.mask_token_id, threshold=threshold, kv_cache=kv_cache)
+    runs[threshold] = generate(graphdef, state, prompt, lengths, jax.random.key(5), s,
+                               branch_steps)
+  a, b = runs[None], runs[2.0]
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.commit_step, b.commit_step)
+  np.testing.assert_array_equal(a.branch_canvas, b.branch_canvas)
+  np.testing.assert_allclose(a.branch_logits, b.branch_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_cache", ["none", "dual"])
+def test_a_low_threshold_finishes_early_and_records_what_it_did(model, kv_cache):
+  cfg, graphdef, state = model
+  prompt, lengths = map(jnp.asarray, _prompts(cfg))
+  s = SamplerSettings(gen_length=16, block_length=8, steps=16, temperature=0.0,
+                      mask_id=cfg.mask_token_id, threshold=0.3, kv_cache=kv_cache)
+  branch_steps = jnp.asarray([[4], [8], [12]], jnp.int32)
+  r = generate(graphdef, state, prompt, lengths, jax.random.key(0), s, branch_steps)
+  commit = np.asarray(r.commit_step)
+  assert (commit >= 0).all() and (np.asarray(r.completion) != cfg.mask_token_id).all()
+  assert commit.max() < s.steps - 1  # the sharpened model is confident: fewer steps than planned
+  assert (commit[:, :8].max(-1) < commit[:, 8:].min(-1)).all()  # blocks stay left to right
+  planned = np.concatenate([[0], np.cumsum(s.commits_per_step())])
+  p = prompt.shape[1]
+  key_mask = jnp.arange(p + 16)[None] >= (p - lengths)[:, None]
+  for row in range(3):
+    canvas = np.asarray(r.branch_canvas[row, 0])
+    filled = (canvas != cfg.mask_token_id).sum()
+    level = planned[int(branch_steps[row, 0])]
+    assert filled <= level < (commit[row] <= commit[row][canvas == cfg.mask_token_id].min()).sum()
+    logits = _fwd(graphdef, state, jnp.concatenate([prompt[row], canvas])[None],
+                  key_mask[row][None])[0, p:]
+    np.testing.assert_allclose(r.branch_logits[row, 0], logits, atol=1e-5, rtol=1e-5)
+    # the cached canvas is the input of the step that committed the next tokens
+    step = commit[row][canvas == cfg.mask_token_id].min()
+    np.testing.assert_array_equal(canvas != cfg.mask_token_id, commit[row] < step)

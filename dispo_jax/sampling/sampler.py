@@ -70,6 +70,11 @@ class SamplerSettings:
       module docstring); the RL pipeline keeps the default ``False`` (one action space without MASK).
     kv_cache: ``"none"`` (a full forward every step) or ``"dual"`` (Fast-dLLM's approximate dual
       cache, see :func:`_cached_hidden`).
+    threshold: confidence-threshold parallel decoding (Fast-dLLM): besides the schedule's top-k,
+      every masked position of the current block whose confidence exceeds ``threshold`` is
+      committed, so a block can finish early and the next one starts at the next step; the loop
+      ends when the completion is full (at most ``steps`` steps). None: off. Branch states are
+      then matched by progress (see :func:`_branch_hits`).
   """
 
   gen_length: int = 256
@@ -83,9 +88,14 @@ class SamplerSettings:
   cache_top_k: Optional[int] = None
   allow_mask_action: bool = False
   kv_cache: str = "none"
+  threshold: Optional[float] = None
 
   def __post_init__(self):
     problems = []
+    if self.threshold is not None and (not self.threshold > 0 or self.allow_mask_action
+                                       or self.remasking != "low_confidence"):
+      problems.append("threshold must be > 0, with remasking='low_confidence' and "
+                      "allow_mask_action=False")
     if self.kv_cache not in KV_CACHES:
       problems.append(f"kv_cache={self.kv_cache!r} is not one of {KV_CACHES}")
     elif self.kv_cache != "none" and (self.cfg_scale > 0 or self.allow_mask_action):
@@ -224,12 +234,17 @@ class LoopState:
     commit_step: ``[B, G]`` int32, the step each token was committed at (``-1``: not yet).
     cache: the branch-state cache.
     kv: every layer's keys and values of the canvas at the last refresh (``kv_cache="dual"``).
+    t: the step (int32 scalar).
+    block, block_step: the current block and the steps spent in it (int32 scalars).
   """
 
   canvas: Array
   commit_step: Array
   cache: BranchCache
-  kv: Optional[llada.KVCache] = None
+  kv: Optional[llada.KVCache]
+  t: Array
+  block: Array
+  block_step: Array
 
 
 @struct.dataclass
@@ -267,11 +282,10 @@ def _head(ctx: LoopContext, h: Array, batch: int) -> Array:
   return _guided(ctx.model.logits(h), batch, ctx.settings.cfg_scale)
 
 
-def _cache_states(ctx: LoopContext, t: Array, x: Array, h: Array, cache: BranchCache
+def _cache_states(ctx: LoopContext, hit: Array, x: Array, h: Array, cache: BranchCache
                   ) -> BranchCache:
-  """Writes step ``t``'s input canvas and completion logits into the rows that branch at ``t``."""
+  """Writes this step's input canvas and completion logits into the slots ``hit [B, S]``."""
   s, b, p = ctx.settings, x.shape[0], ctx.prompt_length
-  hit = ctx.branch_steps == t  # [B, S]
   logits = _head(ctx, h[:, p:], b)  # [B, G, V]
   if s.cache_top_k is None:
     values, ids = logits, cache.ids
@@ -284,11 +298,11 @@ def _cache_states(ctx: LoopContext, t: Array, x: Array, h: Array, cache: BranchC
   return BranchCache(canvas, values, ids)
 
 
-def _transfer(ctx: LoopContext, t: Array, logits: Array, x_window: Array, offset) -> tuple:
-  """Candidates and the positions committed at step ``t`` in the window (``[B, W]`` each)."""
-  s = ctx.settings
-  block = t // s.steps_per_block
-  k_t = ctx.schedule[t % s.steps_per_block]
+def _transfer(ctx: LoopContext, state: LoopState, logits: Array, x_window: Array, offset
+              ) -> tuple:
+  """Candidates and the positions committed at this step in the window (``[B, W]`` each)."""
+  s, t, block = ctx.settings, state.t, state.block
+  k_t = ctx.schedule[jnp.minimum(state.block_step, s.steps_per_block - 1)]
   gumbel_key, remask_key = _step_keys(ctx.key, t)
   x0 = gumbel_argmax(gumbel_key, logits, s.temperature)
   if s.remasking == "low_confidence":
@@ -305,40 +319,71 @@ def _transfer(ctx: LoopContext, t: Array, logits: Array, x_window: Array, offset
   chosen = jnp.arange(k_max)[None, :] < k_t
   b = x_window.shape[0]
   transfer = jnp.zeros((b, width), bool).at[jnp.arange(b)[:, None], top_idx].max(chosen)
+  if s.threshold is not None:
+    transfer = transfer | (confidence > s.threshold)
   return x0, transfer & eligible
 
 
-def denoise_step(t: Array, state: LoopState, ctx: LoopContext) -> LoopState:
-  """One denoising step: forward, cache (at branch steps), candidates, commit the top-k.
+def _branch_hits(ctx: LoopContext, state: LoopState) -> Array:
+  """``[B, S]`` bool: the branch slots to (over)write with this step's input state.
+
+  Plain schedule: the step index equals the requested one. Threshold decoding (variable step
+  counts) matches progress instead: a requested step ``t`` means the level ``n_t`` of tokens the
+  plain schedule commits before ``t``, and the state kept is the input of the last step that
+  starts with at most ``n_t`` tokens committed (the step that crosses the level; it always exists).
+  Slots are written at every step that could be that one (the level lies within the current
+  block's masked positions), the last write wins.
+  """
+  s = ctx.settings
+  if s.threshold is None:
+    return ctx.branch_steps == state.t
+  planned = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(jnp.asarray(s.commits_per_step()))])
+  level = planned[jnp.maximum(ctx.branch_steps, 0)]  # [B, S]
+  committed = jnp.sum(state.commit_step >= 0, axis=-1)[:, None]  # [B, 1]
+  window = jax.lax.dynamic_slice_in_dim(state.canvas, ctx.prompt_length
+                                        + state.block * s.block_length, s.block_length, axis=1)
+  open_in_block = jnp.sum(window == s.mask_id, axis=-1)[:, None]
+  return (ctx.branch_steps >= 0) & (committed <= level) & (level < committed + open_in_block)
+
+
+def denoise_step(state: LoopState, ctx: LoopContext) -> LoopState:
+  """One denoising step: forward, cache (at branch states), candidates, commit.
 
   Candidates are drawn over a window: the current block, or (``allow_mask_action``) the whole
   completion, where a still-masked position left of the block stays eligible as in LLaDA.
   """
-  s, p = ctx.settings, ctx.prompt_length
+  s, p, t = ctx.settings, ctx.prompt_length, state.t
   width = s.gen_length if s.allow_mask_action else s.block_length
-  offset = 0 if s.allow_mask_action else (t // s.steps_per_block) * s.block_length
+  offset = 0 if s.allow_mask_action else state.block * s.block_length
   x = state.canvas
+  hits = _branch_hits(ctx, state)
   if s.kv_cache == "dual":
-    h_window, cache, kv = _cached_hidden(ctx, t, state, offset, width)
+    h_window, cache, kv = _cached_hidden(ctx, state, hits, offset, width)
   else:
     h = _hidden(ctx, x)
-    cache = jax.lax.cond(jnp.any(ctx.branch_steps == t),
-                         lambda c: _cache_states(ctx, t, x, h, c), lambda c: c, state.cache)
+    cache = jax.lax.cond(jnp.any(hits), lambda c: _cache_states(ctx, hits, x, h, c),
+                         lambda c: c, state.cache)
     h_window, kv = jax.lax.dynamic_slice_in_dim(h, p + offset, width, axis=1), None
   logits = _head(ctx, h_window, x.shape[0])
   logits = (logits.astype(jnp.float32) if s.allow_mask_action
             else action_logits(logits, s.mask_id))  # [B, width, V] fp32
   x_window = jax.lax.dynamic_slice_in_dim(x, p + offset, width, axis=1)
-  x0, transfer = _transfer(ctx, t, logits, x_window, offset)
-  x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(transfer, x0, x_window), p + offset,
-                                          axis=1)
+  x0, transfer = _transfer(ctx, state, logits, x_window, offset)
+  x_window = jnp.where(transfer, x0, x_window)
+  x = jax.lax.dynamic_update_slice_in_dim(x, x_window, p + offset, axis=1)
   c_window = jax.lax.dynamic_slice_in_dim(state.commit_step, offset, width, axis=1)
   commit_step = jax.lax.dynamic_update_slice_in_dim(
       state.commit_step, jnp.where(transfer, t, c_window), offset, axis=1)
-  return LoopState(x, commit_step, cache, kv)
+  if s.threshold is None:  # the plain schedule: every block takes exactly steps_per_block steps
+    block, block_step = (t + 1) // s.steps_per_block, (t + 1) % s.steps_per_block
+  else:  # the next block starts as soon as every row has filled this one
+    finished = ~jnp.any(x_window == s.mask_id)
+    block = state.block + finished.astype(jnp.int32)
+    block_step = jnp.where(finished, 0, state.block_step + 1)
+  return LoopState(x, commit_step, cache, kv, t + 1, block, block_step)
 
 
-def _cached_hidden(ctx: LoopContext, t: Array, state: LoopState, offset, width: int):
+def _cached_hidden(ctx: LoopContext, state: LoopState, hits: Array, offset, width: int):
   """Fast-dLLM's dual cache: ``(hidden states of the block [B, W, d], branch cache, kv)``.
 
   At the first step of every block (and at every step whose state DiSPO branches from, so the
@@ -349,12 +394,12 @@ def _cached_hidden(ctx: LoopContext, t: Array, state: LoopState, offset, width: 
   attention the prefix's and suffix's keys would change as the block fills; they are refreshed
   only at the next block.
   """
-  s, p, x = ctx.settings, ctx.prompt_length, state.canvas
-  branch_here = jnp.any(ctx.branch_steps == t)
+  p, x = ctx.prompt_length, state.canvas
+  branch_here = jnp.any(hits)
 
   def full(_):
     h, kv = ctx.model.hidden_states_and_kv(x, ctx.key_mask)
-    cache = jax.lax.cond(branch_here, lambda c: _cache_states(ctx, t, x, h, c), lambda c: c,
+    cache = jax.lax.cond(branch_here, lambda c: _cache_states(ctx, hits, x, h, c), lambda c: c,
                          state.cache)
     return jax.lax.dynamic_slice_in_dim(h, p + offset, width, axis=1), cache, kv
 
@@ -363,7 +408,7 @@ def _cached_hidden(ctx: LoopContext, t: Array, state: LoopState, offset, width: 
     h = ctx.model.block_hidden_states(tokens, p + offset, state.kv, ctx.key_mask)
     return h.astype(state.kv.k.dtype), state.cache, state.kv
 
-  return jax.lax.cond((t % s.steps_per_block == 0) | branch_here, full, block, None)
+  return jax.lax.cond((state.block_step == 0) | branch_here, full, block, None)
 
 
 def _initial_state(settings: SamplerSettings, prompt_tokens: Array, n_states: int,
@@ -381,7 +426,8 @@ def _initial_state(settings: SamplerSettings, prompt_tokens: Array, n_states: in
     shape = (cfg.n_layers, b, canvas.shape[1], cfg.n_heads, cfg.head_dim)
     kv = llada.KVCache(jnp.zeros(shape, cfg.jnp_compute_dtype),
                        jnp.zeros(shape, cfg.jnp_compute_dtype))
-  return LoopState(canvas, jnp.full((b, g), -1, jnp.int32), cache, kv)
+  zero = jnp.zeros((), jnp.int32)
+  return LoopState(canvas, jnp.full((b, g), -1, jnp.int32), cache, kv, zero, zero, zero)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
@@ -403,7 +449,11 @@ def _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings
   vocab = model.cfg.vocab_size
   cache_width = vocab if s.cache_top_k is None else min(s.cache_top_k, vocab)
   state = _initial_state(s, prompt_tokens, branch_steps.shape[1], cache_width, model)
-  state = jax.lax.fori_loop(0, s.steps, functools.partial(denoise_step, ctx=ctx), state)
+  if s.threshold is None:
+    state = jax.lax.fori_loop(0, s.steps, lambda _, st: denoise_step(st, ctx), state)
+  else:  # variable length: stop when the completion is full, after at most `steps` steps
+    running = lambda st: (st.t < s.steps) & (st.block < s.num_blocks)
+    state = jax.lax.while_loop(running, functools.partial(denoise_step, ctx=ctx), state)
   return Rollout(tokens=state.canvas, commit_step=state.commit_step,
                  branch_steps=ctx.branch_steps, branch_canvas=state.cache.canvas,
                  branch_logits=state.cache.logits, branch_logit_ids=state.cache.ids)
