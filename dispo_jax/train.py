@@ -410,6 +410,7 @@ def train(c, workdir: str | None = None) -> dict[str, Any]:
   """Runs (or resumes) training in ``workdir`` (None: derived from the config); returns the
   final metrics."""
   validate_config(c)
+  initialize_distributed(c.distributed_timeout_s)  # before anything that starts the backend
   workdir = str(workdir or workdir_lib.default_workdir(c))
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lock = workdir_lib.WorkdirLock(workdir)

@@ -226,13 +226,17 @@ def test_bad_data_files_name_file_and_line(tmp_path):
       data.load_countdown(str(tmp_path / "c.jsonl"))
 
 
-def test_the_tiny_setting_rejects_data_files_and_truncation_is_counted(tmp_path, base_dir, caplog):  # noqa: F811
+def test_the_tiny_setting_rejects_data_files_and_truncation_is_counted(finished_run):
   with pytest.raises(ConfigError, match=r"data\.train_file / eval_file are set but the tiny"):
     train_lib.validate_config(small_config(**{"data.train_file": "/tmp/x.jsonl"}))
-  workdir = _workdir(tmp_path, base_dir, "short")
-  train_lib.train(small_config(num_steps=2, **{"rollout.max_prompt_length": 8}), workdir)
-  rows = [r for r in _metrics(workdir) if "loss" in r]
-  assert rows and all(r["prompts_truncated"] == 2 for r in rows)  # both prompts of each batch
+  rows = [r for r in _metrics(finished_run) if "loss" in r]
+  assert rows and all(r["prompts_truncated"] == 0 for r in rows)  # counted on every update
+  from dispo_jax.model import tokenizer as tok
+  tokenizer = tok.load_tokenizer(os.path.join(tiny.base_folder(small_config()), "tokenizer"))
+  texts = [tok.render_chat("Sudoku 0200012413000001"), "short"]
+  full = len(tokenizer(texts[0], add_special_tokens=False)["input_ids"])
+  tokens, lengths, truncated = tok.encode_prompts(tokenizer, texts, full - 1, count_truncated=True)
+  assert truncated == 1 and lengths[0] == full - 1
 
 
 # 7. Bounded parsers ------------------------------------------------------------------------

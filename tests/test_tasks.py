@@ -241,7 +241,7 @@ def test_malformed_rows_name_file_and_line(tmp_path):
   with pytest.raises(data.DataError, match=r"c\.jsonl:2: invalid JSON"):
     data.load_countdown(str(jl))
   jl.write_text('{"input": "1,2,3", "output": "6"}\n\n{"input": "1,x,3", "output": "6"}\n')
-  with pytest.raises(data.DataError, match=r"c\.jsonl:3: numbers/target are not integers"):
+  with pytest.raises(data.DataError, match=r"c\.jsonl:3: input='x' is not an integer"):
     data.load_countdown(str(jl))
   g = tmp_path / "g.jsonl"
   g.write_text('{"question": "q", "answer": "no hash"}\n')
