@@ -28,17 +28,23 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from dispo_jax.model import checkpoint, tokenizer as tok
+from dispo_jax.model.sharding import to_host
 from dispo_jax.sampling import SamplerSettings, decode_completions, generate
 from dispo_jax.tasks import Task, data as data_lib, get_task, metric, sudoku
 from dispo_jax.tasks.base import Score
 
 
 def generate_texts(graphdef, state, tokenizer, prompts: Sequence[str], settings: SamplerSettings,
-                   max_prompt_length: int, eos_id: int, key: jax.Array) -> list[str]:
-  """Completions (text up to EOS) for rendered chat prompts, as one batch."""
+                   max_prompt_length: int, eos_id: int, key: jax.Array, place=jnp.asarray
+                   ) -> list[str]:
+  """Completions (text up to EOS) for rendered chat prompts, as one batch.
+
+  ``place`` puts host rows on devices (``pipeline.rollout.row_placer``: rows sharded over the
+  data axes, as training batches, which a multi-host run needs); the completions are gathered back
+  to every process."""
   tokens, lengths = tok.encode_prompts(tokenizer, prompts, max_prompt_length)
-  rollout = generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths), key, settings)
-  return decode_completions(tokenizer, np.asarray(rollout.completion), eos_id)
+  rollout = generate(graphdef, state, place(tokens), place(lengths), key, settings)
+  return decode_completions(tokenizer, to_host(rollout.completion), eos_id)
 
 
 def _read_done(path: str) -> list[dict]:
@@ -97,8 +103,8 @@ def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, g
                   block_length: int, batch_size: int, max_prompt_length: int, mask_id: int,
                   eos_id: int, out_path: str | None = None, mask_padding: bool = True,
                   seed: int = 0, progress: bool = True, prompt_fn=None,
-                  steps: int | None = None, model_fingerprint: dict | None = None
-                  ) -> dict[str, Any]:
+                  steps: int | None = None, model_fingerprint: dict | None = None,
+                  place=jnp.asarray) -> dict[str, Any]:
   """Greedy d1-protocol evaluation of ``rows``; appends to ``out_path`` and resumes from it.
 
   ``prompt_fn`` (default ``task.eval_prompt``) gives the user content; ``steps`` defaults to d1's
@@ -126,7 +132,8 @@ def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, g
       prompts = [tok.render_prompt(tokenizer, prompt_fn(r)) for r in batch]
       pad = batch_size - len(batch)  # keep one compiled shape
       texts = generate_texts(graphdef, state, tokenizer, prompts + prompts[:1] * pad, settings,
-                             max_prompt_length, eos_id, jax.random.key(seed + lo))[:len(batch)]
+                             max_prompt_length, eos_id, jax.random.key(seed + lo),
+                             place)[:len(batch)]
       for offset, (row, text) in enumerate(zip(batch, texts)):
         s = task.score(text, row)
         scores.append(s)

@@ -32,7 +32,7 @@ gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME":~/dispo_jax.tar.gz --zone=
 
 setup="rm -rf ~/$REMOTE_DIR && mkdir -p ~/$REMOTE_DIR && tar -xzf ~/dispo_jax.tar.gz -C ~/$REMOTE_DIR \
   && cd ~/$REMOTE_DIR && python3 -m venv .venv && . .venv/bin/activate \
-  && pip install -q -e '.[tpu]'"
+  && pip install -q -e '.[tpu,gcs]'"
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all $PROJECT_FLAG --command="$setup"
 
 quoted_args=$(printf ' %q' "$@")
