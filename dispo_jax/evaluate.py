@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Any, Sequence
 
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -70,13 +72,32 @@ class FingerprintMismatch(ValueError):
 
 
 def folder_fingerprint(folder: str) -> dict:
-  """``{file: [size, mtime_ns]}`` of the weight and config files of a checkpoint folder."""
-  out = {"path": os.path.abspath(folder)}
-  for name in sorted(os.listdir(folder)):
-    if name.endswith((".safetensors", ".json")):
-      st = os.stat(os.path.join(folder, name))
-      out[name] = [st.st_size, st.st_mtime_ns]
+  """``{file: [size, mtime]}`` of the weight and config files of a checkpoint folder (local or
+  ``gs://``)."""
+  remote = "://" in folder
+  root = epath.Path(folder if remote else os.path.abspath(folder))
+  out = {"path": str(root)}
+  for item in sorted(root.iterdir(), key=lambda p: p.name):
+    if item.name.endswith((".safetensors", ".json")):
+      if remote:
+        st = item.stat()
+        out[item.name] = [st.length, st.mtime]
+      else:  # nanosecond mtimes: two exports within a second still differ
+        st = os.stat(item)
+        out[item.name] = [st.st_size, st.st_mtime_ns]
   return out
+
+
+def local_copy(folder: str, scratch: str) -> str:
+  """``folder`` itself when local; an object-store folder (``gs://``) copied into ``scratch``
+  (safetensors are memory-mapped from local files)."""
+  if "://" not in folder:
+    return folder
+  target = epath.Path(scratch) / folder.replace("://", "_").replace("/", "_")
+  target.mkdir(parents=True, exist_ok=True)
+  for item in epath.Path(folder).iterdir():
+    item.copy(target / item.name, overwrite=True)
+  return str(target)
 
 
 def check_fingerprint(out_path: str, fingerprint: dict) -> None:
@@ -162,13 +183,15 @@ def format_table(results: dict[str, dict[int, dict]]) -> str:
 
 def run(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
-  cfg, graphdef, state = checkpoint.load_hf_checkpoint(
-      config.checkpoint, param_dtype=config.get("param_dtype") or None,
-      compute_dtype=config.get("compute_dtype") or None)
-  tokenizer_dir = config.get("tokenizer") or config.checkpoint
-  tokenizer = tok.load_tokenizer(tokenizer_dir)
+  with tempfile.TemporaryDirectory() as scratch:  # gs:// models are read from a local copy
+    cfg, graphdef, state = checkpoint.load_hf_checkpoint(
+        local_copy(config.checkpoint, scratch), param_dtype=config.get("param_dtype") or None,
+        compute_dtype=config.get("compute_dtype") or None)
+    tokenizer = tok.load_tokenizer(local_copy(config.get("tokenizer") or config.checkpoint,
+                                              scratch))
   model_fingerprint = {"checkpoint": folder_fingerprint(config.checkpoint),
-                       "tokenizer": folder_fingerprint(tokenizer_dir),
+                       "tokenizer": folder_fingerprint(config.get("tokenizer")
+                                                       or config.checkpoint),
                        "param_dtype": cfg.param_dtype, "compute_dtype": cfg.compute_dtype,
                        "d1_compat": config.d1_compat}
   results: dict[str, dict[int, dict]] = {}

@@ -58,7 +58,11 @@ class MetricWriter:
                             purge_step=resume_step if resume_step else None)
 
   def _flush(self) -> None:
-    """Rewrites the file (object stores have no append): all rows, then an atomic rename."""
+    """Rewrites the whole file: through a rename locally; in one upload on an object store (an
+    object is replaced atomically, and renames there are copies)."""
+    if "://" in str(self.path):
+      self.path.write_text("".join(self.rows))
+      return
     tmp = self.path.parent / (self.path.name + ".tmp")
     tmp.write_text("".join(self.rows))
     tmp.replace(self.path)

@@ -98,10 +98,14 @@ def record_or_check_config(workdir: str, c, write: bool = True) -> bool:
     return True
   if write:
     from dispo_jax import __version__
-    record = {"config": current, "package_version": __version__, "git_commit": _git_commit()}
-    tmp = path.parent / "config.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    tmp.replace(path)
+    record = json.dumps({"config": current, "package_version": __version__,
+                         "git_commit": _git_commit()}, indent=1, sort_keys=True)
+    if "://" in str(path):  # one upload replaces an object atomically
+      path.write_text(record)
+    else:
+      tmp = path.parent / "config.json.tmp"
+      tmp.write_text(record)
+      tmp.replace(path)
   return False
 
 
