@@ -184,11 +184,12 @@ def format_table(results: dict[str, dict[int, dict]]) -> str:
 def run(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   with tempfile.TemporaryDirectory() as scratch:  # gs:// models are read from a local copy
+    checkpoint_dir = local_copy(config.checkpoint, scratch)
     cfg, graphdef, state = checkpoint.load_hf_checkpoint(
-        local_copy(config.checkpoint, scratch), param_dtype=config.get("param_dtype") or None,
+        checkpoint_dir, param_dtype=config.get("param_dtype") or None,
         compute_dtype=config.get("compute_dtype") or None)
-    tokenizer = tok.load_tokenizer(local_copy(config.get("tokenizer") or config.checkpoint,
-                                              scratch))
+    tokenizer = tok.load_tokenizer(local_copy(config.tokenizer, scratch)
+                                   if config.get("tokenizer") else checkpoint_dir)
   model_fingerprint = {"checkpoint": folder_fingerprint(config.checkpoint),
                        "tokenizer": folder_fingerprint(config.get("tokenizer")
                                                        or config.checkpoint),

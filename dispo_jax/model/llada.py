@@ -226,11 +226,7 @@ class LLaDA(nnx.Module):
     model (the reference policy); ``LoRACall(key=k)`` applies LoRA dropout.
     """
     cfg = self.cfg
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-    x = jnp.take(self.wte[...], tokens, axis=0).astype(cfg.jnp_compute_dtype)
-    x = constrain(x, "batch", "length", "embed")  # block boundaries: no reliance on propagation
+    x, cos, sin = self._embed(tokens, positions)
     enabled = bool(lora.enabled and self.lora is not None)
 
     def run(block, x, cos, sin, key_mask, key):
@@ -243,14 +239,21 @@ class LLaDA(nnx.Module):
       x = constrain(run(block, x, cos, sin, key_mask, key), "batch", "length", "embed")
     return self.ln_f(x)
 
+  def _embed(self, tokens: Array, positions: Array | None = None
+             ) -> tuple[Array, Array, Array]:
+    """``(embeddings [B, L, d] in the compute dtype, RoPE cos, sin)``; ``positions`` default to
+    ``0..L-1``. The embeddings carry the block-boundary sharding constraint."""
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+    x = jnp.take(self.wte[...], tokens, axis=0).astype(self.cfg.jnp_compute_dtype)
+    return constrain(x, "batch", "length", "embed"), cos, sin
+
   def hidden_states_and_kv(self, tokens: Array, key_mask: Array | None = None
                            ) -> tuple[Array, KVCache]:
     """Hidden states of the whole canvas and every layer's keys and values
     (:class:`KVCache` of ``[n_layers, B, L, H, Dh]``), for the sampler's block cache."""
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
-    x = constrain(jnp.take(self.wte[...], tokens, axis=0).astype(self.cfg.jnp_compute_dtype),
-                  "batch", "length", "embed")
+    x, cos, sin = self._embed(tokens)
     ks, vs = [], []
     for block in self.blocks:
       x, k, v = block.with_kv(x, cos, sin, key_mask)
@@ -264,9 +267,8 @@ class LLaDA(nnx.Module):
     """Hidden states ``[B, l, d_model]`` of the slice ``tokens [B, l]`` at ``offset`` of a canvas
     whose other positions' keys and values come from ``cache`` (Fast-dLLM's approximate cache)."""
     b, l = tokens.shape
-    positions = jnp.broadcast_to(offset + jnp.arange(l, dtype=jnp.int32), (b, l))
-    cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
-    x = jnp.take(self.wte[...], tokens, axis=0).astype(self.cfg.jnp_compute_dtype)
+    x, cos, sin = self._embed(tokens, jnp.broadcast_to(offset + jnp.arange(l, dtype=jnp.int32),
+                                                       (b, l)))
     for i, block in enumerate(self.blocks):
       x = block.with_kv(x, cos, sin, key_mask, cache=KVCache(cache.k[i], cache.v[i]),
                         offset=offset)[0]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dispo_jax.checks import require
 from dispo_jax.model.sharding import to_host
 from dispo_jax.pipeline.rewards import RewardFn
 from dispo_jax.rl import timesteps
@@ -70,9 +71,7 @@ class RolloutSettings:
         ("terminal_advantage", self.terminal_advantage in ADVANTAGES, f"one of {sorted(ADVANTAGES)}"),
         ("branch_advantage", self.branch_advantage in ADVANTAGES, f"one of {sorted(ADVANTAGES)}"),
     ]
-    for name, ok, what in checks:
-      if not ok:
-        raise ValueError(f"{name}={getattr(self, name)!r} must be {what}")
+    require(self, checks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +144,7 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
   k = settings.rollout.group_size
   host_prompts = np.repeat(np.asarray(prompt_tokens, np.int32), k, axis=0)
   host_lengths = np.repeat(np.asarray(prompt_lengths, np.int32), k, axis=0)
+  prompt_index = np.repeat(np.arange(len(prompt_tokens)), k)  # [rows] the prompt of each row
   host_steps = None
   if settings.objective.use_step:
     host_steps = to_host(timesteps.sample_branch_steps(
@@ -153,22 +153,21 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
         settings.rollout.timestep_degree))
   result = generate(graphdef, params, place(host_prompts), place(host_lengths), sample_key,
                     settings.sampler, None if host_steps is None else place(host_steps))
-  batch, metrics, extras = _terminal_part(result, host_prompts, host_lengths, reward_fn,
-                                          settings, row_offset, place)
+  batch, metrics, extras = _terminal_part(result, host_prompts, host_lengths, prompt_index,
+                                          reward_fn, settings, row_offset, place)
   if host_steps is not None:
     batch, branch_metrics, extras.branch_rewards = _branch_part(
-        branch_key, batch, result, host_steps, reward_fn, settings, place)
+        branch_key, batch, result, host_steps, prompt_index, reward_fn, settings, place)
     metrics.update(branch_metrics)
   batch.check_shapes()
   return batch, metrics, extras
 
 
 def _terminal_part(result: Rollout, host_prompts: np.ndarray, host_lengths: np.ndarray,
-                   reward_fn: RewardFn, settings: CollectSettings, row_offset: int, place
-                   ) -> tuple[RLBatch, Dict[str, float], RolloutExtras]:
+                   prompt_index: np.ndarray, reward_fn: RewardFn, settings: CollectSettings,
+                   row_offset: int, place) -> tuple[RLBatch, Dict[str, float], RolloutExtras]:
   """Rewards, group advantages and the base term's weights of the K completions per prompt."""
   k, rows = settings.rollout.group_size, host_prompts.shape[0]
-  prompt_index = np.repeat(np.arange(rows // k), k)
   rewards = checked_rewards(reward_fn(to_host(result.completion), prompt_index), rows,
                             "completions")
   advantages = group_advantages(jnp.asarray(rewards), k, settings.rollout.terminal_advantage)
@@ -192,8 +191,8 @@ def _terminal_part(result: Rollout, host_prompts: np.ndarray, host_lengths: np.n
 
 
 def _branch_part(key: jax.Array, batch: RLBatch, result: Rollout, host_steps: np.ndarray,
-                 reward_fn: RewardFn, settings: CollectSettings, place
-                 ) -> tuple[RLBatch, Dict[str, float], np.ndarray]:
+                 prompt_index: np.ndarray, reward_fn: RewardFn, settings: CollectSettings,
+                 place) -> tuple[RLBatch, Dict[str, float], np.ndarray]:
   """DiSPO's branches: Z fillings of every cached state, their rewards and advantages."""
   sampler, rollout = settings.sampler, settings.rollout
   z, rows = rollout.num_branches, batch.num_rows
@@ -203,7 +202,6 @@ def _branch_part(key: jax.Array, batch: RLBatch, result: Rollout, host_steps: np
                                         result.branch_logit_ids, z, temperature, sampler.mask_id)
   n_states = filled.shape[1]
   flat = to_host(filled).reshape(rows * n_states * z, -1)
-  prompt_index = np.repeat(np.arange(rows // rollout.group_size), rollout.group_size)
   branch_rewards = checked_rewards(
       reward_fn(flat, np.repeat(prompt_index, n_states * z)), flat.shape[0], "branches")
   branch_rewards = branch_rewards.reshape(rows, n_states, z)

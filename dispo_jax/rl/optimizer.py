@@ -7,6 +7,8 @@ import math
 
 import optax
 
+from dispo_jax.checks import require
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
@@ -38,9 +40,7 @@ class OptimizerSettings:
         ("grad_clip", math.isfinite(self.grad_clip) and self.grad_clip > 0, "finite and > 0"),
         ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
     ]
-    for name, ok, what in checks:
-      if not ok:
-        raise ValueError(f"{name}={getattr(self, name)!r} must be {what}")
+    require(self, checks)
 
 
 def make_optimizer(s: OptimizerSettings) -> optax.GradientTransformation:

@@ -298,6 +298,13 @@ def _cache_states(ctx: LoopContext, hit: Array, x: Array, h: Array, cache: Branc
   return BranchCache(canvas, values, ids)
 
 
+def _cache_on_hits(ctx: LoopContext, hits: Array, x: Array, h: Array, cache: BranchCache
+                   ) -> BranchCache:
+  """:func:`_cache_states` at steps where some slot is hit (the logits are only computed then)."""
+  return jax.lax.cond(jnp.any(hits), lambda c: _cache_states(ctx, hits, x, h, c), lambda c: c,
+                      cache)
+
+
 def _transfer(ctx: LoopContext, state: LoopState, logits: Array, x_window: Array, offset
               ) -> tuple:
   """Candidates and the positions committed at this step in the window (``[B, W]`` each)."""
@@ -361,8 +368,7 @@ def denoise_step(state: LoopState, ctx: LoopContext) -> LoopState:
     h_window, cache, kv = _cached_hidden(ctx, state, hits, offset, width)
   else:
     h = _hidden(ctx, x)
-    cache = jax.lax.cond(jnp.any(hits), lambda c: _cache_states(ctx, hits, x, h, c),
-                         lambda c: c, state.cache)
+    cache = _cache_on_hits(ctx, hits, x, h, state.cache)
     h_window, kv = jax.lax.dynamic_slice_in_dim(h, p + offset, width, axis=1), None
   logits = _head(ctx, h_window, x.shape[0])
   logits = (logits.astype(jnp.float32) if s.allow_mask_action
@@ -395,12 +401,10 @@ def _cached_hidden(ctx: LoopContext, state: LoopState, hits: Array, offset, widt
   only at the next block.
   """
   p, x = ctx.prompt_length, state.canvas
-  branch_here = jnp.any(hits)
 
   def full(_):
     h, kv = ctx.model.hidden_states_and_kv(x, ctx.key_mask)
-    cache = jax.lax.cond(branch_here, lambda c: _cache_states(ctx, hits, x, h, c), lambda c: c,
-                         state.cache)
+    cache = _cache_on_hits(ctx, hits, x, h, state.cache)
     return jax.lax.dynamic_slice_in_dim(h, p + offset, width, axis=1), cache, kv
 
   def block(_):
@@ -408,7 +412,7 @@ def _cached_hidden(ctx: LoopContext, state: LoopState, hits: Array, offset, widt
     h = ctx.model.block_hidden_states(tokens, p + offset, state.kv, ctx.key_mask)
     return h.astype(state.kv.k.dtype), state.cache, state.kv
 
-  return jax.lax.cond((state.block_step == 0) | branch_here, full, block, None)
+  return jax.lax.cond((state.block_step == 0) | jnp.any(hits), full, block, None)
 
 
 def _initial_state(settings: SamplerSettings, prompt_tokens: Array, n_states: int,

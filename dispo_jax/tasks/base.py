@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Sequence
 
+from dispo_jax.checks import require
+
 Example = Mapping[str, Any]
 
 # d1's training system prompt (Apache-2.0, dllm-reasoning/d1), kept verbatim: prompts are part of
@@ -129,9 +131,7 @@ class DataSettings:
         ("seed", self.seed >= 0, ">= 0"),
         ("few_shot", self.few_shot >= 0, ">= 0"),
     ]
-    for name, ok, what in checks:
-      if not ok:
-        raise ValueError(f"{name}={getattr(self, name)!r} must be {what}")
+    require(self, checks)
 
 
 @dataclasses.dataclass(frozen=True)
