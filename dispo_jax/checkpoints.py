@@ -28,8 +28,11 @@ def checkpoint_folder(workdir: str) -> epath.Path:
 
 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  # On object stores orbax knows an unfinished step only by its missing commit file and, with
+  # cleanup on, deletes it while restore_latest moves it aside: there the move is the only cleanup.
+  local = "://" not in str(workdir)
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                         cleanup_tmp_directories=True)
+                                         cleanup_tmp_directories=local)
   return ocp.CheckpointManager(checkpoint_folder(workdir), options=options)
 
 
@@ -113,6 +116,21 @@ def _unlisted_step_folders(workdir: str, mgr) -> list[int]:
                 if p.name.isdigit() and int(p.name) not in listed)
 
 
+def _move_folder(src: epath.Path, dst: epath.Path) -> None:
+  """Renames a local folder; on object stores (no folders, no renames) copies each object and
+  deletes it: the source prefix is gone once it holds no objects."""
+  if "://" not in str(src):
+    src.rename(dst)
+    return
+  bucket_path = str(src).split("://", 1)[1]  # walk yields folders without the scheme
+  for folder, _, files in src.walk():  # one listing of the prefix (no recursive glob on gcs)
+    relative = os.path.relpath(str(folder).split("://")[-1], bucket_path)
+    for name in files:
+      item = src / relative / name
+      item.copy(dst / relative / name, overwrite=True)
+      item.unlink()
+
+
 def _move_aside(mgr, workdir: str, step: int, error: Exception) -> None:
   folder = checkpoint_folder(workdir)
   bad = folder / f"damaged-{step}"
@@ -125,7 +143,7 @@ def _move_aside(mgr, workdir: str, step: int, error: Exception) -> None:
   if jax.process_index() == 0:
     if bad.exists():
       bad.rmtree()
-    (folder / str(step)).rename(bad)
+    _move_folder(folder / str(step), bad)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"checkpoint-fallback-{step}")

@@ -48,7 +48,7 @@ def make_config(args, name: str, seed: int):
   variant, method, alpha, shuffled = METHODS[name]
   c = sudoku_config.get_config(variant)
   c.method, c.rl.alpha_step, c.seed, c.shuffle_rewards = method, alpha, seed, shuffled
-  mu = c.rl.num_iterations
+  mu = args.mu
   c.num_steps = args.rollouts * mu
   c.optim.learning_rate = args.lr
   c.base.steps = args.base_steps
@@ -56,8 +56,11 @@ def make_config(args, name: str, seed: int):
   c.rl.trace.segments = args.decode_steps
   c.rollout.group_size = args.group
   c.rollout.prompts_per_step = args.prompts
-  c.data.rl_grid_fraction = args.rl_grid_fraction
-  c.base.cache_dir = os.path.join(args.root, "_base_cache")  # one base, shared by every run
+  c.data.rl_grid_fraction = 0.0 if args.rl_on_test_grids else args.rl_grid_fraction
+  c.data.rl_on_test_grids = args.rl_on_test_grids
+  c.data.num_blanks = tuple(int(n) for n in args.num_blanks.split(","))
+  c.rl.num_iterations = args.mu
+  c.base.cache_dir = args.base_cache or os.path.join(args.root, "_base_cache")  # one base for all runs
   c.eval_every = args.eval_every * mu
   c.eval_rows = args.eval_rows
   c.checkpoint_every = c.num_steps
@@ -179,11 +182,16 @@ def main() -> None:
   parser.add_argument("--base-steps", type=int, default=1500)
   parser.add_argument("--decode-steps", type=int, default=3)
   parser.add_argument("--rl-grid-fraction", type=float, default=0.5)
+  parser.add_argument("--rl-on-test-grids", action="store_true",
+                      help="RL puzzles on the test grids (none a test puzzle); overrides the fraction")
+  parser.add_argument("--num-blanks", default="6,10", help="fewest,most blank cells")
+  parser.add_argument("--mu", type=int, default=4, help="optimizer updates per rollout batch")
   parser.add_argument("--group", type=int, default=8)
   parser.add_argument("--prompts", type=int, default=8)
   parser.add_argument("--eval-every", type=int, default=10, help="in rollout batches")
   parser.add_argument("--eval-rows", type=int, default=256)
   parser.add_argument("--last-evals", type=int, default=2)
+  parser.add_argument("--base-cache", default="", help="tiny-base cache folder (default: ROOT/_base_cache)")
   parser.add_argument("--plots", default="docs")
   parser.add_argument("--summary-only", action="store_true",
                       help="train nothing; summarise the finished runs under --root")

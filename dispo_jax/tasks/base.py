@@ -104,6 +104,9 @@ class DataSettings:
     num_train, num_test: rows the tiny setting generates.
     test_fraction: tiny Sudoku: fraction of the grids held out of SFT.
     rl_grid_fraction: tiny Sudoku: > 0 sets this fraction of held-out grids aside for RL prompts.
+    rl_on_test_grids: tiny Sudoku: RL prompts are puzzles on the test grids, none of them a test
+      puzzle (d1's situation: any large 4×4 puzzle set covers all 288 grids); the base never saw
+      those grids.
     num_blanks: tiny Sudoku: (fewest, most) blank cells of a generated puzzle.
     seed: data generation and the grid split (independent of the run's seed).
     few_shot: Sudoku with a checkpoint: worked examples in the prompt (SPG's protocol: 3).
@@ -115,6 +118,7 @@ class DataSettings:
   num_test: int = 256
   test_fraction: float = 0.2
   rl_grid_fraction: float = 0.0
+  rl_on_test_grids: bool = False
   num_blanks: tuple[int, int] = (6, 10)
   seed: int = 0
   few_shot: int = 0
@@ -126,6 +130,8 @@ class DataSettings:
         ("num_test", self.num_test >= 1, ">= 1"),
         ("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
         ("rl_grid_fraction", 0 <= self.rl_grid_fraction < 1, "in [0, 1)"),
+        ("rl_on_test_grids", not (self.rl_on_test_grids and self.rl_grid_fraction),
+         "False when rl_grid_fraction > 0 (RL grids are either a split or the test grids)"),
         ("num_blanks", len(self.num_blanks) == 2 and 1 <= self.num_blanks[0]
          <= self.num_blanks[1] <= 16, "(fewest, most) with 1 <= fewest <= most <= 16"),
         ("seed", self.seed >= 0, ">= 0"),

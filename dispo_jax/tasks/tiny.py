@@ -42,14 +42,21 @@ def sudoku_grids(data: DataSettings) -> tuple[list[str], list[str], list[str]]:
 
 
 def sudoku_rows(data: DataSettings) -> tuple[list[dict], list[dict]]:
-  """(RL train, held-out test) puzzles on disjoint grids (:func:`sudoku_grids`)."""
+  """(RL train, held-out test) puzzles: grids as :func:`sudoku_grids` splits them.
+
+  With ``data.rl_on_test_grids`` the RL puzzles share the test grids (never SFT'd) but no RL
+  puzzle is a test puzzle.
+  """
   sft, rl, test_grids = sudoku_grids(data)
-  if rl is sft:
-    train = sudoku.generate_puzzles(sft, data.num_train, data.num_blanks, seed=data.seed)
-  else:
-    train = sudoku.generate_puzzles(rl, data.num_train, data.num_blanks, seed=data.seed + 2)
   test = sudoku.generate_puzzles(test_grids, data.num_test, data.num_blanks, seed=data.seed + 1)
-  return train, test
+  if data.rl_on_test_grids:
+    test_puzzles = {r["puzzle"] for r in test}
+    pool = sudoku.generate_puzzles(test_grids, data.num_train + len(test), data.num_blanks,
+                                   seed=data.seed + 3)
+    return [r for r in pool if r["puzzle"] not in test_puzzles][:data.num_train], test
+  if rl is sft:
+    return sudoku.generate_puzzles(sft, data.num_train, data.num_blanks, seed=data.seed), test
+  return sudoku.generate_puzzles(rl, data.num_train, data.num_blanks, seed=data.seed + 2), test
 
 
 def sudoku_sft_rows(data: DataSettings) -> list[dict]:
