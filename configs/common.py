@@ -97,8 +97,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_test = 256
   c.data.test_fraction = 0.2
   c.data.rl_grid_fraction = 0.0  # tiny Sudoku: >0 sets this fraction of held-out grids aside for RL
+  c.data.num_test_grids = 0      # tiny Sudoku: >0 keeps this many test grids (random subset)
   c.data.rl_on_test_grids = False  # tiny Sudoku: RL puzzles on the (never SFT'd) test grids, none a test puzzle
   c.data.num_blanks = (6, 10)
+  c.data.unique_solutions = True  # tiny Sudoku: False admits puzzles with several solutions
   c.data.seed = 0                # data generation and the grid split (independent of c.seed)
   c.data.few_shot = 0            # Sudoku with a checkpoint: worked examples in the prompt (SPG: 3)
 

@@ -58,8 +58,9 @@ def cache_root(base: BaseSettings) -> str:
 
 def base_key(c) -> dict:
   """Everything that determines the tiny base of config ``c`` (its cache key, as a dict)."""
+  # where RL and test prompts come from never changes the SFT rows
   rl_prompts_only = ("train_file", "eval_file", "few_shot", "rl_grid_fraction",
-                     "rl_on_test_grids")  # where RL prompts come from never changes the SFT rows
+                     "rl_on_test_grids", "num_test_grids")
   data = {k: v for k, v in c.data.to_dict().items() if k not in rl_prompts_only}
   base = {k: v for k, v in c.base.to_dict().items() if k != "cache_dir"}
   return {"format": FORMAT_VERSION, "task": c.task, "data": data, "base": base,

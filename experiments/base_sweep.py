@@ -48,6 +48,9 @@ def main() -> None:
   parser.add_argument("--decode-steps", default="6,12,24")
   parser.add_argument("--eval-rows", type=int, default=256)
   parser.add_argument("--samples", type=int, default=2)
+  parser.add_argument("--num-blanks", default="6,10", help="fewest,most blank cells")
+  parser.add_argument("--several-solutions", action="store_true",
+                      help="admit puzzles with several solutions (data.unique_solutions=False)")
   args = parser.parse_args()
   task = get_task("sudoku")
   table = {}
@@ -55,6 +58,8 @@ def main() -> None:
     c = sudoku_config.get_config("tiny")
     c.base.steps = n
     c.base.cache_dir = args.root
+    c.data.num_blanks = tuple(int(b) for b in args.num_blanks.split(","))
+    c.data.unique_solutions = not args.several_solutions
     tokenizer, cfg, graphdef, state = tiny.prepare_base(c)
     ids = tok.special_ids(tokenizer)
     _, eval_rows = task.tiny.rows(DataSettings(**c.data.to_dict()))

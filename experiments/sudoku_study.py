@@ -58,7 +58,9 @@ def make_config(args, name: str, seed: int):
   c.rollout.prompts_per_step = args.prompts
   c.data.rl_grid_fraction = 0.0 if args.rl_on_test_grids else args.rl_grid_fraction
   c.data.rl_on_test_grids = args.rl_on_test_grids
+  c.data.num_test_grids = args.test_grids
   c.data.num_blanks = tuple(int(n) for n in args.num_blanks.split(","))
+  c.data.unique_solutions = not args.several_solutions
   c.rl.num_iterations = args.mu
   c.base.cache_dir = args.base_cache or os.path.join(args.root, "_base_cache")  # one base for all runs
   c.eval_every = args.eval_every * mu
@@ -184,7 +186,10 @@ def main() -> None:
   parser.add_argument("--rl-grid-fraction", type=float, default=0.5)
   parser.add_argument("--rl-on-test-grids", action="store_true",
                       help="RL puzzles on the test grids (none a test puzzle); overrides the fraction")
+  parser.add_argument("--test-grids", type=int, default=0, help="keep this many test grids (0: all)")
   parser.add_argument("--num-blanks", default="6,10", help="fewest,most blank cells")
+  parser.add_argument("--several-solutions", action="store_true",
+                      help="admit puzzles with several solutions (data.unique_solutions=False)")
   parser.add_argument("--mu", type=int, default=4, help="optimizer updates per rollout batch")
   parser.add_argument("--group", type=int, default=8)
   parser.add_argument("--prompts", type=int, default=8)

@@ -70,6 +70,56 @@ def test_sudoku_grids_generator_and_split():
     sudoku.generate_puzzles(train, 1, 13)
 
 
+def test_puzzles_with_several_solutions_score_against_the_closest_one():
+  train, _ = sudoku.split_grids(test_fraction=0.2, seed=0)
+  puzzles = sudoku.generate_puzzles(train, 40, num_blanks=(11, 13), seed=2, unique=False)
+  several = [r for r in puzzles if sudoku.count_solutions(r["puzzle"], limit=3) > 1]
+  assert several, "11-13 blanks should leave some puzzles ambiguous"
+  for row in several:
+    found = sudoku.solutions(row["puzzle"])
+    assert row["solution"] in found and all(sudoku.is_valid_grid(g) for g in found)
+    assert len(found) == sum(all(p in ("0", c) for p, c in zip(row["puzzle"], g))
+                             for g in sudoku.all_grids())  # brute force over all 288 grids
+    other = next(g for g in found if g != row["solution"])
+    answer = f"<answer>{other}</answer>"
+    assert sudoku.reward(answer, row) == 1.0
+    assert sudoku.reward(answer, row, d1_compat=True) < 1.0  # d1: the stored solution only
+    mixed = "".join(a if i % 2 else b for i, (a, b) in enumerate(zip(other, row["solution"])))
+    blanks = [i for i, p in enumerate(row["puzzle"]) if p == "0"]
+    best = max(sum(mixed[i] == g[i] for i in blanks) for g in found) / len(blanks)
+    assert sudoku.reward(f"<answer>{mixed}</answer>", row) == pytest.approx(best)
+  with pytest.raises(ValueError, match="0..16 blanks"):
+    sudoku.generate_puzzles(train, 1, 17, unique=False)
+
+
+@given(st.text(alphabet="01234", min_size=16, max_size=16))
+@settings(max_examples=300, deadline=None)
+def test_unique_puzzles_score_as_before(grid_digits):
+  """On a puzzle with one solution the closest-solution score is d1's stored-solution score."""
+  row = sudoku.generate_puzzles(list(sudoku.all_grids()), 1, 8, seed=len(grid_digits))[0]
+  text = f"<answer>{grid_digits}</answer>"
+  assert sudoku.cell_score(text, row) == sudoku.cell_score(text, row, d1_compat=True)
+
+
+def test_rl_prompts_on_test_grids_and_a_subset_of_test_grids():
+  from dispo_jax.tasks import tiny
+  from dispo_jax.tasks.base import DataSettings
+  d = DataSettings(num_train=300, rl_on_test_grids=True, num_test_grids=12)
+  rl, test = tiny.sudoku_rows(d)
+  sft = {r["solution"] for r in tiny.sudoku_sft_rows(d)}
+  assert len({r["solution"] for r in test}) == 12
+  assert {r["solution"] for r in rl} <= {r["solution"] for r in test}  # the same grids
+  assert {r["puzzle"] for r in rl}.isdisjoint(r["puzzle"] for r in test)  # other puzzles
+  assert sft.isdisjoint(r["solution"] for r in test)
+  with pytest.raises(ValueError, match="rl_on_test_grids"):
+    DataSettings(rl_on_test_grids=True, rl_grid_fraction=0.5)
+  with pytest.raises(ValueError, match="num_test_grids=999"):
+    tiny.sudoku_rows(DataSettings(num_test_grids=999))
+  with pytest.raises(ValueError, match="num_blanks"):
+    DataSettings(num_blanks=(10, 14))
+  DataSettings(num_blanks=(10, 14), unique_solutions=False)
+
+
 # ---------------------------------------------------------------- countdown
 
 

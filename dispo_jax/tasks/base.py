@@ -107,7 +107,10 @@ class DataSettings:
     rl_on_test_grids: tiny Sudoku: RL prompts are puzzles on the test grids, none of them a test
       puzzle (d1's situation: any large 4×4 puzzle set covers all 288 grids); the base never saw
       those grids.
+    num_test_grids: tiny Sudoku: > 0 keeps only this many test grids (a fixed random subset).
     num_blanks: tiny Sudoku: (fewest, most) blank cells of a generated puzzle.
+    unique_solutions: tiny Sudoku: only puzzles with one solution (False: any number; the reward
+      then scores an answer against the puzzle's solution closest to it).
     seed: data generation and the grid split (independent of the run's seed).
     few_shot: Sudoku with a checkpoint: worked examples in the prompt (SPG's protocol: 3).
   """
@@ -119,7 +122,9 @@ class DataSettings:
   test_fraction: float = 0.2
   rl_grid_fraction: float = 0.0
   rl_on_test_grids: bool = False
+  num_test_grids: int = 0
   num_blanks: tuple[int, int] = (6, 10)
+  unique_solutions: bool = True
   seed: int = 0
   few_shot: int = 0
 
@@ -132,8 +137,10 @@ class DataSettings:
         ("rl_grid_fraction", 0 <= self.rl_grid_fraction < 1, "in [0, 1)"),
         ("rl_on_test_grids", not (self.rl_on_test_grids and self.rl_grid_fraction),
          "False when rl_grid_fraction > 0 (RL grids are either a split or the test grids)"),
+        ("num_test_grids", self.num_test_grids >= 0, ">= 0 (0: every held-out grid)"),
         ("num_blanks", len(self.num_blanks) == 2 and 1 <= self.num_blanks[0]
-         <= self.num_blanks[1] <= 16, "(fewest, most) with 1 <= fewest <= most <= 16"),
+         <= self.num_blanks[1] <= (12 if self.unique_solutions else 16),
+         "(fewest, most) with 1 <= fewest <= most <= 12 (16 with unique_solutions=False)"),
         ("seed", self.seed >= 0, ">= 0"),
         ("few_shot", self.few_shot >= 0, ">= 0"),
     ]

@@ -119,13 +119,21 @@ def parse_answer(text: str, d1_compat: bool = False) -> str | None:
 
 
 def cell_score(text: str, row: Example, d1_compat: bool = False) -> Score:
-  puzzle, solution = row["puzzle"], row["solution"]
+  """Blank cells the answer gets right (``correct``) of the puzzle's blanks (``total``).
+
+  d1 compares against the row's stored solution; the default compares against the puzzle's
+  solution closest to the answer, so a valid alternative completion of a puzzle with several
+  solutions scores as correct (for a unique-solution puzzle both are the same).
+  """
+  puzzle = row["puzzle"]
   empty = [i for i in range(16) if puzzle[i] == "0"]
   answer = parse_answer(text, d1_compat)
   if not answer:
     return Score(0.0, float(len(empty)))
   answer = (answer + "0" * 16)[:16]
-  return Score(float(sum(answer[i] == solution[i] for i in empty)), float(len(empty)))
+  targets = (row["solution"],) if d1_compat else (solutions(puzzle) or (row["solution"],))
+  return Score(float(max(sum(answer[i] == t[i] for i in empty) for t in targets)),
+               float(len(empty)))
 
 
 def reward(text: str, row: Example, d1_compat: bool = False) -> float:
@@ -169,6 +177,13 @@ def all_grids() -> tuple[str, ...]:
   return tuple(sorted(grids))
 
 
+@functools.lru_cache(maxsize=65536)
+def solutions(puzzle: str) -> tuple[str, ...]:
+  """Every valid grid consistent with the puzzle's givens (``"0"`` = blank; at most 288)."""
+  given = [(i, ch) for i, ch in enumerate(puzzle[:16]) if ch != "0"]
+  return tuple(g for g in all_grids() if all(g[i] == ch for i, ch in given))
+
+
 def count_solutions(puzzle: str, limit: int = 2) -> int:
   """Number of valid grids consistent with the puzzle's givens (stops at ``limit``)."""
   given = [(i, ch) for i, ch in enumerate(puzzle) if ch != "0"]
@@ -182,15 +197,17 @@ def count_solutions(puzzle: str, limit: int = 2) -> int:
 
 
 def make_puzzle(grid: str, num_blanks: int, rng: np.random.Generator,
-                max_tries: int = 1000) -> str | None:
-  """Blanks ``num_blanks`` random cells of ``grid`` such that the solution stays unique."""
-  if not 0 <= num_blanks <= MAX_UNIQUE_BLANKS:
-    raise ValueError(f"num_blanks={num_blanks}: a 4x4 puzzle with a unique solution has 0.."
-                     f"{MAX_UNIQUE_BLANKS} blanks")
+                max_tries: int = 1000, unique: bool = True) -> str | None:
+  """Blanks ``num_blanks`` random cells of ``grid``; with ``unique`` only such that the solution
+  stays unique (None if no try succeeds)."""
+  limit = MAX_UNIQUE_BLANKS if unique else 16
+  if not 0 <= num_blanks <= limit:
+    raise ValueError(f"num_blanks={num_blanks}: a 4x4 puzzle"
+                     f"{' with a unique solution' if unique else ''} has 0..{limit} blanks")
   for _ in range(max_tries):
     blanks = set(rng.choice(16, size=num_blanks, replace=False).tolist())
     puzzle = "".join("0" if i in blanks else ch for i, ch in enumerate(grid))
-    if count_solutions(puzzle) == 1:
+    if not unique or count_solutions(puzzle) == 1:
       return puzzle
   return None
 
@@ -207,10 +224,11 @@ def split_grids(test_fraction: float = 0.2, seed: int = 0,
 
 
 def generate_puzzles(grids: list[str], num_puzzles: int, num_blanks: int | tuple[int, int],
-                     seed: int = 0) -> list[dict]:
+                     seed: int = 0, unique: bool = True) -> list[dict]:
   """``num_puzzles`` rows ``{"puzzle", "solution"}`` from ``grids`` with unique solutions.
 
-  ``num_blanks`` is a count or an inclusive ``(low, high)`` range drawn per puzzle.
+  ``num_blanks`` is a count or an inclusive ``(low, high)`` range drawn per puzzle; ``unique=False``
+  admits puzzles with several solutions (``solution`` is then the grid the puzzle was cut from).
   """
   if not grids:
     raise ValueError("generate_puzzles needs at least one grid")
@@ -220,7 +238,7 @@ def generate_puzzles(grids: list[str], num_puzzles: int, num_blanks: int | tuple
     grid = grids[int(rng.integers(len(grids)))]
     n = num_blanks if isinstance(num_blanks, int) else int(rng.integers(num_blanks[0],
                                                                         num_blanks[1] + 1))
-    puzzle = make_puzzle(grid, n, rng)
+    puzzle = make_puzzle(grid, n, rng, unique=unique)
     if puzzle is not None:
       rows.append({"puzzle": puzzle, "solution": grid})
   return rows

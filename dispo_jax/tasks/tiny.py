@@ -29,16 +29,28 @@ def sudoku_grids(data: DataSettings) -> tuple[list[str], list[str], list[str]]:
   ``rl_grid_fraction = 0``: RL prompts come from the SFT grids (RL = SFT grids). ``> 0``: that
   fraction of the held-out grids is set aside for RL prompts and the rest is the test set, so RL
   trains where the base is at its held-out level (4×4 Sudoku has only 288 grids; the base
-  memorises its SFT grids).
+  memorises its SFT grids). ``num_test_grids > 0`` then keeps a random subset of the test grids.
   """
   d1_grids = {r["solution"] for r in data_lib.load_rows("sudoku")}
   sft, held_out = sudoku.split_grids(data.test_fraction, data.seed, exclude_from_train=d1_grids)
-  if not data.rl_grid_fraction:
-    return sft, sft, held_out
-  order = np.random.default_rng([data.seed, 1]).permutation(len(held_out))
-  n_rl = int(round(data.rl_grid_fraction * len(held_out)))
-  rl = sorted(held_out[i] for i in order[:n_rl])
-  return sft, rl, sorted(held_out[i] for i in order[n_rl:])
+  if data.rl_grid_fraction:
+    order = np.random.default_rng([data.seed, 1]).permutation(len(held_out))
+    n_rl = int(round(data.rl_grid_fraction * len(held_out)))
+    rl, test = sorted(held_out[i] for i in order[:n_rl]), sorted(held_out[i] for i in order[n_rl:])
+  else:
+    rl, test = sft, held_out
+  if data.num_test_grids:
+    if data.num_test_grids > len(test):
+      raise ValueError(f"config.data.num_test_grids={data.num_test_grids}: only {len(test)} test "
+                       "grids")
+    order = np.random.default_rng([data.seed, 2]).permutation(len(test))
+    test = sorted(test[i] for i in order[:data.num_test_grids])
+  return sft, rl, test
+
+
+def _puzzles(data: DataSettings, grids: list[str], count: int, seed_offset: int) -> list[dict]:
+  return sudoku.generate_puzzles(grids, count, data.num_blanks, seed=data.seed + seed_offset,
+                                 unique=data.unique_solutions)
 
 
 def sudoku_rows(data: DataSettings) -> tuple[list[dict], list[dict]]:
@@ -48,21 +60,18 @@ def sudoku_rows(data: DataSettings) -> tuple[list[dict], list[dict]]:
   puzzle is a test puzzle.
   """
   sft, rl, test_grids = sudoku_grids(data)
-  test = sudoku.generate_puzzles(test_grids, data.num_test, data.num_blanks, seed=data.seed + 1)
+  test = _puzzles(data, test_grids, data.num_test, 1)
   if data.rl_on_test_grids:
     test_puzzles = {r["puzzle"] for r in test}
-    pool = sudoku.generate_puzzles(test_grids, data.num_train + len(test), data.num_blanks,
-                                   seed=data.seed + 3)
+    pool = _puzzles(data, test_grids, data.num_train + len(test), 3)
     return [r for r in pool if r["puzzle"] not in test_puzzles][:data.num_train], test
-  if rl is sft:
-    return sudoku.generate_puzzles(sft, data.num_train, data.num_blanks, seed=data.seed), test
-  return sudoku.generate_puzzles(rl, data.num_train, data.num_blanks, seed=data.seed + 2), test
+  return (_puzzles(data, sft, data.num_train, 0) if rl is sft
+          else _puzzles(data, rl, data.num_train, 2)), test
 
 
 def sudoku_sft_rows(data: DataSettings) -> list[dict]:
   """Puzzles on the SFT grids."""
-  sft, _, _ = sudoku_grids(data)
-  return sudoku.generate_puzzles(sft, data.num_train, data.num_blanks, seed=data.seed)
+  return _puzzles(data, sudoku_grids(data)[0], data.num_train, 0)
 
 
 SUDOKU = TinySetting(prompt=lambda row: f"Sudoku {row['puzzle']}",
