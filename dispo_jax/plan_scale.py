@@ -1,7 +1,11 @@
 """Plan for scale: compile a config's train step for LLaDA-8B on a fake CPU mesh, no weights.
 
-  python -m dispo_jax.plan_scale --devices=8 --mesh=1,8,1
-  python -m dispo_jax.plan_scale --config=configs/gsm8k.py --devices=32 --mesh=4,8,1 --microbatches=12
+  python -m dispo_jax.plan_scale --config=configs/sudoku.py --config.mesh.fsdp=8 --devices=8
+  python -m dispo_jax.plan_scale --config=configs/gsm8k.py --config.mesh.data=4 \
+      --config.mesh.fsdp=8 --devices=32 --microbatches=12
+
+The config file and its ``--config.<key>=<value>`` overrides are read exactly as ``train`` reads
+them; the mesh is the config's ``mesh`` section (``-1`` takes the remaining devices).
 
 Reads the run's config (method, LoRA, optimizer, rollout batch, prompt and completion lengths, DiSPO's
 Z and |S|, μ), lowers and compiles its ``update`` with abstract inputs sharded by the logical-axis
@@ -12,23 +16,22 @@ the numbers are XLA's buffer assignment for this program, a planning estimate fo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 
+from absl import app, flags
+from ml_collections import config_flags
 
-def parse_args() -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--config", default="configs/sudoku.py", help="file.py[:variants]")
-  parser.add_argument("--devices", type=int, default=8)
-  parser.add_argument("--mesh", default="1,8,1", help="data,fsdp,tensor")
-  parser.add_argument("--preset", default="llada_8b")
-  parser.add_argument("--microbatches", type=int, default=12, help="0: the config's")
-  return parser.parse_args()
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/sudoku.py",
+                                          "config file[:variants], as for train")
+_DEVICES = flags.DEFINE_integer("devices", 8, "fake CPU devices")
+_PRESET = flags.DEFINE_string("preset", "llada_8b", "model preset")
+_MICROBATCHES = flags.DEFINE_integer("microbatches", 12, "0: the config's rl.num_microbatches")
 
 
 def abstract_state(cfg, lora, mesh, optimizer):
-  """``(graphdef, trainable, frozen, opt_state)`` as sharded ``ShapeDtypeStruct`` trees."""
+  """``(graphdef, trainable, frozen, opt_state)`` as sharded ``ShapeDtypeStruct`` trees (frozen:
+  the base weights under LoRA, the reference copy under full fine-tuning)."""
   import jax
   from flax import nnx
   from jax.sharding import NamedSharding, PartitionSpec as P
@@ -45,7 +48,10 @@ def abstract_state(cfg, lora, mesh, optimizer):
     return treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
                               for x, s in zip(leaves, jax.tree.leaves(shardings))])
 
-  trainable, frozen = with_sharding(lora_abs), with_sharding(base_abs)
+  if lora is None:  # full fine-tuning: every weight trains; the reference is a copy (as in train)
+    trainable = frozen = with_sharding(base_abs)
+  else:
+    trainable, frozen = with_sharding(lora_abs), with_sharding(base_abs)
   opt_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(
           mesh, sharding.fit_spec_to_shape(sharding.logical_to_mesh_axes(
@@ -90,12 +96,13 @@ def abstract_batch(s, mesh):
       branch_advantages=sds((n, n_states, z), jnp.float32) if step else None, replay=replay)
 
 
-def report(compiled, seconds: float, args, s, params: int) -> None:
+def report(compiled, seconds: float, mesh_shape: str, s, params: int) -> None:
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2**30
   n = s.rollout.prompts_per_step * s.rollout.group_size
-  print(f"{args.config}: method={s.objective.method} preset={args.preset} params={params:,} "
-        f"devices={args.devices} mesh(data,fsdp,tensor)=({args.mesh}) rows={n} tokens/row="
+  print(f"{flags.FLAGS['config'].value}: method={s.objective.method} preset={_PRESET.value} "
+        f"params={params:,} devices={_DEVICES.value} mesh(data,fsdp,tensor)=({mesh_shape}) "
+        f"rows={n} tokens/row="
         f"{s.rollout.max_prompt_length + s.sampler.gen_length} microbatches="
         f"{s.objective.num_microbatches} (compiled in {seconds:.0f}s)")
   print(f"per device: arguments {gib(mem.argument_size_in_bytes):.2f} GiB | outputs "
@@ -107,12 +114,11 @@ def report(compiled, seconds: float, args, s, params: int) -> None:
   print(f"per device peak estimate (arguments + outputs + temporaries - aliased): {gib(total):.2f} GiB")
 
 
-def main() -> None:
-  args = parse_args()
+def main(argv) -> None:
+  del argv
   import jax
-  jax.config.update("jax_num_cpu_devices", args.devices)
+  jax.config.update("jax_num_cpu_devices", _DEVICES.value)
 
-  from dispo_jax.config_lib import load_config
   from dispo_jax.model import sharding
   from dispo_jax.model.config import get_config
   from dispo_jax.rl import learner
@@ -120,13 +126,14 @@ def main() -> None:
   from dispo_jax.rl.policy import Policy
   from dispo_jax.train import run_settings
 
-  c = load_config(args.config)
-  cfg = get_config(args.preset, remat=c.model.remat)
+  c = _CONFIG.value
+  cfg = get_config(_PRESET.value, remat=c.model.remat)
   s = run_settings(c, mask_id=cfg.mask_token_id)
-  if args.microbatches:
+  if _MICROBATCHES.value:
     s = dataclasses.replace(s, objective=dataclasses.replace(
-        s.objective, num_microbatches=args.microbatches))
-  mesh = sharding.make_mesh(*(int(x) for x in args.mesh.split(",")))
+        s.objective, num_microbatches=_MICROBATCHES.value))
+  mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+  mesh_shape = ",".join(str(n) for n in mesh.devices.shape)
   optimizer = make_optimizer(s.optim)
   graphdef, trainable, frozen, opt_state = abstract_state(cfg, s.lora, mesh, optimizer)
   update = learner.make_update_fn(Policy(graphdef, s.lora is not None).bind, optimizer,
@@ -138,9 +145,9 @@ def main() -> None:
   start = time.perf_counter()
   compiled = jitted.lower(trainable, frozen, opt_state, abstract_batch(s, mesh), 0, key,
                           key).compile()
-  params = sum(x.size for x in jax.tree.leaves((trainable, frozen)))
-  report(compiled, time.perf_counter() - start, args, s, params)
+  params = sum(x.size for x in jax.tree.leaves((trainable, frozen) if s.lora else trainable))
+  report(compiled, time.perf_counter() - start, mesh_shape, s, params)
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -1,0 +1,23 @@
+"""plan_scale reads the same config file and overrides as train and compiles on a fake mesh."""
+
+import os
+import subprocess
+import sys
+
+from tests.test_train import REPO
+
+
+def test_plan_scale_reads_train_config_and_its_mesh_overrides():
+  cmd = [sys.executable, "-m", "dispo_jax.plan_scale", "--config=configs/sudoku.py:tiny",
+         "--config.method=dispo", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+         "--config.rollout.prompts_per_step=2", "--config.rollout.group_size=2",
+         "--devices=2", "--preset=tiny", "--microbatches=0"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "method=dispo" in out.stdout and "mesh(data,fsdp,tensor)=(1,2,1)" in out.stdout
+  assert "rows=4 tokens/row=56" in out.stdout  # 2 prompts × K 2; prompt 32 + completion 24
+  assert "per device peak estimate" in out.stdout
+  bad = subprocess.run(cmd + ["--config.optim.b2=-1"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert bad.returncode != 0 and "optim" in bad.stderr
