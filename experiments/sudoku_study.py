@@ -62,6 +62,8 @@ def make_config(args, name: str, seed: int):
   c.data.num_blanks = tuple(int(n) for n in args.num_blanks.split(","))
   c.data.unique_solutions = not args.several_solutions
   c.rl.num_iterations = args.mu
+  c.rollout.terminal_advantage = c.rollout.branch_advantage = args.advantage
+  c.rl.beta = args.beta
   c.base.cache_dir = args.base_cache or os.path.join(args.root, "_base_cache")  # one base for all runs
   c.eval_every = args.eval_every * mu
   c.eval_rows = args.eval_rows
@@ -190,6 +192,9 @@ def main() -> None:
   parser.add_argument("--num-blanks", default="6,10", help="fewest,most blank cells")
   parser.add_argument("--several-solutions", action="store_true",
                       help="admit puzzles with several solutions (data.unique_solutions=False)")
+  parser.add_argument("--advantage", default="mean",
+                      help="terminal and branch advantage (mean: d1's R - mean; zscore: GRPO's)")
+  parser.add_argument("--beta", type=float, default=0.04, help="KL weight")
   parser.add_argument("--mu", type=int, default=4, help="optimizer updates per rollout batch")
   parser.add_argument("--group", type=int, default=8)
   parser.add_argument("--prompts", type=int, default=8)
