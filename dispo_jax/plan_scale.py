@@ -100,7 +100,10 @@ def report(compiled, seconds: float, mesh_shape: str, s, params: int) -> None:
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2**30
   n = s.rollout.prompts_per_step * s.rollout.group_size
-  print(f"{flags.FLAGS['config'].value}: method={s.objective.method} preset={_PRESET.value} "
+  config = config_flags.get_config_filename(flags.FLAGS["config"])
+  overrides = " ".join(f"--config.{k}={v}" for k, v in
+                       config_flags.get_override_values(flags.FLAGS["config"]).items())
+  print(f"{config} {overrides}: method={s.objective.method} preset={_PRESET.value} "
         f"params={params:,} devices={_DEVICES.value} mesh(data,fsdp,tensor)=({mesh_shape}) "
         f"rows={n} tokens/row="
         f"{s.rollout.max_prompt_length + s.sampler.gen_length} microbatches="

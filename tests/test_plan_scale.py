@@ -15,7 +15,9 @@ def test_plan_scale_reads_train_config_and_its_mesh_overrides():
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "method=dispo" in out.stdout and "mesh(data,fsdp,tensor)=(1,2,1)" in out.stdout
+  header = out.stdout.splitlines()[0]  # one line: the file, its overrides, the shapes
+  assert header.startswith("configs/sudoku.py:tiny --config.method=dispo --config.mesh.data=1")
+  assert "method=dispo" in header and "mesh(data,fsdp,tensor)=(1,2,1)" in header
   assert "rows=4 tokens/row=56" in out.stdout  # 2 prompts × K 2; prompt 32 + completion 24
   assert "per device peak estimate" in out.stdout
   bad = subprocess.run(cmd + ["--config.optim.b2=-1"], cwd=REPO, env=env, capture_output=True,
