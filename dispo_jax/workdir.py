@@ -69,12 +69,17 @@ def _git_commit() -> str | None:
 
 
 def config_changes(recorded: dict, current: dict) -> list[str]:
-  """``key: old -> new`` for every identity key that differs (added and removed keys too)."""
+  """``key: old -> new`` for every identity key that differs (removed keys too).
+
+  A key the recorded run does not have was added to the code after the run began; by the
+  project's convention a new key's default keeps the earlier behaviour, so it is not a change
+  (:func:`record_or_check_config` names such keys in a warning).
+  """
   changes = []
-  for key in sorted(set(recorded) | set(current)):
-    if key in MAY_CHANGE_ON_RESUME:
+  for key in sorted(recorded.keys() | current.keys()):
+    if key in MAY_CHANGE_ON_RESUME or key not in recorded:
       continue
-    old, new = recorded.get(key, "<absent>"), current.get(key, "<absent>")
+    old, new = recorded[key], current.get(key, "<absent>")
     if old != new:
       changes.append(f"{key}: {old!r} -> {new!r}")
   return changes
@@ -91,6 +96,12 @@ def record_or_check_config(workdir: str, c, write: bool = True) -> bool:
   if path.exists():
     recorded = json.loads(path.read_text())["config"]
     changes = config_changes(recorded, current)
+    added = sorted(current.keys() - recorded.keys())
+    if added and not changes:
+      message = (f"{workdir}: config keys added since this run began, taken as the behaviour it "
+                 f"had: {', '.join(f'{k}={current[k]!r}' for k in added)}")
+      logging.warning(message)
+      print(f"warning: {message}")
     if changes:
       raise ConfigError(f"{workdir} holds another run (its config.json differs in "
                         f"{len(changes)} key(s): {'; '.join(changes)}); use another --workdir, or "

@@ -46,6 +46,22 @@ def test_resume_with_another_method_stops_naming_the_key(tmp_path):
   assert recorded["package_version"] and recorded["config"]["method"] == "dispo"
 
 
+def test_a_run_recorded_before_a_key_existed_resumes_and_the_key_is_named(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  wd.record_or_check_config(workdir, small_config())
+  path = os.path.join(workdir, "config.json")
+  record = json.load(open(path))
+  del record["config"]["data.unique_solutions"]  # as written by a version without the key
+  json.dump(record, open(path, "w"))
+  assert wd.record_or_check_config(workdir, small_config())
+  assert "added since this run began" in capsys.readouterr().out
+  record["config"]["seed"] = 7  # a recorded key that differs still stops the run
+  json.dump(record, open(path, "w"))
+  with pytest.raises(ConfigError, match=r"seed: 7 -> 0"):
+    wd.record_or_check_config(workdir, small_config())
+
+
 def test_a_second_writer_stops_and_a_stale_lock_is_taken_over(tmp_path, capsys):
   workdir = str(tmp_path / "locked")
   os.makedirs(workdir)
