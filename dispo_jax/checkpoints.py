@@ -19,20 +19,20 @@ from etils import epath
 from flax import nnx
 
 from dispo_jax.pipeline.step import TrainState
+from dispo_jax.workdir import is_object_store
 
 
 def checkpoint_folder(workdir: str) -> epath.Path:
   """``<workdir>/checkpoints`` (local paths made absolute, ``gs://`` kept as is)."""
-  root = str(workdir) if "://" in str(workdir) else os.path.abspath(workdir)
+  root = str(workdir) if is_object_store(workdir) else os.path.abspath(workdir)
   return epath.Path(root) / "checkpoints"
 
 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   # On object stores orbax knows an unfinished step only by its missing commit file and, with
   # cleanup on, deletes it while restore_latest moves it aside: there the move is the only cleanup.
-  local = "://" not in str(workdir)
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                         cleanup_tmp_directories=local)
+                                         cleanup_tmp_directories=not is_object_store(workdir))
   return ocp.CheckpointManager(checkpoint_folder(workdir), options=options)
 
 
@@ -119,7 +119,7 @@ def _unlisted_step_folders(workdir: str, mgr) -> list[int]:
 def _move_folder(src: epath.Path, dst: epath.Path) -> None:
   """Renames a local folder; on object stores (no folders, no renames) copies each object and
   deletes it: the source prefix is gone once it holds no objects."""
-  if "://" not in str(src):
+  if not is_object_store(src):
     src.rename(dst)
     return
   bucket_path = str(src).split("://", 1)[1]  # walk yields folders without the scheme

@@ -34,6 +34,7 @@ from dispo_jax.model.sharding import to_host
 from dispo_jax.sampling import SamplerSettings, decode_completions, generate
 from dispo_jax.tasks import Task, data as data_lib, get_task, metric, sudoku
 from dispo_jax.tasks.base import Score
+from dispo_jax.workdir import is_object_store
 
 
 def generate_texts(graphdef, state, tokenizer, prompts: Sequence[str], settings: SamplerSettings,
@@ -74,7 +75,7 @@ class FingerprintMismatch(ValueError):
 def folder_fingerprint(folder: str) -> dict:
   """``{file: [size, mtime]}`` of the weight and config files of a checkpoint folder (local or
   ``gs://``)."""
-  remote = "://" in folder
+  remote = is_object_store(folder)
   root = epath.Path(folder if remote else os.path.abspath(folder))
   out = {"path": str(root)}
   for item in sorted(root.iterdir(), key=lambda p: p.name):
@@ -91,7 +92,7 @@ def folder_fingerprint(folder: str) -> dict:
 def local_copy(folder: str, scratch: str) -> str:
   """``folder`` itself when local; an object-store folder (``gs://``) copied into ``scratch``
   (safetensors are memory-mapped from local files)."""
-  if "://" not in folder:
+  if not is_object_store(folder):
     return folder
   target = epath.Path(scratch) / folder.replace("://", "_").replace("/", "_")
   target.mkdir(parents=True, exist_ok=True)

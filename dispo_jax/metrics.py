@@ -16,6 +16,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from dispo_jax.workdir import is_object_store, replace_text
+
 
 def _logged_before(row: dict, resume_step: int) -> bool:
   """Whether a metrics row belongs to the run up to checkpoint ``resume_step``: training rows of
@@ -58,14 +60,7 @@ class MetricWriter:
                             purge_step=resume_step if resume_step else None)
 
   def _flush(self) -> None:
-    """Rewrites the whole file: through a rename locally; in one upload on an object store (an
-    object is replaced atomically, and renames there are copies)."""
-    if "://" in str(self.path):
-      self.path.write_text("".join(self.rows))
-      return
-    tmp = self.path.parent / (self.path.name + ".tmp")
-    tmp.write_text("".join(self.rows))
-    tmp.replace(self.path)
+    replace_text(self.path, "".join(self.rows))
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -77,7 +72,7 @@ class MetricWriter:
         clean[k] = v if math.isfinite(v) else None
     line = json.dumps({"step": step, **clean}) + "\n"
     self.rows.append(line)
-    if "://" not in str(self.path):  # a local file: append
+    if not is_object_store(self.path):  # a local file: append
       with self.path.open("a") as f:
         f.write(line)
     else:

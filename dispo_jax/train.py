@@ -395,7 +395,7 @@ def export(run: Run, state: TrainState, folder: epath.Path) -> None:
   written locally first, then copied."""
   merged = llada.merge_model(run.fns.policy.graphdef, run.fns.policy.model_state(state.params))
   with tempfile.TemporaryDirectory() as local:
-    target = local if "://" in str(folder) else str(folder)
+    target = local if workdir_lib.is_object_store(folder) else str(folder)
     hf_io.export_hf_checkpoint(run.md.cfg, merged_base_state(merged), target,
                                dtype=run.md.cfg.param_dtype)
     if jax.process_index() != 0:

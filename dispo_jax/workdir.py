@@ -53,6 +53,22 @@ def config_hash(c) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
+def is_object_store(path) -> bool:
+  """Whether ``path`` is on an object store (``gs://``…): no folders, no renames, no appends."""
+  return "://" in str(path)
+
+
+def replace_text(path: epath.Path, text: str) -> None:
+  """Replaces a file's whole content: through a rename locally; in one upload on an object store
+  (an object is replaced atomically, and renames there are copies)."""
+  if is_object_store(path):
+    path.write_text(text)
+    return
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
 def default_workdir(c) -> str:
   """``$DISPO_JAX_RUNS`` (default ``/tmp/dispo_jax_runs``) / ``<task>-<method>-<hash>``."""
   root = os.environ.get("DISPO_JAX_RUNS", "/tmp/dispo_jax_runs")
@@ -111,12 +127,7 @@ def record_or_check_config(workdir: str, c, write: bool = True) -> bool:
     from dispo_jax import __version__
     record = json.dumps({"config": current, "package_version": __version__,
                          "git_commit": _git_commit()}, indent=1, sort_keys=True)
-    if "://" in str(path):  # one upload replaces an object atomically
-      path.write_text(record)
-    else:
-      tmp = path.parent / "config.json.tmp"
-      tmp.write_text(record)
-      tmp.replace(path)
+    replace_text(path, record)
   return False
 
 
@@ -137,7 +148,7 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str):
-    self.local = "://" not in str(workdir)
+    self.local = not is_object_store(workdir)
     self.path = os.path.join(workdir, "lock") if self.local else epath.Path(workdir) / "lock"
     self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
     self.held = False

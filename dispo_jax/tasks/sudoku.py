@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -177,23 +177,21 @@ def all_grids() -> tuple[str, ...]:
   return tuple(sorted(grids))
 
 
+def _consistent_grids(puzzle: str) -> Iterator[str]:
+  """The valid grids that agree with the puzzle's givens (``"0"`` = blank), lazily."""
+  given = [(i, ch) for i, ch in enumerate(puzzle) if ch != "0"]
+  return (g for g in all_grids() if all(g[i] == ch for i, ch in given))
+
+
 @functools.lru_cache(maxsize=65536)
 def solutions(puzzle: str) -> tuple[str, ...]:
-  """Every valid grid consistent with the puzzle's givens (``"0"`` = blank; at most 288)."""
-  given = [(i, ch) for i, ch in enumerate(puzzle[:16]) if ch != "0"]
-  return tuple(g for g in all_grids() if all(g[i] == ch for i, ch in given))
+  """Every valid grid consistent with the puzzle's givens (at most 288)."""
+  return tuple(_consistent_grids(puzzle[:16]))
 
 
 def count_solutions(puzzle: str, limit: int = 2) -> int:
   """Number of valid grids consistent with the puzzle's givens (stops at ``limit``)."""
-  given = [(i, ch) for i, ch in enumerate(puzzle) if ch != "0"]
-  count = 0
-  for grid in all_grids():
-    if all(grid[i] == ch for i, ch in given):
-      count += 1
-      if count >= limit:
-        break
-  return count
+  return sum(1 for _ in itertools.islice(_consistent_grids(puzzle), limit))
 
 
 def make_puzzle(grid: str, num_blanks: int, rng: np.random.Generator,
