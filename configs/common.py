@@ -101,6 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.rl_on_test_grids = False  # tiny Sudoku: RL puzzles on the (never SFT'd) test grids, none a test puzzle
   c.data.num_blanks = (6, 10)
   c.data.unique_solutions = True  # tiny Sudoku: False admits puzzles with several solutions
+  c.data.sft_error = "next_digit"  # tiny Sudoku: the SFT demonstrator's error: next_digit | next_digit_per_answer | four_as_one
+  c.data.sft_error_rate = 0.0     # ... made at this rate (0: exact demonstrations)
   c.data.seed = 0                # data generation and the grid split (independent of c.seed)
   c.data.few_shot = 0            # Sudoku with a checkpoint: worked examples in the prompt (SPG: 3)
 

@@ -47,19 +47,27 @@ def main() -> None:
   parser.add_argument("--base-steps", default="200,300,400")
   parser.add_argument("--decode-steps", default="6,12,24")
   parser.add_argument("--eval-rows", type=int, default=256)
+  parser.add_argument("--base-lr", type=float, default=3e-3, help="SFT learning rate")
   parser.add_argument("--samples", type=int, default=2)
   parser.add_argument("--num-blanks", default="6,10", help="fewest,most blank cells")
   parser.add_argument("--several-solutions", action="store_true",
                       help="admit puzzles with several solutions (data.unique_solutions=False)")
+  parser.add_argument("--sft-error-rate", type=float, default=0.0,
+                      help="the SFT demonstrator's error rate (data.sft_error_rate)")
+  parser.add_argument("--sft-error", default="next_digit",
+                      help="next_digit | next_digit_per_answer | four_as_one (data.sft_error)")
   args = parser.parse_args()
   task = get_task("sudoku")
   table = {}
   for n in (int(s) for s in args.base_steps.split(",")):
     c = sudoku_config.get_config("tiny")
     c.base.steps = n
+    c.base.learning_rate = args.base_lr
     c.base.cache_dir = args.root
     c.data.num_blanks = tuple(int(b) for b in args.num_blanks.split(","))
     c.data.unique_solutions = not args.several_solutions
+    c.data.sft_error_rate = args.sft_error_rate
+    c.data.sft_error = args.sft_error
     tokenizer, cfg, graphdef, state = tiny.prepare_base(c)
     ids = tok.special_ids(tokenizer)
     _, eval_rows = task.tiny.rows(DataSettings(**c.data.to_dict()))

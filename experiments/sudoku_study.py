@@ -61,6 +61,8 @@ def make_config(args, name: str, seed: int):
   c.data.num_test_grids = args.test_grids
   c.data.num_blanks = tuple(int(n) for n in args.num_blanks.split(","))
   c.data.unique_solutions = not args.several_solutions
+  c.data.sft_error_rate = args.sft_error_rate
+  c.data.sft_error = args.sft_error
   c.rl.num_iterations = args.mu
   c.rollout.terminal_advantage = c.rollout.branch_advantage = args.advantage
   c.rl.beta = args.beta
@@ -192,6 +194,10 @@ def main() -> None:
   parser.add_argument("--num-blanks", default="6,10", help="fewest,most blank cells")
   parser.add_argument("--several-solutions", action="store_true",
                       help="admit puzzles with several solutions (data.unique_solutions=False)")
+  parser.add_argument("--sft-error-rate", type=float, default=0.0,
+                      help="the SFT demonstrator's error rate (data.sft_error_rate)")
+  parser.add_argument("--sft-error", default="next_digit",
+                      help="next_digit | next_digit_per_answer | four_as_one (data.sft_error)")
   parser.add_argument("--advantage", default="mean",
                       help="terminal and branch advantage (mean: d1's R - mean; zscore: GRPO's)")
   parser.add_argument("--beta", type=float, default=0.04, help="KL weight")

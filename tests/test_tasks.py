@@ -120,6 +120,41 @@ def test_rl_prompts_on_test_grids_and_a_subset_of_test_grids():
   DataSettings(num_blanks=(10, 14), unique_solutions=False)
 
 
+
+def test_sft_answers_carry_the_next_digit_error_and_nothing_else_changes():
+  from dispo_jax.tasks import tiny
+  from dispo_jax.tasks.base import DataSettings
+  clean, noisy = (DataSettings(num_train=400, sft_error_rate=r) for r in (0.0, 0.6))
+  exact, written = tiny.sudoku_sft_rows(clean), tiny.sudoku_sft_rows(noisy)
+  assert [r["puzzle"] for r in exact] == [r["puzzle"] for r in written]
+  blanks = wrong = 0
+  for e, w in zip(exact, written):
+    for given, true, shown in zip(e["puzzle"], e["solution"], w["solution"]):
+      if given != "0":
+        assert shown == true == given
+        continue
+      blanks += 1
+      if shown != true:
+        wrong += 1
+        assert shown == "1234"[int(true) % 4]  # the next digit, 4 -> 1
+  assert abs(wrong / blanks - 0.6) < 0.03, wrong / blanks
+  assert tiny.sudoku_rows(clean) == tiny.sudoku_rows(noisy)  # RL and test rows stay exact
+  whole = tiny.sudoku_sft_rows(DataSettings(num_train=400, sft_error_rate=0.6,
+                                            sft_error="next_digit_per_answer"))
+  shifted = [sum(a != b for a, b in zip(e["solution"], w["solution"])) for e, w in zip(exact, whole)]
+  assert all(n in (0, e["puzzle"].count("0")) for n, e in zip(shifted, exact))  # all blanks or none
+  assert abs(sum(n > 0 for n in shifted) / len(shifted) - 0.6) < 0.06
+  with pytest.raises(ValueError, match="sft_error_rate"):
+    DataSettings(sft_error_rate=1.0)
+  fours = tiny.sudoku_sft_rows(DataSettings(num_train=400, sft_error_rate=0.6,
+                                            sft_error="four_as_one"))
+  changed = [(t, w) for e, f in zip(exact, fours) for t, w in zip(e["solution"], f["solution"])
+             if t != w]
+  assert changed and all((t, w) == ("4", "1") for t, w in changed)
+  with pytest.raises(ValueError, match="sft_error"):
+    DataSettings(sft_error="row")
+
+
 # ---------------------------------------------------------------- countdown
 
 

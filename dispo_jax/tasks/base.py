@@ -27,6 +27,7 @@ Respond in the following format:
 </answer>
 """
 
+SFT_ERRORS = ("next_digit", "next_digit_per_answer", "four_as_one")  # DataSettings.sft_error
 MAX_TEXT_CHARS = 100_000  # longer model outputs are cut before parsing (bounds regex time)
 
 
@@ -111,6 +112,11 @@ class DataSettings:
     num_blanks: tiny Sudoku: (fewest, most) blank cells of a generated puzzle.
     unique_solutions: tiny Sudoku: only puzzles with one solution (False: any number; the reward
       then scores an answer against the puzzle's solution closest to it).
+    sft_error, sft_error_rate: tiny Sudoku: the SFT answers come from a demonstrator with a
+      systematic error, made at this rate (0: none): ``next_digit`` (a blank written as the next
+      digit, 4 → 1), ``next_digit_per_answer`` (all blanks of an answer so) or ``four_as_one``
+      (a blank 4 written as 1). The base imitates it; the reward and the held-out metric pay only
+      for the true solution, so RL has a known error to unlearn. RL and test rows are exact.
     seed: data generation and the grid split (independent of the run's seed).
     few_shot: Sudoku with a checkpoint: worked examples in the prompt (SPG's protocol: 3).
   """
@@ -125,6 +131,8 @@ class DataSettings:
   num_test_grids: int = 0
   num_blanks: tuple[int, int] = (6, 10)
   unique_solutions: bool = True
+  sft_error: str = "next_digit"
+  sft_error_rate: float = 0.0
   seed: int = 0
   few_shot: int = 0
 
@@ -141,6 +149,8 @@ class DataSettings:
         ("num_blanks", len(self.num_blanks) == 2 and 1 <= self.num_blanks[0]
          <= self.num_blanks[1] <= (12 if self.unique_solutions else 16),
          "(fewest, most) with 1 <= fewest <= most <= 12 (16 with unique_solutions=False)"),
+        ("sft_error_rate", 0 <= self.sft_error_rate < 1, "in [0, 1)"),
+        ("sft_error", self.sft_error in SFT_ERRORS, f"one of {SFT_ERRORS}"),
         ("seed", self.seed >= 0, ">= 0"),
         ("few_shot", self.few_shot >= 0, ">= 0"),
     ]

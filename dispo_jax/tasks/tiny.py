@@ -70,8 +70,34 @@ def sudoku_rows(data: DataSettings) -> tuple[list[dict], list[dict]]:
 
 
 def sudoku_sft_rows(data: DataSettings) -> list[dict]:
-  """Puzzles on the SFT grids."""
-  return _puzzles(data, sudoku_grids(data)[0], data.num_train, 0)
+  """Puzzles on the SFT grids, their answers mis-written as ``data.sft_error`` says."""
+  rows = _puzzles(data, sudoku_grids(data)[0], data.num_train, 0)
+  if not data.sft_error_rate:
+    return rows
+  rng = np.random.default_rng([data.seed, 4])
+  return [dict(r, solution=with_demonstrator_errors(r["puzzle"], r["solution"], data.sft_error,
+                                                    data.sft_error_rate, rng)) for r in rows]
+
+
+def with_demonstrator_errors(puzzle: str, solution: str, kind: str, rate: float,
+                             rng: np.random.Generator) -> str:
+  """``solution`` as a flawed demonstrator writes it; givens are always copied right.
+
+  ``kind``: ``"next_digit"``: each blank, with probability ``rate``, as the next digit (4 → 1);
+  ``"next_digit_per_answer"``: every blank as the next digit, with probability ``rate`` per
+  answer; ``"four_as_one"``: each blank whose digit is 4, with probability ``rate``, as 1.
+  """
+  if kind == "next_digit_per_answer":
+    wrong = np.full(len(puzzle), rng.random() < rate)
+  else:
+    wrong = rng.random(len(puzzle)) < rate
+  def written(given: str, digit: str, flip: bool) -> str:
+    if given != "0" or not flip:
+      return digit
+    if kind == "four_as_one":
+      return "1" if digit == "4" else digit
+    return str(int(digit) % 4 + 1)
+  return "".join(written(*cell) for cell in zip(puzzle, solution, wrong))
 
 
 SUDOKU = TinySetting(prompt=lambda row: f"Sudoku {row['puzzle']}",
