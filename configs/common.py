@@ -133,7 +133,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.compute_dtype = "float32"
   c.model.remat = False
   c.lora.enabled = False
-  c.optim.learning_rate = 1e-4
+  c.optim.learning_rate = 3e-4
   c.optim.grad_clip = 1.0
   c.rollout.prompts_per_step = 8
   c.rollout.group_size = 8
@@ -147,9 +147,13 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.rl.base_normaliser = "batch"  # the project's studies so far used the global token mean
   c.d1_compat = False            # the corrected rewards (GSM8K DOTALL, MATH "\\boxed" check)
   c.num_steps = 160              # optimizer updates: 40 rollout batches × μ = 4
-  # 300 SFT steps leave room for RL: held-out greedy cell accuracy 0.397 at 6 decode steps
-  # (200 steps: 0.253, chance for 4 digits; 400: 0.489). `experiments/base_sweep.py`, docs/RESULTS.md.
-  c.base.steps = 300
+  # The testbed (docs/RESULTS.md, "A testbed where RL has something to learn"): the base imitates
+  # a flawed demonstrator that writes a blank 4 as 1 in 60 % of its answers' 4-cells. After 800 SFT
+  # steps it fills 1, 2 and 3 cells right ~65 % of the time and never writes a 4 greedily
+  # (held-out greedy cell accuracy 0.499 at 6 decode steps); the reward pays only for the true digit.
+  c.base.steps = 800
+  c.data.sft_error = "four_as_one"
+  c.data.sft_error_rate = 0.6
   c.checkpoint_every = 80
   c.eval_every = 80
   c.eval_rows = 256

@@ -3,6 +3,7 @@
 import math
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -394,3 +395,12 @@ def test_few_shot_sudoku_prompt_worked_examples_are_correct():
     sudoku.few_shot_prompt(4)
   with pytest.raises(ValueError, match="naked singles"):
     sudoku.solve_by_singles("0" * 16)
+
+
+def test_digit_confusion_counts_each_blank_by_its_true_digit():
+  from experiments.digit_confusion import confusion
+  row = {"puzzle": "0234" "3412" "2143" "4320", "solution": "1234" "3412" "2143" "4321"}
+  table = confusion(["<answer>1234341221434324</answer>", "no answer"], [row, row])
+  # blank 1 (true 1): written 1, then unparsed; blank 16 (true 1): written 4, then unparsed
+  np.testing.assert_allclose(table[0], [0.5, 0.25, 0, 0, 0.25])
+  assert table[1:].sum() == 0

@@ -281,7 +281,7 @@ def test_tiny_config_reward_rises(tmp_path, base_dir, monkeypatch):
 def test_spg_variants_of_the_tiny_config_train(tmp_path, base_dir, variant, method):
   c = sudoku_config.get_config(variant)
   assert c.method == method and c.rl.beta == 0.0 and c.rl.num_iterations == 4
-  assert c.sampler.gen_length == 24 and c.optim.learning_rate == 1e-4  # tiny rollout kept
+  assert c.sampler.gen_length == 24 and c.optim.learning_rate == 3e-4  # tiny rollout kept
   small = small_config(method=method, **{"rl.beta": 0.0, "num_steps": 2})
   workdir = _workdir(tmp_path, base_dir, method)
   final = train_lib.train(small, workdir)
