@@ -92,11 +92,17 @@ DISPO_CELLS = [
      "same reward, and pushes up the better filling. A third run is the no-signal control: "
      "diffu-GRPO with the rewards shuffled within each prompt's group (same update size, no "
      "information). A method is learning only where it beats the control. See `docs/RESULTS.md` "
-     "for the multi-seed study."),
+     "for the multi-seed study.\n\n**The testbed.** The tiny base is SFT'd on answers from a "
+     "flawed demonstrator that writes a blank 4 as 1 in 60 % of its 4-cells (`data.sft_error`), "
+     "so it fills 1, 2 and 3 cells right about 65 % of the time and never writes a 4 greedily. "
+     "The reward pays only for the true digit: RL has a known error to unlearn, from rollouts that "
+     "write a 4 about 9 % of the time. `experiments/digit_confusion.py` prints that table for the "
+     "base or for a run's `export/`."),
     ("code", INSTALL),
     ("code", RUNTIME),
     ("code", """\
 import json
+import tempfile
 import numpy as np
 import matplotlib.pyplot as plt
 from configs import sudoku as sudoku_config
@@ -115,7 +121,7 @@ def config(name):
         c.eval_every, c.export_hf = 2, False
     return c
 
-root = "/tmp/dispo_notebook_compare" + ("_smoke" if SMOKE else "")
+root = tempfile.mkdtemp(prefix="dispo_notebook_smoke_") if SMOKE else "/tmp/dispo_notebook_compare"
 runs = {}
 for name in RUNS:
     workdir = f"{root}/{name}"
@@ -147,15 +153,22 @@ for name in ("early", "mid", "late"):
 ]
 
 
-def write(name, cells):
+NOTEBOOKS = {"sampler_visualised.ipynb": SAMPLER_CELLS, "dispo_vs_diffu_grpo.ipynb": DISPO_CELLS}
+
+
+def render(cells) -> str:
+  """The notebook's JSON text; cell ids are numbered so that rewriting changes nothing."""
   nb = nbformat.v4.new_notebook()
   nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
   nb.metadata["colab"] = {"provenance": []}
   nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "markdown"
               else nbformat.v4.new_code_cell(src) for kind, src in cells]
-  nbformat.write(nb, os.path.join(HERE, name))
+  for i, cell in enumerate(nb.cells):
+    cell.id = f"cell-{i}"
+  return nbformat.writes(nb) + "\n"
 
 
 if __name__ == "__main__":
-  write("sampler_visualised.ipynb", SAMPLER_CELLS)
-  write("dispo_vs_diffu_grpo.ipynb", DISPO_CELLS)
+  for name, cells in NOTEBOOKS.items():
+    with open(os.path.join(HERE, name), "w") as f:
+      f.write(render(cells))

@@ -21,3 +21,14 @@ def test_notebook_runs(name, monkeypatch):
   client.execute()
   outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
   assert not [o for o in outputs if o.get("output_type") == "error"]
+
+
+def test_committed_notebooks_are_what_the_generator_writes():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "make_notebooks", os.path.join(REPO, "notebooks", "make_notebooks.py"))
+  generator = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(generator)
+  for name, cells in generator.NOTEBOOKS.items():
+    with open(os.path.join(REPO, "notebooks", name)) as f:
+      assert f.read() == generator.render(cells), f"notebooks/{name}: rerun make_notebooks.py"
