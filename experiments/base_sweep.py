@@ -20,6 +20,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import sudoku as sudoku_config  # noqa: E402
+from experiments import tiny_data_flags  # noqa: E402
 from dispo_jax import tiny  # noqa: E402
 from dispo_jax.evaluate import evaluate_task, generate_texts  # noqa: E402
 from dispo_jax.model import tokenizer as tok  # noqa: E402
@@ -49,13 +50,7 @@ def main() -> None:
   parser.add_argument("--eval-rows", type=int, default=256)
   parser.add_argument("--base-lr", type=float, default=3e-3, help="SFT learning rate")
   parser.add_argument("--samples", type=int, default=2)
-  parser.add_argument("--num-blanks", default="6,10", help="fewest,most blank cells")
-  parser.add_argument("--several-solutions", action="store_true",
-                      help="admit puzzles with several solutions (data.unique_solutions=False)")
-  parser.add_argument("--sft-error-rate", type=float, default=0.0,
-                      help="the SFT demonstrator's error rate (data.sft_error_rate)")
-  parser.add_argument("--sft-error", default="next_digit",
-                      help="next_digit | next_digit_per_answer | four_as_one (data.sft_error)")
+  tiny_data_flags.add(parser)
   args = parser.parse_args()
   task = get_task("sudoku")
   table = {}
@@ -64,10 +59,7 @@ def main() -> None:
     c.base.steps = n
     c.base.learning_rate = args.base_lr
     c.base.cache_dir = args.root
-    c.data.num_blanks = tuple(int(b) for b in args.num_blanks.split(","))
-    c.data.unique_solutions = not args.several_solutions
-    c.data.sft_error_rate = args.sft_error_rate
-    c.data.sft_error = args.sft_error
+    tiny_data_flags.apply(c, args)
     tokenizer, cfg, graphdef, state = tiny.prepare_base(c)
     ids = tok.special_ids(tokenizer)
     _, eval_rows = task.tiny.rows(DataSettings(**c.data.to_dict()))

@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import sudoku as sudoku_config  # noqa: E402
+from experiments import tiny_data_flags  # noqa: E402
 from dispo_jax import train  # noqa: E402
 
 # run name -> (config variant, method, α_step, shuffled-reward control)
@@ -59,10 +60,7 @@ def make_config(args, name: str, seed: int):
   c.data.rl_grid_fraction = 0.0 if args.rl_on_test_grids else args.rl_grid_fraction
   c.data.rl_on_test_grids = args.rl_on_test_grids
   c.data.num_test_grids = args.test_grids
-  c.data.num_blanks = tuple(int(n) for n in args.num_blanks.split(","))
-  c.data.unique_solutions = not args.several_solutions
-  c.data.sft_error_rate = args.sft_error_rate
-  c.data.sft_error = args.sft_error
+  tiny_data_flags.apply(c, args)
   c.rl.num_iterations = args.mu
   c.rollout.terminal_advantage = c.rollout.branch_advantage = args.advantage
   c.rl.beta = args.beta
@@ -191,13 +189,7 @@ def main() -> None:
   parser.add_argument("--rl-on-test-grids", action="store_true",
                       help="RL puzzles on the test grids (none a test puzzle); overrides the fraction")
   parser.add_argument("--test-grids", type=int, default=0, help="keep this many test grids (0: all)")
-  parser.add_argument("--num-blanks", default="6,10", help="fewest,most blank cells")
-  parser.add_argument("--several-solutions", action="store_true",
-                      help="admit puzzles with several solutions (data.unique_solutions=False)")
-  parser.add_argument("--sft-error-rate", type=float, default=0.0,
-                      help="the SFT demonstrator's error rate (data.sft_error_rate)")
-  parser.add_argument("--sft-error", default="next_digit",
-                      help="next_digit | next_digit_per_answer | four_as_one (data.sft_error)")
+  tiny_data_flags.add(parser)
   parser.add_argument("--advantage", default="mean",
                       help="terminal and branch advantage (mean: d1's R - mean; zscore: GRPO's)")
   parser.add_argument("--beta", type=float, default=0.04, help="KL weight")

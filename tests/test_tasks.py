@@ -121,7 +121,6 @@ def test_rl_prompts_on_test_grids_and_a_subset_of_test_grids():
   DataSettings(num_blanks=(10, 14), unique_solutions=False)
 
 
-
 def test_sft_answers_carry_the_next_digit_error_and_nothing_else_changes():
   from dispo_jax.tasks import tiny
   from dispo_jax.tasks.base import DataSettings

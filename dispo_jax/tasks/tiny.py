@@ -91,13 +91,12 @@ def with_demonstrator_errors(puzzle: str, solution: str, kind: str, rate: float,
     wrong = np.full(len(puzzle), rng.random() < rate)
   else:
     wrong = rng.random(len(puzzle)) < rate
-  def written(given: str, digit: str, flip: bool) -> str:
-    if given != "0" or not flip:
-      return digit
-    if kind == "four_as_one":
-      return "1" if digit == "4" else digit
-    return str(int(digit) % 4 + 1)
-  return "".join(written(*cell) for cell in zip(puzzle, solution, wrong))
+  if kind == "four_as_one":
+    mistake = lambda digit: "1" if digit == "4" else digit  # noqa: E731
+  else:
+    mistake = lambda digit: str(int(digit) % 4 + 1)  # noqa: E731
+  return "".join(mistake(digit) if given == "0" and flip else digit
+                 for given, digit, flip in zip(puzzle, solution, wrong))
 
 
 SUDOKU = TinySetting(prompt=lambda row: f"Sudoku {row['puzzle']}",
