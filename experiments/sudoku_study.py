@@ -54,7 +54,9 @@ def make_config(args, name: str, seed: int):
   c.optim.learning_rate = args.lr
   c.base.steps = args.base_steps
   c.sampler.steps = args.decode_steps
-  c.rl.trace.segments = args.decode_steps
+  c.rl.trace.segments = args.segments or args.decode_steps
+  if args.temperature is not None:
+    c.sampler.temperature = args.temperature
   c.rollout.group_size = args.group
   c.rollout.prompts_per_step = args.prompts
   c.data.rl_grid_fraction = 0.0 if args.rl_on_test_grids else args.rl_grid_fraction
@@ -193,6 +195,10 @@ def main() -> None:
   parser.add_argument("--advantage", default="mean",
                       help="terminal and branch advantage (mean: d1's R - mean; zscore: GRPO's)")
   parser.add_argument("--beta", type=float, default=0.04, help="KL weight")
+  parser.add_argument("--segments", type=int, default=0,
+                      help="trace segments N (0: one per decoding step, exact)")
+  parser.add_argument("--temperature", type=float, default=None,
+                      help="rollout sampling temperature (default: the config's)")
   parser.add_argument("--mu", type=int, default=4, help="optimizer updates per rollout batch")
   parser.add_argument("--group", type=int, default=8)
   parser.add_argument("--prompts", type=int, default=8)

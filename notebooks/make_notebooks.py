@@ -85,8 +85,10 @@ for t in range(settings.steps):
 ]
 
 DISPO_CELLS = [
-    ("markdown", "# DiSPO vs diffu-GRPO on tiny Sudoku\n\nBoth methods use the same rollouts, the "
-     "same number of optimizer steps and μ inner updates (matched compute). DiSPO adds a "
+    ("markdown", "# DiSPO, trace and diffu-GRPO on tiny Sudoku\n\nAll methods use the same rollouts, the "
+     "same number of optimizer steps and μ inner updates (matched updates). trace scores each "
+     "completion token on the canvas where the sampler committed it (two segments: two forwards "
+     "per update) instead of diffu-GRPO's fully masked completion. DiSPO adds a "
      "fixed-state term: at one intermediate state per trajectory (drawn from a late-biased ω(t)) "
      "it draws Z = 2 fillings of the masked cells from the cached logits, scores them with the "
      "same reward, and pushes up the better filling. A third run is the no-signal control: "
@@ -97,7 +99,9 @@ DISPO_CELLS = [
      "so it fills 1, 2 and 3 cells right about 65 % of the time and never writes a 4 greedily. "
      "The reward pays only for the true digit: RL has a known error to unlearn, from rollouts that "
      "write a 4 about 9 % of the time. `experiments/digit_confusion.py` prints that table for the "
-     "base or for a run's `export/`."),
+     "base or for a run's `export/`. The tiny config's RL settings (lr 1.5e-4, KL weight β 0.01 "
+     "instead of d1's 0.04, which holds this small model at its base) are the ones the study in "
+     "`docs/RESULTS.md` ran (160 updates = 40 rollout batches per run)."),
     ("code", INSTALL),
     ("code", RUNTIME),
     ("code", """\
@@ -108,7 +112,7 @@ import matplotlib.pyplot as plt
 from configs import sudoku as sudoku_config
 from dispo_jax import train
 
-RUNS = {"diffu_grpo": ("diffu_grpo", False), "dispo": ("dispo", False),
+RUNS = {"diffu_grpo": ("diffu_grpo", False), "dispo": ("dispo", False), "trace": ("trace", False),
         "control": ("diffu_grpo", True)}   # name -> (method, shuffled rewards)
 
 def config(name):
@@ -141,7 +145,7 @@ a.legend(); b.legend(); plt.tight_layout(); plt.show()
 # The runs draw the same prompts at every step, so subtracting the control's rollout reward step by
 # step removes prompt difficulty, the largest source of noise in the curves above.
 control = {r["step"]: r["reward_mean"] for r in runs["control"] if "reward_mean" in r}
-for name in ("diffu_grpo", "dispo"):
+for name in ("diffu_grpo", "dispo", "trace"):
     diff = [r["reward_mean"] - control[r["step"]] for r in runs[name] if "reward_mean" in r]
     print(f"{name}: rollout reward − control, mean over steps = {np.mean(diff):+.3f}")"""),
     ("code", """\

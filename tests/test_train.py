@@ -21,6 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def small_config(**changes):
   """The tiny Sudoku config shrunk further for tests (the base SFT takes seconds)."""
   c = sudoku_config.get_config("tiny")
+  c.method = "dispo"  # the tests exercise DiSPO's whole path (branches and the step term)
   c.model.overrides.d_model = 32
   c.model.overrides.n_layers = 1
   c.model.overrides.n_heads = 2
@@ -179,7 +180,7 @@ def test_resume_after_kill_9_repeats_the_straight_run(tmp_path, base_dir):
 
 def _flags():
   """small_config() as command-line overrides of configs/sudoku.py:tiny."""
-  return {"model.overrides.d_model": 32, "model.overrides.n_layers": 1,
+  return {"method": "dispo", "model.overrides.d_model": 32, "model.overrides.n_layers": 1,
           "model.overrides.n_heads": 2, "model.overrides.mlp_hidden_size": 64,
           "base.steps": 150, "base.learning_rate": 0.01, "rollout.prompts_per_step": 2, "rollout.group_size": 4,
           "rl.num_iterations": 2, "data.num_train": 200, "data.num_test": 16, "eval_rows": 8,
@@ -281,7 +282,7 @@ def test_tiny_config_reward_rises(tmp_path, base_dir, monkeypatch):
 def test_spg_variants_of_the_tiny_config_train(tmp_path, base_dir, variant, method):
   c = sudoku_config.get_config(variant)
   assert c.method == method and c.rl.beta == 0.0 and c.rl.num_iterations == 4
-  assert c.sampler.gen_length == 24 and c.optim.learning_rate == 3e-4  # tiny rollout kept
+  assert c.sampler.gen_length == 24 and c.optim.learning_rate == 1.5e-4  # tiny rollout kept
   small = small_config(method=method, **{"rl.beta": 0.0, "num_steps": 2})
   workdir = _workdir(tmp_path, base_dir, method)
   final = train_lib.train(small, workdir)
