@@ -21,25 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def small_config(**changes):
   """The tiny Sudoku config shrunk further for tests (the base SFT takes seconds)."""
   c = sudoku_config.get_config("tiny")
-  c.method = "dispo"  # the tests exercise DiSPO's whole path (branches and the step term)
-  c.model.overrides.d_model = 32
-  c.model.overrides.n_layers = 1
-  c.model.overrides.n_heads = 2
-  c.model.overrides.mlp_hidden_size = 64
-  c.base.steps = 150
-  c.base.learning_rate = 1e-2
-  c.rollout.prompts_per_step = 2
-  c.rollout.group_size = 4
-  c.rl.num_iterations = 2
-  c.data.num_train = 200
-  c.data.num_test = 16
-  c.eval_rows = 8
-  c.eval_every = 0
-  c.checkpoint_every = 2
-  c.num_steps = 4
-  c.export_hf = False
-  c.mesh.data = 1  # the same single device in-process (8 fake devices) and in subprocesses
-  for key, value in changes.items():
+  for key, value in {**_flags(), "checkpoint_every": 2, **changes}.items():
     node = c
     *parents, leaf = key.split(".")
     for p in parents:
@@ -179,12 +161,15 @@ def test_resume_after_kill_9_repeats_the_straight_run(tmp_path, base_dir):
 
 
 def _flags():
-  """small_config() as command-line overrides of configs/sudoku.py:tiny."""
-  return {"method": "dispo", "model.overrides.d_model": 32, "model.overrides.n_layers": 1,
+  """The shrunk tiny config as overrides of configs/sudoku.py:tiny (small_config() adds a
+  checkpoint every 2 updates; the command-line runs keep the config's cadence)."""
+  return {"method": "dispo",  # the tests exercise DiSPO's whole path (branches and the step term)
+          "model.overrides.d_model": 32, "model.overrides.n_layers": 1,
           "model.overrides.n_heads": 2, "model.overrides.mlp_hidden_size": 64,
           "base.steps": 150, "base.learning_rate": 0.01, "rollout.prompts_per_step": 2, "rollout.group_size": 4,
           "rl.num_iterations": 2, "data.num_train": 200, "data.num_test": 16, "eval_rows": 8,
-          "eval_every": 0, "num_steps": 4, "export_hf": False, "mesh.data": 1}
+          "eval_every": 0, "num_steps": 4, "export_hf": False,
+          "mesh.data": 1}  # the same single device in-process (8 fake devices) and in subprocesses
 
 
 def test_sigterm_saves_a_usable_checkpoint(tmp_path, base_dir):
