@@ -167,8 +167,9 @@ def test_non_finite_gradient_skips_the_update():
     np.testing.assert_array_equal(a, b)
 
 
-def _rollout_rewards(setup, objective, rs, rollouts=12):
-  """Trains ``rollouts`` rollout batches × 2 updates (adam 1e-2); the rollout reward of each."""
+def _rollout_rewards(setup, objective, rs, rollouts=12, nll=None):
+  """Trains ``rollouts`` rollout batches × 2 updates (adam 1e-2); the rollout reward of each
+  (and, into the list ``nll``, each batch's ``policy_nll``)."""
   cfg, policy, trainable, frozen, *_ = setup
   opt = optax.adam(1e-2)
   opt_state = opt.init(trainable)
@@ -182,6 +183,8 @@ def _rollout_rewards(setup, objective, rs, rollouts=12):
     rewards.append(metrics["reward_mean"])
     mask_keys = jax.random.split(k_mask, 2)
     batch = old_ref((trainable, frozen), batch, mask_keys)
+    if nll is not None:
+      nll.append(float(learner.behaviour_metrics(batch)["policy_nll"]))
     for i in range(2):
       trainable, opt_state, m = update(trainable, frozen, opt_state, batch, i, mask_keys[i])
       assert float(m["skipped"]) == 0.0
@@ -192,8 +195,24 @@ def _rollout_rewards(setup, objective, rs, rollouts=12):
                                               ("spg", False)])
 def test_reward_rises_on_a_learnable_task(method, use_lora):
   setup = _setup(method, use_lora=use_lora, beta=0.0)
-  rewards = _rollout_rewards(setup, setup[5], setup[6])
+  nll = [] if method != "spg" else None
+  rewards = _rollout_rewards(setup, setup[5], setup[6], nll=nll)
   assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.15, rewards
+  if nll is not None:  # the policy concentrates on TARGET: its sampled tokens grow likelier
+    assert np.mean(nll[-3:]) < np.mean(nll[:3]) - 0.1, nll
+
+
+def test_policy_nll_is_the_mean_negative_old_logprob_of_the_completion_tokens():
+  """Inner iteration 0's old log-probs, averaged over ``completion_mask`` only."""
+  old = -np.arange(1, 13, dtype=np.float32).reshape(2, 2, 3)  # [μ, N, G]
+  mask = np.array([[True, True, False], [True, False, False]])
+  batch = learner.RLBatch(prompt_tokens=jnp.zeros((2, 2), jnp.int32), prompt_key_mask=None,
+                          completion=jnp.zeros((2, 3), jnp.int32), completion_mask=jnp.asarray(mask),
+                          advantages=jnp.zeros(2), row_ids=jnp.arange(2),
+                          replay=learner.ReplayLogprobs(base_old=jnp.asarray(old)))
+  got = float(learner.behaviour_metrics(batch)["policy_nll"])
+  np.testing.assert_allclose(got, (1 + 2 + 4) / 3, rtol=1e-6)
+  assert learner.behaviour_metrics(batch.replace(replay=learner.ReplayLogprobs())) == {}
 
 
 @pytest.mark.parametrize("alpha_step, rises", [(1.0, True), (0.0, False)])

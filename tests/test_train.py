@@ -103,7 +103,8 @@ def test_tiny_run_logs_checkpoints_and_exports(tmp_path, base_dir):
   assert any("eval/accuracy" in r for r in rows)
   train_rows = [r for r in rows if "reward_mean" in r]
   for name in ("reward_mean", "base/kl", "base/clip_frac", "step/distinguishable_frac",
-               "step/distinguishable_late", "loss", "grad_norm", "step/branch_abs_log_ratio_mean"):
+               "step/distinguishable_late", "loss", "grad_norm", "step/branch_abs_log_ratio_mean",
+               "policy_nll"):
     assert name in train_rows[0], name
   assert final["skipped_updates"] == 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"

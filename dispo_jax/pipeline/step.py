@@ -56,6 +56,7 @@ class StepFunctions:
       dropout_key) -> (trainable, opt_state, metrics)``.
     replay: jitted ``replay(params, batch, mask_keys [μ]) -> batch`` (old and reference
       log-probs).
+    behaviour_metrics: jitted :func:`dispo_jax.rl.learner.behaviour_metrics` (``policy_nll``).
     row_sharding: ``NamedSharding`` of ``[rows, length]`` arrays, or None.
   """
 
@@ -63,6 +64,7 @@ class StepFunctions:
   settings: CollectSettings
   update: Callable
   replay: Callable
+  behaviour_metrics: Callable
   row_sharding: Any = None
 
 
@@ -78,7 +80,8 @@ def make_step_functions(policy: Policy, optimizer, settings: CollectSettings, st
   def replay(params, batch, mask_keys):
     return learner.with_old_and_ref_logprobs(policy.bind(params), policy.bind_reference(params),
                                              batch, mask_keys, settings.objective)
-  return StepFunctions(policy, settings, update, jax.jit(replay), row_sharding)
+  return StepFunctions(policy, settings, update, jax.jit(replay),
+                       jax.jit(learner.behaviour_metrics), row_sharding)
 
 
 def rl_step(fns: StepFunctions, state: TrainState, prompt_tokens: np.ndarray,
@@ -101,6 +104,8 @@ def rl_step(fns: StepFunctions, state: TrainState, prompt_tokens: np.ndarray,
       prompt_lengths, reward_fn, fns.settings, row_sharding=fns.row_sharding)
   mask_keys = jax.random.split(mask_key, mu)
   batch = fns.replay(state.params, batch, mask_keys)
+  rollout_metrics.update(
+      {k: float(v) for k, v in jax.device_get(fns.behaviour_metrics(batch)).items()})
   trainable, opt_state, rows = state.trainable, state.opt_state, []
   for iteration in range(mu if num_updates is None else num_updates):
     trainable, opt_state, m = fns.update(trainable, state.frozen, opt_state, batch, iteration,

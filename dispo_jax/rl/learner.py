@@ -319,6 +319,23 @@ def with_old_and_ref_logprobs(old: Apply, ref: Apply | None, batch: RLBatch, mas
   return batch.replace(replay=jax.tree.map(jax.lax.stop_gradient, replay))
 
 
+def behaviour_metrics(batch: RLBatch) -> Dict[str, Array]:
+  """Diagnostics of the behaviour policy on its own rollout batch (after
+  :func:`with_old_and_ref_logprobs`).
+
+  ``policy_nll``: the mean negative log-prob of the sampled completion tokens (``completion_mask``)
+  under the base term's conditional at inner iteration 0, a Monte-Carlo estimate of the policy's
+  entropy there (float32 scalar). It falls towards 0 when the policy collapses onto a few
+  completions and rises when it drifts into noise, which the clip fraction and the KL do not
+  always show. Empty for SPG (no old log-probs).
+  """
+  if batch.replay is None or batch.replay.base_old is None:
+    return {}
+  mask = batch.completion_mask.astype(jnp.float32)
+  nll = -(batch.replay.base_old[0] * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+  return {"policy_nll": nll}
+
+
 # ----------------------------------------------------------------------------------------------
 # Loss and update
 # ----------------------------------------------------------------------------------------------
