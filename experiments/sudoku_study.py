@@ -45,6 +45,11 @@ COLORS = {"diffu_grpo": "tab:gray", "dispo": "tab:blue", "trace": "tab:orange",
           "dispo_spg": "tab:purple"}
 
 
+def has_no_kl_term(method: str) -> bool:
+  """SPG's objective (spg, dispo_spg) has no KL term: ``--beta`` leaves it at 0."""
+  return method in ("spg", "dispo_spg")
+
+
 def make_config(args, name: str, seed: int):
   variant, method, alpha, shuffled = METHODS[name]
   c = sudoku_config.get_config(variant)
@@ -65,7 +70,8 @@ def make_config(args, name: str, seed: int):
   tiny_data_flags.apply(c, args)
   c.rl.num_iterations = args.mu
   c.rollout.terminal_advantage = c.rollout.branch_advantage = args.advantage
-  c.rl.beta = args.beta
+  if not has_no_kl_term(method):
+    c.rl.beta = args.beta
   c.base.cache_dir = args.base_cache or os.path.join(args.root, "_base_cache")  # one base for all runs
   c.eval_every = args.eval_every * mu
   c.eval_rows = args.eval_rows
@@ -194,7 +200,7 @@ def main() -> None:
   tiny_data_flags.add(parser)
   parser.add_argument("--advantage", default="mean",
                       help="terminal and branch advantage (mean: d1's R - mean; zscore: GRPO's)")
-  parser.add_argument("--beta", type=float, default=0.04, help="KL weight")
+  parser.add_argument("--beta", type=float, default=0.04, help="KL weight (SPG methods keep 0)")
   parser.add_argument("--segments", type=int, default=0,
                       help="trace segments N (0: one per decoding step, exact)")
   parser.add_argument("--temperature", type=float, default=None,
