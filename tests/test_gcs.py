@@ -21,14 +21,12 @@ import pytest
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("gcsfs")
 
-from tests.test_train import REPO  # noqa: E402
+from tests.test_train import REPO, _flags  # noqa: E402
 
 BUCKET = "test-bucket"
-FLAGS = {"model.overrides.d_model": 32, "model.overrides.n_layers": 1,
-         "model.overrides.n_heads": 2, "model.overrides.mlp_hidden_size": 64, "base.steps": 20,
-         "rollout.prompts_per_step": 2, "rollout.group_size": 4, "rl.num_iterations": 2,
-         "data.num_train": 200, "data.num_test": 16, "eval_rows": 8, "eval_every": 0,
-         "num_steps": 4, "checkpoint_every": 2, "mesh.data": 1}
+# The tests' shrunk tiny config, with a checkpoint every 2 updates (the kill comes after the
+# first) and the HF export the evaluation reads back.
+FLAGS = {**_flags(), "checkpoint_every": 2, "export_hf": True}
 
 
 def _free_port() -> int:
