@@ -5,10 +5,14 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Tiny bases and default run folders of this session (and of the CLIs it starts) stay out of ~.
-os.environ["DISPO_JAX_CACHE"] = tempfile.mkdtemp(prefix="dispo_jax_test_cache_")
-os.environ["DISPO_JAX_RUNS"] = tempfile.mkdtemp(prefix="dispo_jax_test_runs_")
 # The many short CLI runs compile the same small programs: share XLA's compilations between them.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dispo_jax_test_xla_")
+# The folders are made once per pytest session: xdist's workers inherit them from the controller,
+# so they share the SFT'd bases (written atomically) and the compilations too.
+if "DISPO_JAX_TEST_SESSION" not in os.environ:
+  os.environ["DISPO_JAX_TEST_SESSION"] = str(os.getpid())
+  os.environ["DISPO_JAX_CACHE"] = tempfile.mkdtemp(prefix="dispo_jax_test_cache_")
+  os.environ["DISPO_JAX_RUNS"] = tempfile.mkdtemp(prefix="dispo_jax_test_runs_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dispo_jax_test_xla_")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 
 import jax  # noqa: E402
