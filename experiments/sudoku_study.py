@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import sudoku as sudoku_config  # noqa: E402
 from experiments import tiny_data_flags  # noqa: E402
 from dispo_jax import train  # noqa: E402
+from dispo_jax.rl import learner  # noqa: E402
 
 # run name -> (config variant, method, α_step, shuffled-reward control)
 METHODS = {"diffu_grpo": ("tiny", "diffu_grpo", 0.0, False),
@@ -43,11 +44,6 @@ METHODS = {"diffu_grpo": ("tiny", "diffu_grpo", 0.0, False),
 COLORS = {"diffu_grpo": "tab:gray", "dispo": "tab:blue", "trace": "tab:orange",
           "dispo_trace": "tab:red", "control": "black", "spg": "tab:green",
           "dispo_spg": "tab:purple"}
-
-
-def has_no_kl_term(method: str) -> bool:
-  """SPG's objective (spg, dispo_spg) has no KL term: ``--beta`` leaves it at 0."""
-  return method in ("spg", "dispo_spg")
 
 
 def make_config(args, name: str, seed: int):
@@ -70,7 +66,7 @@ def make_config(args, name: str, seed: int):
   tiny_data_flags.apply(c, args)
   c.rl.num_iterations = args.mu
   c.rollout.terminal_advantage = c.rollout.branch_advantage = args.advantage
-  if not has_no_kl_term(method):
+  if learner.METHODS[method][0] != "spg":  # SPG's base term has no KL: its variant's β 0 stays
     c.rl.beta = args.beta
   c.base.cache_dir = args.base_cache or os.path.join(args.root, "_base_cache")  # one base for all runs
   c.eval_every = args.eval_every * mu
