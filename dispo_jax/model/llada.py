@@ -204,6 +204,24 @@ class Block(nnx.Module):
     return x + self.mlp(self.ff_norm(x), lora), k, v
 
 
+def _remat_block(block: Block, x: Array, cos: Array, sin: Array, key_mask: Array | None,
+                 lora: LoRACall) -> Array:
+  """``block(x, ...)`` whose activations are recomputed in the backward pass.
+
+  A pure ``jax.checkpoint`` over the block's split ``(graphdef, state)`` rather than
+  ``nnx.remat``: NNX's lifted transform updates the block's variables in place, which fails when
+  the module was merged at an outer trace level and is called inside a ``lax`` loop (the sampler's
+  ``fori_loop``, the learner's ``scan``). This form reads the variables and never writes them.
+  """
+  graphdef, state = nnx.split(block)
+
+  @jax.checkpoint
+  def run(state, x, cos, sin, key_mask, key):
+    return nnx.merge(graphdef, state)(x, cos, sin, key_mask, LoRACall(lora.enabled, key))
+
+  return run(state, x, cos, sin, key_mask, lora.key)
+
+
 class LLaDA(nnx.Module):
   """The LLaDA transformer. ``__call__(tokens [B, L] int) -> logits [B, L, V]``."""
 
@@ -229,14 +247,12 @@ class LLaDA(nnx.Module):
     x, cos, sin = self._embed(tokens, positions)
     enabled = bool(lora.enabled and self.lora is not None)
 
-    def run(block, x, cos, sin, key_mask, key):
-      return block(x, cos, sin, key_mask, LoRACall(enabled, key))
-
-    if cfg.remat:
-      run = nnx.remat(run)
     for i, block in enumerate(self.blocks):
       key = None if lora.key is None else jax.random.fold_in(lora.key, i)
-      x = constrain(run(block, x, cos, sin, key_mask, key), "batch", "length", "embed")
+      call = LoRACall(enabled, key)
+      x = (_remat_block(block, x, cos, sin, key_mask, call) if cfg.remat
+           else block(x, cos, sin, key_mask, call))
+      x = constrain(x, "batch", "length", "embed")
     return self.ln_f(x)
 
   def _embed(self, tokens: Array, positions: Array | None = None
