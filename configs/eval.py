@@ -25,6 +25,7 @@ def get_config(arg: str = ""):
   c.d1_compat = False
   c.mask_padding = True
   c.sudoku_few_shot = 0      # SPG's Sudoku protocol: 3 worked examples before the question
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # as training's
   if arg == "tiny":
     c.tasks = "sudoku"
     c.gen_lengths = (32,)

@@ -29,8 +29,9 @@ from etils import epath
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from dispo_jax.model import checkpoint, tokenizer as tok
+from dispo_jax.model import checkpoint, sharding, tokenizer as tok
 from dispo_jax.model.sharding import to_host
+from dispo_jax.pipeline.rollout import row_placer
 from dispo_jax.sampling import SamplerSettings, decode_completions, generate
 from dispo_jax.tasks import Task, data as data_lib, get_task, metric, sudoku
 from dispo_jax.tasks.base import Score
@@ -182,12 +183,26 @@ def format_table(results: dict[str, dict[int, dict]]) -> str:
   return "\n".join(lines)
 
 
+def eval_mesh(config) -> tuple[jax.sharding.Mesh, Any]:
+  """``(mesh, row placer)`` from ``config.mesh``: parameters follow the logical-axis rules; rows
+  are sharded over the batch axes when ``config.batch_size`` divides them, else replicated."""
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  rows = sharding.logical_sharding(mesh, "batch", "length")
+  row_devices = int(np.prod([mesh.shape[a] for a in jax.tree.leaves(tuple(rows.spec))]))
+  if config.batch_size % row_devices:
+    logging.warning("config.batch_size=%d is not a multiple of the %d devices rows are split "
+                    "over: every device decodes the whole batch", config.batch_size, row_devices)
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None))
+  return mesh, row_placer(rows)
+
+
 def run(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
+  mesh, place = eval_mesh(config)
   with tempfile.TemporaryDirectory() as scratch:  # gs:// models are read from a local copy
     checkpoint_dir = local_copy(config.checkpoint, scratch)
     cfg, graphdef, state = checkpoint.load_hf_checkpoint(
-        checkpoint_dir, param_dtype=config.get("param_dtype") or None,
+        checkpoint_dir, mesh, param_dtype=config.get("param_dtype") or None,
         compute_dtype=config.get("compute_dtype") or None)
     tokenizer = tok.load_tokenizer(local_copy(config.tokenizer, scratch)
                                    if config.get("tokenizer") else checkpoint_dir)
@@ -209,13 +224,14 @@ def run(config, workdir: str) -> dict:
     prompt_fn = sudoku.few_shot_prompt(few_shot) if few_shot else None
     for gen_length in config.gen_lengths:
       start = time.perf_counter()
-      results.setdefault(name, {})[gen_length] = evaluate_task(
-          task, rows, graphdef, state, tokenizer, gen_length=gen_length,
-          block_length=config.block_length, batch_size=config.batch_size,
-          max_prompt_length=config.max_prompt_length, mask_id=cfg.mask_token_id,
-          eos_id=cfg.eos_token_id, out_path=os.path.join(workdir, f"{name}_{gen_length}.jsonl"),
-          mask_padding=config.mask_padding, prompt_fn=prompt_fn,
-          model_fingerprint=model_fingerprint)
+      with jax.set_mesh(mesh):
+        results.setdefault(name, {})[gen_length] = evaluate_task(
+            task, rows, graphdef, state, tokenizer, gen_length=gen_length,
+            block_length=config.block_length, batch_size=config.batch_size,
+            max_prompt_length=config.max_prompt_length, mask_id=cfg.mask_token_id,
+            eos_id=cfg.eos_token_id, out_path=os.path.join(workdir, f"{name}_{gen_length}.jsonl"),
+            mask_padding=config.mask_padding, prompt_fn=prompt_fn,
+            model_fingerprint=model_fingerprint, place=place)
       logging.info("%s@%d: %.4f (%.1fs)", name, gen_length,
                    results[name][gen_length]["accuracy"], time.perf_counter() - start)
   with open(os.path.join(workdir, "metrics.json"), "w") as f:

@@ -169,17 +169,17 @@ class ModelAndData:
   eval_prompt_fn: Callable[[dict], str]
 
 
-def load_model_and_data(c, task: Task, data: DataSettings) -> ModelAndData:
-  """An HF LLaDA checkpoint with the task's real data, or the tiny setting's cached base."""
+def load_model_and_data(c, task: Task, data: DataSettings, mesh) -> ModelAndData:
+  """An HF LLaDA checkpoint (read straight into its shardings on ``mesh``) with the task's real
+  data, or the tiny setting's cached base."""
   if not c.model.checkpoint:
     tokenizer, cfg, graphdef, state = tiny_lib.prepare_base(c)
     train_rows, eval_rows = task.tiny.rows(data)
     return ModelAndData(tokenizer, cfg, graphdef, state, train_rows, eval_rows[: c.eval_rows],
                         task.tiny.prompt, task.tiny.prompt)
   cfg, graphdef, state = hf_io.load_hf_checkpoint(
-      c.model.checkpoint, param_dtype=c.model.param_dtype, compute_dtype=c.model.compute_dtype)
-  cfg = cfg.replace(remat=c.model.remat)
-  graphdef, state = nnx.split(nnx.merge(*llada.abstract_model(cfg)[:1], state))
+      c.model.checkpoint, mesh, param_dtype=c.model.param_dtype,
+      compute_dtype=c.model.compute_dtype, remat=c.model.remat)
   tokenizer = tok.load_tokenizer(c.model.tokenizer or c.model.checkpoint)
   if len(tokenizer) > cfg.vocab_size:
     raise ConfigError(f"config.model.tokenizer: {len(tokenizer)} tokens do not fit the model's "
@@ -238,7 +238,7 @@ def setup(c, workdir: str, preempted: "Preemption | None" = None) -> tuple[Run, 
   resuming = workdir_lib.record_or_check_config(workdir, c, write=jax.process_index() == 0)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
   task = get_task(c.task, c.d1_compat)
-  md = load_model_and_data(c, task, s.data)
+  md = load_model_and_data(c, task, s.data, mesh)
   s = run_settings(c, mask_id=md.cfg.mask_token_id)
   ids = tok.special_ids(md.tokenizer)
   optimizer = make_optimizer(s.optim)

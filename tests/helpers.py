@@ -48,3 +48,57 @@ def write_hf_folder(folder: str, cfg, tensors: dict[str, np.ndarray], n_shards: 
     json.dump({"metadata": {}, "weight_map": weight_map}, f)
   with open(os.path.join(folder, "config.json"), "w") as f:
     json.dump(hf_config if hf_config is not None else config_to_hf(cfg, "float32"), f)
+
+
+class SafetensorsReadSpy:
+  """Wraps ``safetensors.safe_open`` as :mod:`dispo_jax.model.checkpoint` uses it and records the
+  bytes every read returns (whole tensors and slices), independently of the loader's own code.
+
+  Use as ``monkeypatch.setattr(checkpoint, "safe_open", spy)``; ``spy.bytes_read`` is the total.
+  """
+
+  def __init__(self):
+    from safetensors import safe_open
+    self._open = safe_open
+    self.bytes_read = 0
+    self.reads: list[tuple[str, tuple[int, ...]]] = []
+
+  def _record(self, name, array):
+    self.bytes_read += array.nbytes
+    self.reads.append((name, tuple(array.shape)))
+    return array
+
+  def __call__(self, path, framework="numpy"):
+    spy = self
+
+    class View:
+      def __init__(self, view, name):
+        self.view, self.name = view, name
+
+      def get_shape(self):
+        return self.view.get_shape()
+
+      def __getitem__(self, index):
+        return spy._record(self.name, self.view[index])
+
+    class File:
+      def __init__(self):
+        self.cm = spy._open(path, framework=framework)
+
+      def __enter__(self):
+        self.f = self.cm.__enter__()
+        return self
+
+      def __exit__(self, *exc):
+        return self.cm.__exit__(*exc)
+
+      def keys(self):
+        return self.f.keys()
+
+      def get_slice(self, name):
+        return View(self.f.get_slice(name), name)
+
+      def get_tensor(self, name):
+        return spy._record(name, self.f.get_tensor(name))
+
+    return File()

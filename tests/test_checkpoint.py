@@ -12,7 +12,7 @@ from flax import nnx
 from dispo_jax.model import checkpoint, llada, sharding
 from dispo_jax.model.checkpoint import CheckpointError
 from dispo_jax.model.config import get_config
-from tests.helpers import random_hf_tensors, write_hf_folder
+from tests.helpers import SafetensorsReadSpy, random_hf_tensors, write_hf_folder
 
 
 @pytest.fixture()
@@ -75,6 +75,30 @@ def test_load_into_mesh_sharding_matches_single_device(folder, tiny_cfg):
   # each device holds only its slice
   assert q.addressable_shards[0].data.shape == (tiny_cfg.d_model // 2, tiny_cfg.d_model // 2)
   assert _leaves_equal(sharded, single)
+
+
+def test_load_reads_each_device_only_its_shard(folder, tiny_cfg, monkeypatch):
+  """On a 4-device (fsdp 2 × tensor 2) mesh every parameter arrives in its rules-table sharding,
+  each device holds a slice of the expected size, and the files give up exactly the distinct
+  slices the devices hold, once each (never a whole sharded tensor)."""
+  spy = SafetensorsReadSpy()
+  monkeypatch.setattr(checkpoint, "safe_open", spy)
+  mesh = sharding.make_mesh(data=1, fsdp=2, tensor=2, devices=jax.devices()[:4])
+  _, _, state = checkpoint.load_hf_checkpoint(folder, mesh)
+  expected = dict(nnx.to_flat_state(sharding.state_shardings(state, mesh)))
+  held = 0
+  for path, var in nnx.to_flat_state(state):
+    value = var.get_value()
+    assert value.sharding == expected[path], path
+    spec = tuple(expected[path].spec) + (None,) * value.ndim
+    want = tuple(d // (2 if axis else 1) for d, axis in zip(value.shape, spec))
+    assert [s.data.shape for s in value.addressable_shards] == [want] * 4, path
+    held += sum({str(s.index): s.data.nbytes for s in value.addressable_shards}.values())
+  q = state["blocks"][0]["attn"]["q_proj"]["kernel"][...]
+  assert [s.data.shape for s in q.addressable_shards] == [(tiny_cfg.d_model // 2,) * 2] * 4
+  assert spy.bytes_read == held  # fp32 files into fp32 params: each distinct slice read once
+  wte = [shape for name, shape in spy.reads if name == "model.transformer.wte.weight"]
+  assert wte == [(tiny_cfg.vocab_size // 2, tiny_cfg.d_model // 2)] * 4
 
 
 def test_missing_key(folder):

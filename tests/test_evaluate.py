@@ -29,6 +29,7 @@ def _config(checkpoint_dir):
   c.checkpoint = checkpoint_dir
   c.limit = 6
   c.batch_size = 4
+  c.mesh.data = 4  # one row per device: the sharded-rows path
   c.gen_lengths = (16,)
   return c
 

@@ -6,14 +6,15 @@ Layout of an HF LLaDA folder (LLaDA-8B-Instruct as published)::
   model.safetensors.index.json         {"weight_map": {tensor name: shard file}} (sharded case)
   model-00001-of-00006.safetensors...  or a single model.safetensors
 
-Loading streams one tensor at a time from its memory-mapped shard, transposes torch's ``[out, in]``
+Loading streams one tensor slice at a time from its memory-mapped shard, transposes torch's ``[out, in]``
 linear weights to ``[in, out]``, casts to the parameter dtype and places it straight into its target
-sharding with ``jax.make_array_from_callback``: each device receives only its own slice, so the
-whole model is never materialised on one device (nor, beyond one tensor, on the host).
+sharding with ``jax.make_array_from_callback``: each process reads from the file only the slices
+its devices own, so the whole model is never materialised on one device, nor on one host.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable, Iterator
@@ -22,7 +23,7 @@ import jax
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
@@ -196,24 +197,45 @@ class _open_shard:
     return self._cm.__exit__(*exc)
 
 
-def _read_tensor(f, name: str, path: str) -> np.ndarray:
-  try:
-    return f.get_tensor(name)
-  except (SafetensorError, OSError, ValueError) as e:
-    raise CheckpointError(f"{path}: cannot read tensor {name!r} (truncated file?): {e}") from e
+@dataclasses.dataclass(frozen=True)
+class HFTensor:
+  """One checkpoint tensor, not yet read: ``read(index)`` returns the slice ``index`` (a tuple of
+  slices in NNX layout) of the tensor in NNX layout, reading only that slice from the file.
+
+  Attributes:
+    name: the HF tensor name.
+    path: the NNX state path.
+    shape: the shape in NNX layout (``[in, out]`` for linear kernels).
+    read: ``index -> np.ndarray`` in the file's dtype.
+  """
+
+  name: str
+  path: tuple
+  shape: tuple[int, ...]
+  read: Callable[[tuple], np.ndarray]
 
 
-def _place(array: np.ndarray, sharding) -> jax.Array:
-  """Puts a host array into ``sharding``, copying to each device only the slice it owns."""
-  return jax.make_array_from_callback(array.shape, sharding,
-                                      lambda index: np.ascontiguousarray(array[index]))
+def _slice_reader(f, name: str, shard: str, transpose: bool) -> Callable[[tuple], np.ndarray]:
+  view = f.get_slice(name)
+  ndim = len(view.get_shape())
+
+  def read(index: tuple) -> np.ndarray:
+    index = tuple(index) + (slice(None),) * (ndim - len(index))
+    try:
+      part = view[index[::-1] if transpose else index]
+    except (SafetensorError, OSError, ValueError) as e:
+      raise CheckpointError(f"{shard}: cannot read tensor {name!r} (truncated file?): {e}") from e
+    return part.T if transpose else part
+
+  return read
 
 
-def iter_hf_tensors(folder: str, cfg: LLaDAConfig) -> Iterator[tuple[str, tuple, np.ndarray]]:
-  """Yields ``(hf name, nnx path, array in NNX layout)`` one tensor at a time, shard by shard.
+def iter_hf_tensors(folder: str, cfg: LLaDAConfig) -> Iterator[HFTensor]:
+  """Yields every tensor of the checkpoint as an unread :class:`HFTensor`, shard by shard (a
+  tensor's ``read`` is valid until the next one is yielded: its file is then closed).
 
   Checks the complete key set first (missing and unexpected keys), then each tensor's shape against
-  the config before reading its data.
+  the config before any data is read.
   """
   names = hf_name_map(cfg)
   weight_map = _weight_map(folder)
@@ -240,29 +262,34 @@ def iter_hf_tensors(folder: str, cfg: LLaDAConfig) -> Iterator[tuple[str, tuple,
           raise CheckpointError(f"{shard}: index lists {name!r} but the file does not contain it")
         path, transpose = names[name]
         hf_shape = tuple(f.get_slice(name).get_shape())
-        expected = expected_shapes[path]
+        expected = tuple(expected_shapes[path])
         want = expected[::-1] if transpose else expected
-        if hf_shape != tuple(want):
-          raise CheckpointError(f"{shard}: shape mismatch for {name!r}: expected {tuple(want)} "
+        if hf_shape != want:
+          raise CheckpointError(f"{shard}: shape mismatch for {name!r}: expected {want} "
                                 f"(from config.json), got {hf_shape}")
-        array = _read_tensor(f, name, shard)
-        yield name, path, (array.T if transpose else array)
+        yield HFTensor(name, path, expected, _slice_reader(f, name, shard, transpose))
 
 
 def load_hf_checkpoint(folder: str, mesh: Mesh | None = None, *, config: LLaDAConfig | None = None,
                        param_dtype: str | None = None, compute_dtype: str | None = None,
-                       rules=None) -> tuple[LLaDAConfig, nnx.GraphDef, nnx.State]:
-  """Loads an HF LLaDA folder into ``(config, graphdef, state)``.
+                       remat: bool | None = None, rules=None
+                       ) -> tuple[LLaDAConfig, nnx.GraphDef, nnx.State]:
+  """Loads an HF LLaDA folder into ``(config, graphdef, state)``, straight into the shardings.
+
+  Each process reads from the memory-mapped shards only the distinct slices its own devices hold
+  (``jax.make_array_from_callback`` asks for exactly those), so no device and no host ever holds
+  more than its shards plus one slice in flight.
 
   Args:
     folder: directory with ``config.json`` and safetensors weights.
     mesh: if given, every parameter is placed into its sharding from the logical-axis rules;
-      otherwise onto the default device.
+      otherwise onto the first local device.
     config: optional expected config; it must agree with ``config.json`` on every architecture field.
     param_dtype / compute_dtype: override the dtypes (e.g. "float32" for CPU tests).
+    remat: override ``remat`` (a training choice that ``config.json`` does not hold).
   """
-  overrides = {k: v for k, v in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype))
-               if v is not None}
+  overrides = {k: v for k, v in (("param_dtype", param_dtype), ("compute_dtype", compute_dtype),
+                                 ("remat", remat)) if v is not None}
   if config is not None:
     overrides = {"param_dtype": config.param_dtype, "compute_dtype": config.compute_dtype,
                  "remat": config.remat, **overrides}
@@ -282,8 +309,11 @@ def load_hf_checkpoint(folder: str, mesh: Mesh | None = None, *, config: LLaDACo
   default = SingleDeviceSharding(jax.local_devices()[0])
   np_dtype = _NP_DTYPES[cfg.param_dtype]
   values = {}
-  for _, path, array in iter_hf_tensors(folder, cfg):
-    values[path] = _place(array.astype(np_dtype, copy=False), shardings.get(path, default))
+  for tensor in iter_hf_tensors(folder, cfg):
+    read = lambda index, tensor=tensor: np.ascontiguousarray(
+        tensor.read(index).astype(np_dtype, copy=False))
+    values[tensor.path] = jax.make_array_from_callback(
+        tensor.shape, shardings.get(tensor.path, default), read, dtype=np_dtype)
   flat = nnx.to_flat_state(abstract)
   for path, var in flat:
     var.set_value(values[path])
