@@ -16,9 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps = -1               # >0 caps this run, a multiple of rl.num_iterations (the schedule still uses num_steps)
 
   c.model = ml_collections.ConfigDict()
-  c.model.checkpoint = ""        # HF LLaDA folder (LLaDA-8B-Instruct); "" = tiny setting
+  c.model.checkpoint = ""        # HF LLaDA folder (GSAI-ML/LLaDA-8B-Instruct); required here
   c.model.tokenizer = ""         # default: the checkpoint folder
-  c.model.preset = "tiny"        # tiny setting only
+  c.model.preset = ""            # "tiny": the CPU setting's model, SFT'd here (no checkpoint)
   c.model.overrides = ml_collections.ConfigDict()
   c.model.param_dtype = "bfloat16"
   c.model.compute_dtype = "bfloat16"

@@ -104,6 +104,7 @@ def validate_config(c) -> RunSettings:
   for key, ok, what in checks:
     if not ok:
       raise ConfigError(f"config.{key}={c[key]!r} is invalid: must be {what}")
+  _validate_model(c)
   s = run_settings(c)
   rows = s.rollout.prompts_per_step * s.rollout.group_size
   if rows % s.objective.num_microbatches:
@@ -114,6 +115,24 @@ def validate_config(c) -> RunSettings:
                       f"invalid: must be <= sampler.steps={s.sampler.steps}")
   _validate_data(c, s.data)
   return s
+
+
+LLADA_HUB_ID = "GSAI-ML/LLaDA-8B-Instruct"
+
+
+def _validate_model(c) -> None:
+  if c.model.checkpoint and c.model.preset:
+    raise ConfigError(f"config.model.preset={c.model.preset!r} is invalid with a "
+                      f"model.checkpoint: the checkpoint's config.json defines the model; clear one")
+  if not c.model.checkpoint and c.model.preset != "tiny":
+    raise ConfigError(
+        f"config.model.checkpoint is empty: the {c.task} recipe trains an HF LLaDA folder; "
+        f"download {LLADA_HUB_ID} (huggingface-cli download {LLADA_HUB_ID} --local-dir "
+        f"LLaDA-8B-Instruct) and pass --config.model.checkpoint=LLaDA-8B-Instruct, or run the CPU "
+        f"setting with --config=configs/{c.task}.py:tiny")
+  if c.model.checkpoint and not os.path.isfile(os.path.join(c.model.checkpoint, hf_io.CONFIG_FILE)):
+    raise ConfigError(f"config.model.checkpoint={c.model.checkpoint!r} is not an HF LLaDA folder: "
+                      f"it has no {hf_io.CONFIG_FILE}")
 
 
 def _validate_data(c, data: DataSettings) -> None:
@@ -456,7 +475,7 @@ def fatal_message(error: BaseException, workdir: str) -> str | None:
   A full disk often surfaces as a later, unrelated exception (an ``ImportError`` raised while the
   ``OSError`` was being handled), so the whole chain is searched.
   """
-  if isinstance(error, (ConfigError, data_lib.DataError)):
+  if isinstance(error, (ConfigError, data_lib.DataError, hf_io.CheckpointError)):
     return f"error: {error}"
   seen = error
   while seen is not None:

@@ -102,3 +102,97 @@ class SafetensorsReadSpy:
         return spy._record(name, self.f.get_tensor(name))
 
     return File()
+
+
+# ----------------------------------------------------------------------------------------------
+# The recipe path: a small LLaDA HF folder and data files in each task's published format
+# ----------------------------------------------------------------------------------------------
+
+GSM8K_ROWS = [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+               "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"}
+              for a, b in [(3, 4), (10, 5), (7, 8), (2, 9), (6, 6), (12, 1)]]
+MATH_ROWS = [{"problem": f"What is ${a} \\times {b}$?",
+              "solution": f"${a} \\times {b} = \\boxed{{{a * b}}}$.", "answer": str(a * b),
+              "subject": "Prealgebra", "level": 1, "unique_id": f"test/prealgebra/{i}.json"}
+             for i, (a, b) in enumerate([(3, 4), (5, 6), (7, 2), (8, 3), (9, 9), (4, 4)])]
+COUNTDOWN_ROWS = [{"nums": nums, "target": target} for nums, target in
+                  [([3, 5, 7], 22), ([2, 8, 4], 14), ([6, 1, 9], 15), ([10, 2, 3], 17),
+                   ([4, 4, 5], 21), ([7, 3, 2], 23)]]
+_GRID = "1234341221434321"  # a valid 4x4 solution; digit permutations of it are too
+_SOLUTIONS = ["".join(perm[int(d) - 1] for d in _GRID) for perm in ("1234", "2413", "3142", "4321")]
+SUDOKU_CSV = "Puzzle,Solution\n" + "".join(  # d1's layout: 16 digits, 0 for a blank
+    "".join("0" if (i + k) % 3 else d for i, d in enumerate(sol)) + "," + sol + "\n"
+    for k, sol in enumerate(_SOLUTIONS))
+
+
+def write_task_files(folder: str) -> dict[str, tuple[str, str]]:
+  """Small train and eval files of every task in its published layout (GSM8K ``{"question",
+  "answer"}``, MATH-500 ``{"problem", "solution", "answer", ...}``, Countdown ``{"nums",
+  "target"}``, d1's Sudoku CSV). Returns ``{task: (train file, eval file)}``."""
+  os.makedirs(folder, exist_ok=True)
+  out = {}
+  for task, rows in (("gsm8k", GSM8K_ROWS), ("math500", MATH_ROWS), ("countdown", COUNTDOWN_ROWS)):
+    path = os.path.join(folder, f"{task}.jsonl")
+    with open(path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    out[task] = (path, path)
+  path = os.path.join(folder, "sudoku.csv")
+  with open(path, "w") as f:
+    f.write(SUDOKU_CSV)
+  out["sudoku"] = (path, path)
+  return out
+
+
+def write_llada_folder(folder: str, seed: int = 0, d_model: int = 32, n_layers: int = 2,
+                       sft_steps: int = 400) -> str:
+  """A small LLaDA as a user's HF folder: bf16 safetensors, LLaDA's ``config.json`` and a
+  byte-level BPE tokenizer with LLaDA's special tokens and chat template.
+
+  The weights are SFT'd for ``sft_steps`` on Sudoku prompts (left-truncated to 64 tokens) answered
+  ``<answer>\n{digits}\n</answer>`` in 32 tokens, so sampled completions earn d1's rewards often
+  enough for groups to differ (random weights never write an ``<answer>`` block). The special ids
+  are not LLaDA-8B's (the vocabulary is small), so code that uses LLaDA's constants instead of the
+  model's own ids fails here."""
+  from dispo_jax.model import checkpoint, llada, tokenizer as tok
+  from dispo_jax.model.config import get_config
+  from dispo_jax.pretrain import train_sft
+  from dispo_jax.tasks import sudoku
+  corpus = ([r["question"] + r["answer"] for r in GSM8K_ROWS] + [r["problem"] + r["solution"]
+            for r in MATH_ROWS] + [f"Using {r['nums']} make {r['target']} <answer>(3+5)*2</answer>"
+                                   for r in COUNTDOWN_ROWS] + [SUDOKU_CSV] * 3)
+  os.makedirs(folder, exist_ok=True)
+  tokenizer = tok.build_bpe_tokenizer(corpus, vocab_size=320, folder=folder)
+  ids = tok.special_ids(tokenizer)
+  cfg = get_config("tiny", vocab_size=len(tokenizer), d_model=d_model, n_layers=n_layers,
+                   n_heads=2, mlp_hidden_size=2 * d_model, bos_token_id=ids.bos,
+                   eos_token_id=ids.eos, pad_token_id=ids.pad, mask_token_id=ids.mask)
+  graphdef, state = llada.init_model(cfg, seed=seed)
+  rows = [{"puzzle": line.split(",")[0], "solution": line.split(",")[1]}
+          for line in SUDOKU_CSV.splitlines()[1:]]
+  prompts, lengths = tok.encode_prompts(
+      tokenizer, [tok.render_prompt(tokenizer, sudoku.train_prompt(r)) for r in rows], 64)
+  completions = np.full((len(rows), 32), ids.eos, np.int32)
+  for i, r in enumerate(rows):
+    answer = tokenizer(f"<answer>\n{r['solution']}\n</answer>", add_special_tokens=False)
+    completions[i, :len(answer["input_ids"][:31])] = answer["input_ids"][:31]
+  state = train_sft(graphdef, state, prompts, lengths, completions, steps=sft_steps, batch_size=8,
+                    learning_rate=3e-3, mask_id=cfg.mask_token_id, seed=seed)
+  checkpoint.export_hf_checkpoint(cfg, state, folder, dtype="bfloat16", max_shard_bytes=40_000)
+  return folder
+
+
+def cached_llada_folder() -> str:
+  """:func:`write_llada_folder` built once per test session (``$DISPO_JAX_CACHE``, shared by the
+  xdist workers; written atomically, the loser of a race discards its copy)."""
+  import shutil
+  import tempfile
+  root = os.environ.get("DISPO_JAX_CACHE") or tempfile.gettempdir()
+  folder = os.path.join(root, "recipe_llada")
+  if not os.path.exists(os.path.join(folder, "config.json")):
+    staging = tempfile.mkdtemp(prefix=".recipe_llada-", dir=root)
+    write_llada_folder(staging)
+    try:
+      os.rename(staging, folder)
+    except OSError:
+      shutil.rmtree(staging, ignore_errors=True)
+  return folder

@@ -7,7 +7,9 @@ the same kind, with LLaDA's special tokens, for tests and tiny models.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 from typing import Iterable, Sequence
 
@@ -107,11 +109,32 @@ def load_tokenizer(folder: str):
   if not os.path.isdir(folder):
     raise TokenizerError(f"{folder}: tokenizer folder does not exist")
   try:
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    with _without_model_type_notice():
+      tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
   except (OSError, ValueError, KeyError) as e:
     raise TokenizerError(f"{folder}: cannot load a tokenizer: {e}") from e
   special_ids(tokenizer)  # validate now, not in the middle of a run
   return tokenizer
+
+
+class _DropModelTypeNotice(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "to instantiate a model of type" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_model_type_notice():
+  """Drops transformers' "You are using a model of type `llada` to instantiate a model of type"
+  notice: ``AutoTokenizer`` reads a LLaDA folder's ``config.json`` (``model_type: llada``, a
+  remote-code model transformers does not know) only to find the tokenizer class. Every other
+  message of that logger still shows."""
+  logger = logging.getLogger("transformers.configuration_utils")
+  notice = _DropModelTypeNotice()
+  logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice)
 
 
 def encode_prompts(tokenizer, texts: Sequence[str], max_length: int,
