@@ -40,6 +40,10 @@ def prompt_mask(key: Array, row_ids: Array, prompt_length: int, p_mask_prompt: f
 def token_logprobs(logits: Array, targets: Array, mask_id: int) -> Array:
   """``log softmax(action_logits(logits))`` at ``targets`` (fp32).
 
+  Branch targets are gathered from the one shared ``[R, G, V]`` log-normalised tensor (ids moved
+  to a trailing axis), never from a copy broadcast to ``[R, Z, G, V]``: the backward's memory does
+  not grow with the number of branches Z.
+
   Args:
     logits: ``[R, G, V]``.
     targets: ``[R, ..., G]`` int ids; extra middle axes (branches) share the logits.
@@ -48,12 +52,9 @@ def token_logprobs(logits: Array, targets: Array, mask_id: int) -> Array:
   """
   logits = action_logits(logits, mask_id)
   log_norm = jax.nn.logsumexp(logits, axis=-1)  # [R, G]
-  extra = targets.ndim - 2
-  logits = logits.reshape(logits.shape[:1] + (1,) * extra + logits.shape[1:])
-  log_norm = log_norm.reshape(log_norm.shape[:1] + (1,) * extra + log_norm.shape[1:])
-  picked = jnp.take_along_axis(
-      jnp.broadcast_to(logits, targets.shape + logits.shape[-1:]), targets[..., None], axis=-1)
-  return picked[..., 0] - log_norm
+  flat = jnp.moveaxis(targets.reshape(targets.shape[0], -1, targets.shape[-1]), 1, -1)  # [R, G, Z]
+  picked = jnp.take_along_axis(logits, flat, axis=-1) - log_norm[..., None]  # [R, G, Z]
+  return jnp.moveaxis(picked, -1, 1).reshape(targets.shape)
 
 
 def canvas_logprobs(apply: Apply, masked_prompt: Array,
