@@ -3,6 +3,10 @@
   python -m dispo_jax.plan_scale --config=configs/sudoku.py --config.mesh.fsdp=8 --devices=8
   python -m dispo_jax.plan_scale --config=configs/gsm8k.py --config.mesh.data=4 \
       --config.mesh.fsdp=8 --devices=32 --microbatches=12
+  python -m dispo_jax.plan_scale --config=configs/sudoku.py --config.mesh.fsdp=8 --part=sampler
+
+``--layers=N`` compiles N blocks instead of the preset's (full 8B compiles take ~15 minutes on two
+cores): memory is affine in the number of blocks, so two small runs give the per-layer cost.
 
 The config file and its ``--config.<key>=<value>`` overrides are read exactly as ``train`` reads
 them; the mesh is the config's ``mesh`` section (``-1`` takes the remaining devices).
@@ -27,6 +31,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/sudoku.py",
 _DEVICES = flags.DEFINE_integer("devices", 8, "fake CPU devices")
 _PRESET = flags.DEFINE_string("preset", "llada_8b", "model preset")
 _MICROBATCHES = flags.DEFINE_integer("microbatches", 12, "0: the config's rl.num_microbatches")
+_LAYERS = flags.DEFINE_integer("layers", 0, "0: the preset's; > 0: compile with this many "
+                               "blocks (two such runs give the per-layer cost to extrapolate)")
+_PART = flags.DEFINE_enum("part", "update", ["update", "sampler"],
+                          "update: one optimizer update; sampler: one rollout (generate with "
+                          "DiSPO's branch cache)")
 
 
 def abstract_state(cfg, lora, mesh, optimizer):
@@ -96,15 +105,36 @@ def abstract_batch(s, mesh):
       branch_advantages=sds((n, n_states, z), jnp.float32) if step else None, replay=replay)
 
 
-def report(compiled, seconds: float, mesh_shape: str, s, params: int) -> None:
+def lower_sampler(s, mesh, graphdef, model_state):
+  """The rollout's compiled ``generate`` (branch cache for |T_sub| states per row) on abstract,
+  sharded prompts."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding
+
+  from dispo_jax.model import sharding
+  from dispo_jax.sampling import sampler
+
+  n = s.rollout.prompts_per_step * s.rollout.group_size
+  rows = lambda *axes: NamedSharding(mesh, sharding.logical_to_mesh_axes(("batch",) + axes))
+  tokens = jax.ShapeDtypeStruct((n, s.rollout.max_prompt_length), jnp.int32,
+                                sharding=rows("length"))
+  lengths = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rows())
+  steps = jax.ShapeDtypeStruct((n, s.rollout.states_per_prompt), jnp.int32, sharding=rows(None))
+  with jax.set_mesh(mesh):
+    return sampler._generate_jit.lower(graphdef, model_state, tokens, lengths, jax.random.key(0),
+                                       s.sampler, steps).compile()
+
+
+def report(compiled, seconds: float, mesh_shape: str, s, params: int, cfg) -> None:
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2**30
   n = s.rollout.prompts_per_step * s.rollout.group_size
   config = config_flags.get_config_filename(flags.FLAGS["config"])
   overrides = " ".join(f"--config.{k}={v}" for k, v in
                        config_flags.get_override_values(flags.FLAGS["config"]).items())
-  print(f"{config} {overrides}: method={s.objective.method} preset={_PRESET.value} "
-        f"params={params:,} devices={_DEVICES.value} mesh(data,fsdp,tensor)=({mesh_shape}) "
+  print(f"{config} {overrides}: part={_PART.value} method={s.objective.method} "
+        f"preset={_PRESET.value} layers={cfg.n_layers} params={params:,} devices={_DEVICES.value} mesh(data,fsdp,tensor)=({mesh_shape}) "
         f"rows={n} tokens/row="
         f"{s.rollout.max_prompt_length + s.sampler.gen_length} microbatches="
         f"{s.objective.num_microbatches} (compiled in {seconds:.0f}s)")
@@ -130,7 +160,8 @@ def main(argv) -> None:
   from dispo_jax.train import run_settings
 
   c = _CONFIG.value
-  cfg = get_config(_PRESET.value, remat=c.model.remat)
+  layers = {"n_layers": _LAYERS.value} if _LAYERS.value > 0 else {}
+  cfg = get_config(_PRESET.value, remat=c.model.remat, **layers)
   s = run_settings(c, mask_id=cfg.mask_token_id)
   if _MICROBATCHES.value:
     s = dataclasses.replace(s, objective=dataclasses.replace(
@@ -139,6 +170,12 @@ def main(argv) -> None:
   mesh_shape = ",".join(str(n) for n in mesh.devices.shape)
   optimizer = make_optimizer(s.optim)
   graphdef, trainable, frozen, opt_state = abstract_state(cfg, s.lora, mesh, optimizer)
+  params = sum(x.size for x in jax.tree.leaves((trainable, frozen) if s.lora else trainable))
+  if _PART.value == "sampler":
+    start = time.perf_counter()
+    compiled = lower_sampler(s, mesh, graphdef, (frozen, trainable) if s.lora else trainable)
+    report(compiled, time.perf_counter() - start, mesh_shape, s, params, cfg)
+    return
   update = learner.make_update_fn(Policy(graphdef, s.lora is not None).bind, optimizer,
                                   s.objective, lora_dropout=bool(s.lora and s.lora.dropout))
   shard_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
@@ -146,10 +183,10 @@ def main(argv) -> None:
                    out_shardings=(shard_of(trainable), shard_of(opt_state), None))
   key = jax.random.key(0)
   start = time.perf_counter()
-  compiled = jitted.lower(trainable, frozen, opt_state, abstract_batch(s, mesh), 0, key,
-                          key).compile()
-  params = sum(x.size for x in jax.tree.leaves((trainable, frozen) if s.lora else trainable))
-  report(compiled, time.perf_counter() - start, mesh_shape, s, params)
+  with jax.set_mesh(mesh):  # as train: activations constrained at block boundaries
+    compiled = jitted.lower(trainable, frozen, opt_state, abstract_batch(s, mesh), 0, key,
+                            key).compile()
+  report(compiled, time.perf_counter() - start, mesh_shape, s, params, cfg)
 
 
 if __name__ == "__main__":

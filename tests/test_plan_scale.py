@@ -23,3 +23,15 @@ def test_plan_scale_reads_train_config_and_its_mesh_overrides():
   bad = subprocess.run(cmd + ["--config.optim.b2=-1"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=600)
   assert bad.returncode != 0 and "optim" in bad.stderr
+
+
+def test_plan_scale_compiles_the_sampler_with_fewer_layers():
+  cmd = [sys.executable, "-m", "dispo_jax.plan_scale", "--config=configs/sudoku.py:tiny",
+         "--config.method=dispo", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+         "--config.rollout.prompts_per_step=2", "--config.rollout.group_size=2",
+         "--devices=2", "--preset=tiny", "--layers=1", "--part=sampler"]
+  out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "part=sampler method=dispo preset=tiny layers=1" in out.stdout
+  assert "per device peak estimate" in out.stdout

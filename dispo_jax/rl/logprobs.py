@@ -17,6 +17,7 @@ same key and therefore exactly the same masks (ratio exactly 1 on the first inne
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -28,6 +29,23 @@ Array = jax.Array
 # The one forward convention of rl/: apply(tokens [R, L] int32, key_mask [R, L] bool | None)
 # -> logits [R, L, V]. Parameters (and a dropout key) are bound before (``Policy.bind``).
 Apply = Callable[[Array, Array | None], Array]
+HEAD_CHUNK = 32  # completion positions whose logits are live at once on the split-forward path
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitApply:
+  """An :data:`Apply` that also exposes its two halves, so log-probs can run the LM head in chunks.
+
+  Attributes:
+    hidden: ``(tokens [R, L], key_mask [R, L] | None) -> [R, L, d]`` final-norm hidden states.
+    head: ``[..., d] -> [..., V]`` logits.
+  """
+
+  hidden: Callable[[Array, Array | None], Array]
+  head: Callable[[Array], Array]
+
+  def __call__(self, tokens: Array, key_mask: Array | None) -> Array:
+    return self.head(self.hidden(tokens, key_mask))
 
 
 def prompt_mask(key: Array, row_ids: Array, prompt_length: int, p_mask_prompt: float) -> Array:
@@ -77,7 +95,37 @@ def canvas_logprobs(apply: Apply, masked_prompt: Array,
   if prompt_key_mask is not None:
     key_mask = jnp.concatenate(
         [prompt_key_mask, jnp.ones(completion_canvas.shape, bool)], axis=1)
+  if isinstance(apply, SplitApply):
+    return head_logprobs(apply.head, apply.hidden(canvas, key_mask)[:, p:], targets, mask_id)
   return token_logprobs(apply(canvas, key_mask)[:, p:], targets, mask_id)
+
+
+def head_logprobs(head: Callable[[Array], Array], hidden: Array, targets: Array, mask_id: int,
+                  chunk: int = HEAD_CHUNK) -> Array:
+  """:func:`token_logprobs` of ``head(hidden)``, ``chunk`` completion positions at a time.
+
+  Each chunk's LM head, fp32 log-softmax and gather run under ``jax.checkpoint`` in a ``lax.map``:
+  the backward keeps only the ``[R, G, d]`` hidden states and recomputes one chunk's
+  ``[R, chunk, V]`` logits at a time, so no ``[R, G, V]`` tensor (bf16 or fp32) lives through the
+  backward (the chunked log-softmax of TRL and verl). A ``chunk`` that does not divide G (or G
+  itself) runs in one piece.
+
+  Args:
+    head: ``[..., d] -> [..., V]`` logits.
+    hidden: ``[R, G, d]`` hidden states of the completion positions.
+    targets: ``[R, ..., G]`` int ids.
+  Returns:
+    ``[R, ..., G]`` float32 log-probabilities.
+  """
+  r, g, d = hidden.shape
+  if g <= chunk or g % chunk:
+    return token_logprobs(head(hidden), targets, mask_id)
+  n = g // chunk
+  hidden_chunks = jnp.moveaxis(hidden.reshape(r, n, chunk, d), 1, 0)  # [n, R, chunk, d]
+  target_chunks = jnp.moveaxis(targets.reshape(targets.shape[:-1] + (n, chunk)), -2, 0)
+  one = jax.checkpoint(lambda xs: token_logprobs(head(xs[0]), xs[1], mask_id))
+  out = jax.lax.map(one, (hidden_chunks, target_chunks))  # [n, R, ..., chunk]
+  return jnp.moveaxis(out, 0, -2).reshape(targets.shape)
 
 
 def surrogate_logprobs(apply: Apply, prompt_tokens: Array, prompt_key_mask: Array | None,

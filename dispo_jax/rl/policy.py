@@ -21,7 +21,7 @@ from flax import nnx
 from dispo_jax.model import llada
 from dispo_jax.model.config import LLaDAConfig, LoRAConfig
 from dispo_jax.model.llada import LoRACall
-from dispo_jax.rl.logprobs import Apply
+from dispo_jax.rl.logprobs import SplitApply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,20 +29,23 @@ class Policy:
   graphdef: nnx.GraphDef
   use_lora: bool
 
-  def bind(self, params, dropout_key: jax.Array | None = None) -> Apply:
-    """The policy's forward ``(tokens [R, L], key_mask [R, L] | None) -> logits [R, L, V]``."""
-    state = self.model_state(params)
-    lora = LoRACall(True, dropout_key)
-    return lambda tokens, key_mask: llada.forward(self.graphdef, state, tokens, key_mask,
-                                                  lora=lora)
+  def bind(self, params, dropout_key: jax.Array | None = None) -> SplitApply:
+    """The policy's forward ``(tokens [R, L], key_mask [R, L] | None) -> logits [R, L, V]``,
+    split into hidden states and head (log-probs run the head in chunks)."""
+    return self._split(self.model_state(params), LoRACall(True, dropout_key))
 
-  def bind_reference(self, params) -> Apply:
+  def bind_reference(self, params) -> SplitApply:
     """The KL reference's forward (same convention as :meth:`bind`)."""
     trainable, frozen = params
     if self.use_lora:
-      return lambda tokens, key_mask: llada.forward(self.graphdef, (frozen, trainable), tokens,
-                                                    key_mask, lora=LoRACall(False))
-    return lambda tokens, key_mask: llada.forward(self.graphdef, frozen, tokens, key_mask)
+      return self._split((frozen, trainable), LoRACall(False))
+    return self._split(frozen, LoRACall(False))
+
+  def _split(self, state, lora: LoRACall) -> SplitApply:
+    return SplitApply(
+        hidden=lambda tokens, key_mask: llada.merge_model(self.graphdef, state).hidden_states(
+            tokens, key_mask, lora=lora),
+        head=lambda h: llada.lm_head(self.graphdef, state, h))
 
   def model_state(self, params) -> Any:
     trainable, frozen = params
