@@ -14,6 +14,8 @@ Everything here is a pure function of arrays. One forward convention runs throug
 ``apply(tokens, key_mask) -> logits`` (:data:`dispo_jax.rl.logprobs.Apply`), with parameters bound
 beforehand by a ``bind(params, dropout_key) -> apply`` function (``Policy.bind``), so LoRA
 (reference = base model, adapters off) and full fine-tuning (reference = a frozen copy) share it.
+``Policy.bind`` returns a :class:`dispo_jax.rl.logprobs.SplitApply` (hidden states and head apart),
+with which every log-prob runs the LM head in rematerialised chunks.
 """
 
 from __future__ import annotations
