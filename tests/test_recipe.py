@@ -85,6 +85,21 @@ def _check_recorded_recipe(workdir, task):
 
 
 @pytest.mark.parametrize("task", ["sudoku", "countdown", "gsm8k", "math500"])
+def test_recipe_without_a_checkpoint_says_what_it_needs(task):
+  from dispo_jax import train
+  c = importlib.import_module(f"configs.{task}").get_config("")
+  with pytest.raises(train.ConfigError) as error:
+    train.validate_config(c)
+  message = str(error.value)
+  assert "\n" not in message and message.startswith("config.model.checkpoint is empty")
+  assert "huggingface-cli download GSAI-ML/LLaDA-8B-Instruct" in message
+  assert f"--config=configs/{task}.py:tiny" in message
+  c.model.checkpoint = "/nonexistent/LLaDA-8B-Instruct"
+  with pytest.raises(train.ConfigError, match=r"is not an HF LLaDA folder: it has no config\.json"):
+    train.validate_config(c)
+
+
+@pytest.mark.parametrize("task", ["sudoku", "countdown", "gsm8k", "math500"])
 def test_recipe_trains_resumes_exports_and_evaluates(task, recipe_inputs, tmp_path):
   mu, workdir = _mu(task), str(tmp_path / "run")
   first = _run(_train_cmd(task, workdir, recipe_inputs, max_steps=mu))  # stops after one batch
