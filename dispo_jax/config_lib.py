@@ -9,6 +9,7 @@ its values are validated. Adding a hyperparameter touches the dataclass and the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from typing import Any, Iterable, Mapping, TypeVar
@@ -44,7 +45,8 @@ def settings_from(cls: type[T], section: Mapping | Any, path: str, exclude: Iter
     exclude: keys of the section that are not fields (e.g. ``lora.enabled``).
     derived: fields that come from elsewhere (the model's MASK id, the sampler's steps).
   Raises:
-    ConfigError: naming ``config.<path>.<key>`` for an unknown key or an invalid value.
+    ConfigError: naming ``config.<path>.<key>`` for an unknown key, a non-finite float (no
+      setting means anything by ``inf`` or ``nan``) or an invalid value.
   """
   values = {k: v for k, v in _as_dict(section).items() if k not in set(exclude)}
   fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -59,6 +61,9 @@ def settings_from(cls: type[T], section: Mapping | Any, path: str, exclude: Iter
       values[key] = settings_from(nested, value, f"{path}.{key}")
   if isinstance(values.get("targets"), list):
     values["targets"] = tuple(values["targets"])
+  for key, value in values.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"config.{path}: {key}={value!r} must be finite")
   try:
     return cls(**values, **derived)
   except (TypeError, ValueError) as e:

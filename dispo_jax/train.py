@@ -96,6 +96,7 @@ def validate_config(c) -> RunSettings:
       ("max_bad_steps", c.max_bad_steps >= 1, ">= 1"),
       ("keep_checkpoints", c.keep_checkpoints >= 1, ">= 1 (0 would delete every checkpoint)"),
       ("eval_rows", c.eval_rows >= 1, ">= 1"),
+      ("distributed_timeout_s", c.distributed_timeout_s > 0, "> 0 seconds"),
       ("checkpoint_every", c.checkpoint_every >= 1 and c.checkpoint_every % mu == 0,
        "a positive multiple of rl.num_iterations (checkpoints fall between rollout batches)"),
       ("max_steps", c.max_steps <= 0 or c.max_steps % mu == 0,

@@ -101,6 +101,17 @@ def test_load_reads_each_device_only_its_shard(folder, tiny_cfg, monkeypatch):
   assert wte == [(tiny_cfg.vocab_size // 2, tiny_cfg.d_model // 2)] * 4
 
 
+def test_export_refuses_non_finite_weights_and_writes_nothing(tmp_path, tiny_cfg, tiny_model):
+  _, state = tiny_model
+  broken = jax.tree.map(lambda x: x, state)
+  kernel = broken["blocks"][1]["mlp"]["up_proj"]["kernel"]
+  kernel[...] = kernel[...].at[0, :3].set(jnp.nan)
+  with pytest.raises(CheckpointError, match=r"model\.transformer\.blocks\.1\.up_proj\.weight' has "
+                     r"3 non-finite values"):
+    checkpoint.export_hf_checkpoint(tiny_cfg, broken, str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+
+
 def test_missing_key(folder):
   index = os.path.join(folder, "model.safetensors.index.json")
   data = json.load(open(index))

@@ -74,10 +74,21 @@ def _metrics(workdir):
     ("rollout.timestep_degree", float("inf"), r"config\.rollout: timestep_degree=inf must be "
      r"finite"),
     ("data.train_file", "/tmp/x.csv", r"config\.data\.train_file / eval_file are set but the tiny"),
+    ("rl.beta", float("inf"), r"config\.rl: beta=inf must be finite"),
+    ("rl.alpha_step", float("inf"), r"config\.rl: alpha_step=inf must be finite"),
+    ("rl.epsilon_high", float("inf"), r"config\.rl: epsilon_high=inf must be finite"),
+    ("sampler.temperature", float("nan"), r"config\.sampler: temperature=nan must be finite"),
+    ("sampler.cfg_scale", float("inf"), r"config\.sampler: cfg_scale=inf must be finite"),
+    ("rollout.branch_temperature", float("inf"),
+     r"config\.rollout: branch_temperature=inf must be finite"),
+    ("lora.alpha", float("nan"), r"config\.lora: alpha=nan must be finite"),
+    ("base.learning_rate", float("inf"), r"config\.base: learning_rate=inf must be finite"),
+    ("rl.spg.eubo_beta", float("inf"), r"config\.rl\.spg: eubo_beta=inf must be finite"),
+    ("distributed_timeout_s", -5, r"config\.distributed_timeout_s=-5 is invalid: must be > 0"),
 ])
 def test_bad_config_values_fail_before_compute(key, value, match):
   c = small_config(**{key: value})
-  if key == "lora.rank":
+  if key.startswith("lora."):
     c.lora.enabled = True
   with pytest.raises(ValueError, match=match):
     train_lib.validate_config(c)

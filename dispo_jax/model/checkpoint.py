@@ -332,6 +332,7 @@ def export_hf_checkpoint(cfg: LLaDAConfig, state: nnx.State, folder: str, *,
 
   Linear kernels are transposed back to torch's ``[out, in]``. In a multi-process run every process
   must call this (sharded tensors are gathered); only process 0 writes. Returns the shard files.
+  A non-finite parameter stops the export before any file is written (``CheckpointError``).
   """
   np_dtype = _NP_DTYPES[dtype]
   flat = dict(nnx.to_flat_state(state))
@@ -342,6 +343,9 @@ def export_hf_checkpoint(cfg: LLaDAConfig, state: nnx.State, folder: str, *,
     if path not in flat:
       raise CheckpointError(f"state has no parameter at {'.'.join(map(str, path))} for {name!r}")
     array = sharding_lib.to_host(flat[path].get_value())
+    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    if bad:
+      raise CheckpointError(f"{folder}: not written: {name!r} has {bad} non-finite values")
     array = np.ascontiguousarray(array.T if transpose else array).astype(np_dtype)
     if sizes[-1] and sizes[-1] + array.nbytes > max_shard_bytes:
       shards.append({})
