@@ -34,11 +34,14 @@ def read_rows(path) -> list[dict]:
     for number, line in enumerate(f, 1):
       try:
         row = json.loads(line)
-        int(row["step"])
+      except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        row = None
+      step = row.get("step") if isinstance(row, dict) else None
+      if type(step) is int:  # noqa: E721 - not a bool, a float, inf or a string
         rows.append(row)
-      except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
-        if line.strip():
-          logging.warning("%s:%d: unreadable metrics line skipped", path, number)
+      elif line.strip():
+        logging.warning("%s:%d: unreadable metrics line skipped (not an object with an integer "
+                        "step)", path, number)
   return rows
 
 

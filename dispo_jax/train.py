@@ -476,7 +476,8 @@ def fatal_message(error: BaseException, workdir: str) -> str | None:
   A full disk often surfaces as a later, unrelated exception (an ``ImportError`` raised while the
   ``OSError`` was being handled), so the whole chain is searched.
   """
-  if isinstance(error, (ConfigError, data_lib.DataError, hf_io.CheckpointError)):
+  if isinstance(error, (ConfigError, data_lib.DataError, hf_io.CheckpointError,
+                        workdir_lib.WorkdirError)):
     return f"error: {error}"
   seen = error
   while seen is not None:

@@ -110,7 +110,7 @@ def record_or_check_config(workdir: str, c, write: bool = True) -> bool:
   path = epath.Path(workdir) / "config.json"
   current = json.loads(json.dumps(flatten(c.to_dict()), default=str))
   if path.exists():
-    recorded = json.loads(path.read_text())["config"]
+    recorded = _recorded_config(path)
     changes = config_changes(recorded, current)
     added = sorted(current.keys() - recorded.keys())
     if added and not changes:
@@ -129,6 +129,25 @@ def record_or_check_config(workdir: str, c, write: bool = True) -> bool:
                          "git_commit": _git_commit()}, indent=1, sort_keys=True)
     replace_text(path, record)
   return False
+
+
+def _recorded_config(path: epath.Path) -> dict:
+  """The ``config`` object of a run record, or a :class:`ConfigError` naming the file."""
+  try:
+    record = json.loads(path.read_text())
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise ConfigError(f"{path}: unreadable run record ({e.__class__.__name__}: {e}); restore it, "
+                      f"or use another --workdir") from None
+  if isinstance(record, dict) and isinstance(record.get("config"), dict):
+    return record["config"]
+  model = isinstance(record, dict) and ("model_type" in record or "architectures" in record)
+  what = ("an HF model's config.json: --workdir names a model folder" if model else
+          f"not a dispo_jax run record (a JSON {type(record).__name__} without a 'config' object)")
+  raise ConfigError(f"{path}: {what}; use another --workdir")
+
+
+class WorkdirError(RuntimeError):
+  """A work folder that a run may not write now (held lock, unreadable lock); names the file."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -170,22 +189,34 @@ class WorkdirLock:
         json.dump(self.owner, f)
       self.held = True
       return
-    raise RuntimeError(f"{self.path}: could not take the lock")
+    raise WorkdirError(f"{self.path}: could not take the lock")
 
-  def _take_over_if_stale(self) -> None:
+  def _read_owner(self) -> dict | None:
+    """The lock's ``{"host", "pid"}``, or None when the file is not such a record."""
     try:
       owner = json.loads(epath.Path(self.path).read_text())
-    except (OSError, json.JSONDecodeError):
-      owner = {}
-    if owner.get("host") == self.owner["host"] and not _pid_alive(int(owner.get("pid", -1))):
+    except (OSError, ValueError):  # JSONDecodeError, UnicodeDecodeError
+      return None
+    if (isinstance(owner, dict) and isinstance(owner.get("host"), str)
+        and isinstance(owner.get("pid"), int) and not isinstance(owner.get("pid"), bool)):
+      return owner
+    return None
+
+  def _take_over_if_stale(self) -> None:
+    owner = self._read_owner()
+    if owner is None:
+      raise WorkdirError(f"{self.path}: not a lock this program wrote (unreadable, or not "
+                         f'{{"host", "pid"}}); delete it if no run is using '
+                         f"{epath.Path(self.path).parent}")
+    if owner["host"] == self.owner["host"] and not _pid_alive(owner["pid"]):
       logging.warning("%s: taking over a stale lock of pid %s (that process is gone)", self.path,
                       owner.get("pid"))
       print(f"warning: {self.path}: taking over a stale lock (pid {owner.get('pid')} is gone)")
       epath.Path(self.path).unlink(missing_ok=True)
       return
-    raise RuntimeError(f"{epath.Path(self.path).parent} is in use by another run (host "
-                       f"{owner.get('host', '?')}, pid {owner.get('pid', '?')}); wait for it, use "
-                       f"another --workdir, or delete {self.path} if that run is gone")
+    raise WorkdirError(f"{epath.Path(self.path).parent} is in use by another run (host "
+                       f"{owner['host']}, pid {owner['pid']}); wait for it, use another "
+                       f"--workdir, or delete {self.path} if that run is gone")
 
   def release(self) -> None:
     if self.held:

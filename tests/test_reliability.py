@@ -80,6 +80,38 @@ def test_a_second_writer_stops_and_a_stale_lock_is_taken_over(tmp_path, capsys):
   assert not os.path.exists(lock.path)
 
 
+@pytest.mark.parametrize("content, match", [
+    (b'{"config": {"method": "dis', r"unreadable run record \(JSONDecodeError"),
+    (b'{"config": \xff\xfe}', r"unreadable run record \(UnicodeDecodeError"),
+    (b'[1, 2]', r"not a dispo_jax run record \(a JSON list without a 'config' object\)"),
+    (b'{"config": [1]}', r"not a dispo_jax run record \(a JSON dict"),
+    (json.dumps({"architectures": ["LLaDAModelLM"], "model_type": "llada", "d_model": 64}).encode(),
+     r"an HF model's config\.json: --workdir names a model folder"),
+])
+def test_a_corrupt_run_record_stops_on_one_line_and_touches_nothing(tmp_path, content, match):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_bytes(content)
+  (workdir / "model.safetensors").write_bytes(b"weights")
+  before = {p.name: p.read_bytes() for p in workdir.iterdir()}
+  with pytest.raises(ConfigError, match=re.escape(str(workdir / "config.json")) + ": " + match):
+    train_lib.train(small_config(), str(workdir))
+  assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
+
+
+@pytest.mark.parametrize("content", [b"\x00\xffgarbage", b"[1, 2]", b'{"host": "h", "pid": "12"}',
+                                     b'{"host": "h", "pid": true}', b""])
+def test_an_unreadable_lock_stops_on_one_line_naming_it(tmp_path, content):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "lock").write_bytes(content)
+  with pytest.raises(wd.WorkdirError, match=re.escape(str(workdir / "lock")) + ": not a lock"):
+    wd.WorkdirLock(str(workdir)).acquire()
+  assert (workdir / "lock").read_bytes() == content
+  message = train_lib.fatal_message(wd.WorkdirError("x"), str(workdir))
+  assert message == "error: x"
+
+
 def test_default_workdir_and_base_cache_are_keyed_on_the_config():
   a, b = small_config(), small_config(method="diffu_grpo")
   assert wd.default_workdir(a) == wd.default_workdir(small_config())
@@ -197,6 +229,16 @@ def test_a_corrupt_metrics_line_is_skipped_not_the_rest_and_nan_is_null(tmp_path
   assert [r["step"] for r in kept] == [0, 1, 3, 4, 5]
   assert kept[-1] == {"step": 5, "loss": None, "rollout": 2}
   assert "NaN" not in path.read_text()
+
+
+def test_metrics_rows_without_an_integer_step_are_skipped(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 0, "loss": 1.0}\n{"step": "1", "loss": 2.0}\n{"step": Infinity}\n'
+                  '{"step": 1.0}\n{"step": true}\n[3]\n{"step": 2, "loss": 3.0}\n')
+  assert [r["step"] for r in metrics_lib.read_rows(str(path))] == [0, 2]
+  writer = metrics_lib.MetricWriter(str(tmp_path), resume_step=2)  # resume keeps the good rows
+  writer.close()
+  assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0]
 
 
 def test_ctrl_c_asks_for_a_clean_stop_and_a_second_one_aborts():
