@@ -123,12 +123,20 @@ def record_or_check_config(workdir: str, c, write: bool = True) -> bool:
                         f"{len(changes)} key(s): {'; '.join(changes)}); use another --workdir, or "
                         f"delete the folder to start over")
     return True
+  if _has_checkpoints(workdir):
+    raise ConfigError(f"{workdir}: holds checkpoints but no config.json, the record of the run "
+                      f"that wrote them; restore it, or use another --workdir")
   if write:
     from dispo_jax import __version__
     record = json.dumps({"config": current, "package_version": __version__,
                          "git_commit": _git_commit()}, indent=1, sort_keys=True)
     replace_text(path, record)
   return False
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  folder = epath.Path(workdir) / "checkpoints"
+  return folder.exists() and any(p.name.isdigit() for p in folder.iterdir())
 
 
 def _recorded_config(path: epath.Path) -> dict:

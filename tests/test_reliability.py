@@ -99,6 +99,17 @@ def test_a_corrupt_run_record_stops_on_one_line_and_touches_nothing(tmp_path, co
   assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
 
 
+def test_checkpoints_without_a_run_record_stop_the_run(tmp_path):
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints" / "8").mkdir(parents=True)
+  with pytest.raises(ConfigError, match=r"holds checkpoints but no config\.json"):
+    wd.record_or_check_config(str(workdir), small_config(method="diffu_grpo"))
+  assert not (workdir / "config.json").exists()
+  (workdir / "config.json").write_text("")  # emptied: unreadable, not a fresh start
+  with pytest.raises(ConfigError, match=r"unreadable run record"):
+    wd.record_or_check_config(str(workdir), small_config(method="diffu_grpo"))
+
+
 @pytest.mark.parametrize("content", [b"\x00\xffgarbage", b"[1, 2]", b'{"host": "h", "pid": "12"}',
                                      b'{"host": "h", "pid": true}', b""])
 def test_an_unreadable_lock_stops_on_one_line_naming_it(tmp_path, content):
