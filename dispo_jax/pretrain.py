@@ -9,6 +9,8 @@ configurations.
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable
 
 import jax
@@ -42,7 +44,10 @@ def train_sft(graphdef, state, prompts: np.ndarray, prompt_lengths: np.ndarray,
               completions: np.ndarray, *, steps: int, batch_size: int, learning_rate: float,
               mask_id: int, seed: int = 0, mask_padding: bool = True,
               callback: Callable[[int, float], None] | None = None):
-  """Adam SFT for ``steps`` minibatches drawn with replacement; returns the new state."""
+  """Adam SFT for ``steps`` minibatches drawn with replacement; returns the new state.
+
+  Raises ``FloatingPointError`` at the first non-finite loss (as the RL update refuses non-finite
+  steps), so a diverged base is never returned or cached."""
   opt = optax.chain(optax.clip_by_global_norm(1.0),
                     optax.adamw(optax.warmup_cosine_decay_schedule(
                         0.0, learning_rate, max(1, steps // 20), steps, learning_rate * 0.1),
@@ -65,6 +70,9 @@ def train_sft(graphdef, state, prompts: np.ndarray, prompt_lengths: np.ndarray,
     state, opt_state, loss = step(state, opt_state, jnp.asarray(prompts[idx]),
                                   jnp.asarray(prompt_lengths[idx]), jnp.asarray(completions[idx]),
                                   jax.random.fold_in(key, i))
+    loss = float(loss)
+    if not math.isfinite(loss):  # nothing diverged is returned (the caller saves nothing)
+      raise FloatingPointError(f"SFT step {i}: the loss is {loss}; the weights diverged")
     if callback is not None:
-      callback(i, float(loss))
+      callback(i, loss)
   return state

@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from dispo_jax.config_lib import ConfigError
 from dispo_jax.model import checkpoint, llada, tokenizer as tok
 from dispo_jax.model.config import get_config
 from dispo_jax.pretrain import train_sft
@@ -137,9 +138,13 @@ def _sft_base(c, task: Task, tokenizer, rows: list[dict], progress: bool):
     bar.update(1)
     if i % 10 == 0:
       bar.set_postfix(loss=f"{loss:.4f}")
-  state = train_sft(graphdef, state, prompts, lengths, completions, steps=c.base.steps,
-                    batch_size=c.base.batch_size, learning_rate=c.base.learning_rate,
-                    mask_id=cfg.mask_token_id, seed=c.data.seed, callback=report)
+  try:
+    state = train_sft(graphdef, state, prompts, lengths, completions, steps=c.base.steps,
+                      batch_size=c.base.batch_size, learning_rate=c.base.learning_rate,
+                      mask_id=cfg.mask_token_id, seed=c.data.seed, callback=report)
+  except FloatingPointError as e:
+    raise ConfigError(f"config.base.learning_rate={c.base.learning_rate!r}: the tiny base's SFT "
+                      f"diverged ({e}); lower it") from None
   bar.close()
   logging.info("base SFT: %d steps in %.1fs", c.base.steps, time.perf_counter() - start)
   return cfg, graphdef, state

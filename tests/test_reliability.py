@@ -149,6 +149,15 @@ def test_max_steps_caps_the_step_reached_and_a_resume_announces_itself(tmp_path,
 # 3. Nothing non-finite is trained on or saved -----------------------------------------------
 
 
+def test_a_diverging_base_sft_stops_naming_the_key_and_caches_nothing(tmp_path):
+  c = small_config(**{"base.learning_rate": 1e38, "base.cache_dir": str(tmp_path)})
+  with pytest.raises(ConfigError, match=r"config\.base\.learning_rate=1e\+38: the tiny base's SFT "
+                     r"diverged \(SFT step \d+: the loss is nan"):
+    tiny.prepare_base(c, progress=False)
+  root = tmp_path / "tiny_base"
+  assert not root.exists() or not any(root.iterdir())
+
+
 def test_an_update_with_non_finite_new_parameters_is_skipped():
   from tests.test_learner import _collect, _replay, _setup
   from dispo_jax.rl import learner
