@@ -78,6 +78,9 @@ class SafetensorsReadSpy:
       def get_shape(self):
         return self.view.get_shape()
 
+      def get_dtype(self):
+        return self.view.get_dtype()
+
       def __getitem__(self, index):
         return spy._record(self.name, self.view[index])
 

@@ -160,6 +160,40 @@ def test_truncated_shard_names_the_file(folder):
     checkpoint.load_hf_checkpoint(folder)
 
 
+def test_an_index_pointing_outside_the_folder_is_refused(folder, tmp_path):
+  index = os.path.join(folder, "model.safetensors.index.json")
+  data = json.load(open(index))
+  name = next(iter(data["weight_map"]))
+  data["weight_map"][name] = "../elsewhere.safetensors"
+  json.dump(data, open(index, "w"))
+  with pytest.raises(CheckpointError, match=r"maps to '\.\./elsewhere\.safetensors', not a file "
+                     r"name inside the checkpoint folder"):
+    checkpoint.load_hf_checkpoint(folder)
+
+
+def test_a_config_far_larger_than_its_files_is_refused_before_building_the_model(folder):
+  path = os.path.join(folder, "config.json")
+  hf = json.load(open(path))
+  hf["n_layers"] = 10_000_000
+  json.dump(hf, open(path, "w"))
+  with pytest.raises(CheckpointError, match=r"describes [\d,]+ parameters \(10000000 layers"):
+    checkpoint.load_hf_checkpoint(folder)
+
+
+def test_non_float_or_non_finite_weights_are_refused(tmp_path, tiny_cfg):
+  tensors = random_hf_tensors(tiny_cfg)
+  tensors["model.transformer.blocks.0.q_proj.weight"][2, 3] = np.nan
+  write_hf_folder(str(tmp_path / "nan"), tiny_cfg, tensors)
+  with pytest.raises(CheckpointError, match=r"'model\.transformer\.blocks\.0\.q_proj\.weight' holds "
+                     r"1 non-finite values"):
+    checkpoint.load_hf_checkpoint(str(tmp_path / "nan"))
+  tensors = random_hf_tensors(tiny_cfg)
+  tensors["model.transformer.ln_f.weight"] = tensors["model.transformer.ln_f.weight"].astype(np.int8)
+  write_hf_folder(str(tmp_path / "int8"), tiny_cfg, tensors)
+  with pytest.raises(CheckpointError, match=r"'model\.transformer\.ln_f\.weight' is stored as I8"):
+    checkpoint.load_hf_checkpoint(str(tmp_path / "int8"))
+
+
 def test_missing_shard_file(folder):
   os.remove(os.path.join(folder, "model-00001-of-00002.safetensors"))
   with pytest.raises(CheckpointError, match=r"model-00001-of-00002\.safetensors.*does not exist"):

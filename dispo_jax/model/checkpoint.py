@@ -167,8 +167,14 @@ def _weight_map(folder: str) -> dict[str, str]:
     try:
       with open(index) as f:
         weight_map = json.load(f)["weight_map"]
-    except (json.JSONDecodeError, KeyError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
       raise CheckpointError(f"{index}: not a safetensors index ({e!r})") from e
+    if not isinstance(weight_map, dict):
+      raise CheckpointError(f"{index}: weight_map is not an object")
+    for name, shard in weight_map.items():
+      if not isinstance(shard, str) or os.path.basename(shard) != shard or shard in ("", ".", ".."):
+        raise CheckpointError(f"{index}: {name!r} maps to {shard!r}, not a file name inside the "
+                              f"checkpoint folder")
     return {name: os.path.join(folder, shard) for name, shard in weight_map.items()}
   single = os.path.join(folder, SINGLE_FILE)
   if not os.path.isfile(single):
@@ -225,6 +231,9 @@ def _slice_reader(f, name: str, shard: str, transpose: bool) -> Callable[[tuple]
       part = view[index[::-1] if transpose else index]
     except (SafetensorError, OSError, ValueError) as e:
       raise CheckpointError(f"{shard}: cannot read tensor {name!r} (truncated file?): {e}") from e
+    bad = int(np.size(part) - np.count_nonzero(np.isfinite(part)))
+    if bad:
+      raise CheckpointError(f"{shard}: {name!r} holds {bad} non-finite values; refusing to load")
     return part.T if transpose else part
 
   return read
@@ -267,7 +276,26 @@ def iter_hf_tensors(folder: str, cfg: LLaDAConfig) -> Iterator[HFTensor]:
         if hf_shape != want:
           raise CheckpointError(f"{shard}: shape mismatch for {name!r}: expected {want} "
                                 f"(from config.json), got {hf_shape}")
+        dtype = f.get_slice(name).get_dtype()
+        if dtype not in _FLOAT_DTYPES:
+          raise CheckpointError(f"{shard}: {name!r} is stored as {dtype}; LLaDA weights are one of "
+                                f"{list(_FLOAT_DTYPES)} (quantized checkpoints are not supported)")
         yield HFTensor(name, path, expected, _slice_reader(f, name, shard, transpose))
+
+
+_FLOAT_DTYPES = ("F32", "BF16", "F16")
+
+
+def _check_size_against_files(folder: str, cfg: LLaDAConfig) -> None:
+  """Refuses a ``config.json`` whose model the safetensors files could not hold even at one byte
+  per parameter, before the model's structure is built (10 million layers would hang); smaller
+  disagreements are named tensor by tensor by the shape checks."""
+  files = set(_weight_map(folder).values())
+  stored = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+  if cfg.num_params() > stored:
+    raise CheckpointError(f"{os.path.join(folder, CONFIG_FILE)}: describes {cfg.num_params():,} "
+                          f"parameters ({cfg.n_layers} layers, d_model {cfg.d_model}) but the "
+                          f"weight files hold {stored:,} bytes")
 
 
 def load_hf_checkpoint(folder: str, mesh: Mesh | None = None, *, config: LLaDAConfig | None = None,
@@ -300,6 +328,7 @@ def load_hf_checkpoint(folder: str, mesh: Mesh | None = None, *, config: LLaDACo
     if diffs:
       raise CheckpointError(f"{os.path.join(folder, CONFIG_FILE)} disagrees with the requested "
                             "config: " + "; ".join(diffs))
+  _check_size_against_files(folder, cfg)
   graphdef, abstract = abstract_model(cfg)
   if mesh is not None:
     kwargs = {} if rules is None else {"rules": rules}
