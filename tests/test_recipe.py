@@ -92,7 +92,7 @@ def test_recipe_without_a_checkpoint_says_what_it_needs(task):
     train.validate_config(c)
   message = str(error.value)
   assert "\n" not in message and message.startswith("config.model.checkpoint is empty")
-  assert "huggingface-cli download GSAI-ML/LLaDA-8B-Instruct" in message
+  assert "hf download GSAI-ML/LLaDA-8B-Instruct --local-dir" in message
   assert f"--config=configs/{task}.py:tiny" in message
   c.model.checkpoint = "/nonexistent/LLaDA-8B-Instruct"
   with pytest.raises(train.ConfigError, match=r"is not an HF LLaDA folder: it has no config\.json"):
