@@ -146,7 +146,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.sampler.temperature = 0.9
   c.rl.num_iterations = 4
   c.rl.base_normaliser = "batch"  # the project's studies so far used the global token mean
-  c.rl.beta = 0.01               # d1's 0.04 holds this tiny model at the base (RESULTS, session 7)
+  c.rl.beta = 0.01               # d1's 0.04 holds this tiny model at the base (RESULTS: "The KL weight was the brake")
   c.d1_compat = False            # the corrected rewards (GSM8K DOTALL, MATH "\\boxed" check)
   c.num_steps = 160              # optimizer updates: 40 rollout batches × μ = 4
   # The testbed (docs/RESULTS.md, "A testbed where RL has something to learn"): the base imitates
