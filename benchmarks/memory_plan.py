@@ -62,14 +62,16 @@ def main() -> None:
   rows = [(m, *METHODS[m], "update") for m in args.methods.split(",")]
   if args.sampler:
     rows.append(("sampler (dispo rollout)", *METHODS["dispo"], "sampler"))
-  how = "compiled" if len(layers) == 1 else f"extrapolated from {layers[0]} and {layers[1]}"
-  print(f"| method | arguments / device | temporaries / device | peak / device | 32 blocks, {how} |")
-  print("|---|---|---|---|---|")
+  how = ("compiled at 32 blocks" if len(layers) == 1 else
+         f"extrapolated to 32 blocks from {layers[0]} and {layers[1]}")
+  print(f"per device, {how}:")
+  print("| method | arguments | temporaries | peak |")
+  print("|---|---|---|---|")
   for name, config, overrides, part in rows:
     values = [measure(config, overrides, n, part) for n in layers]
     v = values[0] if len(layers) == 1 else extrapolate(layers[0], values[0], layers[1], values[1])
     print(f"| {name} | {v['arguments']:.2f} GiB | {v['temporaries']:.2f} GiB | "
-          f"{v['peak']:.2f} GiB | |", flush=True)
+          f"{v['peak']:.2f} GiB |", flush=True)
 
 
 if __name__ == "__main__":

@@ -134,8 +134,8 @@ def report(compiled, seconds: float, mesh_shape: str, s, params: int, cfg) -> No
   overrides = " ".join(f"--config.{k}={v}" for k, v in
                        config_flags.get_override_values(flags.FLAGS["config"]).items())
   print(f"{config} {overrides}: part={_PART.value} method={s.objective.method} "
-        f"preset={_PRESET.value} layers={cfg.n_layers} params={params:,} devices={_DEVICES.value} mesh(data,fsdp,tensor)=({mesh_shape}) "
-        f"rows={n} tokens/row="
+        f"preset={_PRESET.value} layers={cfg.n_layers} params={params:,} "
+        f"devices={_DEVICES.value} mesh(data,fsdp,tensor)=({mesh_shape}) rows={n} tokens/row="
         f"{s.rollout.max_prompt_length + s.sampler.gen_length} microbatches="
         f"{s.objective.num_microbatches} (compiled in {seconds:.0f}s)")
   print(f"per device: arguments {gib(mem.argument_size_in_bytes):.2f} GiB | outputs "

@@ -10,7 +10,6 @@ configurations.
 from __future__ import annotations
 
 import math
-
 from typing import Callable
 
 import jax

@@ -129,8 +129,9 @@ def _validate_model(c) -> None:
     raise ConfigError(
         f"config.model.checkpoint is empty: the {c.task} recipe trains an HF LLaDA folder; "
         f"download {LLADA_HUB_ID} (hf download {LLADA_HUB_ID} --local-dir LLaDA-8B-Instruct; "
-        f"huggingface-cli download with huggingface_hub < 1.0) and pass --config.model.checkpoint=LLaDA-8B-Instruct, or run the CPU "
-        f"setting with --config=configs/{c.task}.py:tiny")
+        f"huggingface-cli download with huggingface_hub < 1.0) and pass "
+        f"--config.model.checkpoint=LLaDA-8B-Instruct, or run the CPU setting with "
+        f"--config=configs/{c.task}.py:tiny")
   if c.model.checkpoint and not os.path.isfile(os.path.join(c.model.checkpoint, hf_io.CONFIG_FILE)):
     raise ConfigError(f"config.model.checkpoint={c.model.checkpoint!r} is not an HF LLaDA folder: "
                       f"it has no {hf_io.CONFIG_FILE}")

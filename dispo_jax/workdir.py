@@ -206,7 +206,7 @@ class WorkdirLock:
     except (OSError, ValueError):  # JSONDecodeError, UnicodeDecodeError
       return None
     if (isinstance(owner, dict) and isinstance(owner.get("host"), str)
-        and isinstance(owner.get("pid"), int) and not isinstance(owner.get("pid"), bool)):
+        and type(owner.get("pid")) is int):  # noqa: E721 - not a bool, a float or a string
       return owner
     return None
 
@@ -218,8 +218,8 @@ class WorkdirLock:
                          f"{epath.Path(self.path).parent}")
     if owner["host"] == self.owner["host"] and not _pid_alive(owner["pid"]):
       logging.warning("%s: taking over a stale lock of pid %s (that process is gone)", self.path,
-                      owner.get("pid"))
-      print(f"warning: {self.path}: taking over a stale lock (pid {owner.get('pid')} is gone)")
+                      owner["pid"])
+      print(f"warning: {self.path}: taking over a stale lock (pid {owner['pid']} is gone)")
       epath.Path(self.path).unlink(missing_ok=True)
       return
     raise WorkdirError(f"{epath.Path(self.path).parent} is in use by another run (host "

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import numpy as np
 from safetensors.numpy import save_file
 
 from dispo_jax.model.checkpoint import config_to_hf, hf_name_map
+
+
+def free_port() -> int:
+  """A TCP port free on loopback now (for a jax.distributed coordinator)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def random_hf_tensors(cfg, seed: int = 0, scale: float = 0.05) -> dict[str, np.ndarray]:

@@ -2,20 +2,14 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from tests.helpers import free_port
 from tests.test_train import REPO, _flags, _metrics, _trainable_leaves, _workdir, base_dir  # noqa: F401
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _cmd(workdir):
@@ -30,7 +24,7 @@ def test_two_processes_match_one(tmp_path, base_dir):  # noqa: F811
   subprocess.run(_cmd(single), cwd=REPO, check=True, capture_output=True, timeout=600,
                  env={**env, "JAX_NUM_CPU_DEVICES": "8"})
   multi = _workdir(tmp_path, base_dir, "multi")
-  port = _free_port()
+  port = free_port()
   procs = [subprocess.Popen(_cmd(multi), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True,
                             env={**env, "JAX_NUM_CPU_DEVICES": "4",
@@ -61,7 +55,7 @@ def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path, base_dir):  #
   import time
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
   workdir = _workdir(tmp_path, base_dir, "term")
-  port = _free_port()
+  port = free_port()
   cmd = _cmd(workdir) + ["--config.num_steps=1000", "--config.checkpoint_every=1000",
                          "--config.eval_every=0"]
   procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -11,13 +11,12 @@ HF export, then ``python -m dispo_jax.evaluate`` on the export with d1's protoco
 import importlib
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import cached_llada_folder, write_task_files
+from tests.helpers import cached_llada_folder, free_port, write_task_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"sampler.gen_length": 32, "sampler.block_length": 16, "sampler.steps": 8,
@@ -129,14 +128,8 @@ def test_recipe_on_a_two_device_fsdp_mesh(recipe_inputs, tmp_path):
   _evaluate("countdown", os.path.join(workdir, "export"), recipe_inputs, str(tmp_path / "eval"))
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _two_processes(cmd, timeout=600):
-  port = _free_port()
+  port = free_port()
   procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "JAX_PLATFORMS": "cpu",
                                             "JAX_NUM_CPU_DEVICES": "1",

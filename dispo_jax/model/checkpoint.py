@@ -36,6 +36,7 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 _NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+_FLOAT_DTYPES = ("F32", "BF16", "F16")  # safetensors dtypes a LLaDA checkpoint may store
 
 # HF config.json key -> LLaDAConfig field.
 _HF_CONFIG_FIELDS = {
@@ -221,8 +222,12 @@ class HFTensor:
   read: Callable[[tuple], np.ndarray]
 
 
-def _slice_reader(f, name: str, shard: str, transpose: bool) -> Callable[[tuple], np.ndarray]:
-  view = f.get_slice(name)
+def _non_finite_count(array: np.ndarray) -> int:
+  return int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+
+
+def _slice_reader(view, name: str, shard: str, transpose: bool) -> Callable[[tuple], np.ndarray]:
+  """``index -> slice`` of the safetensors slice ``view`` in NNX layout (transposed back)."""
   ndim = len(view.get_shape())
 
   def read(index: tuple) -> np.ndarray:
@@ -231,7 +236,7 @@ def _slice_reader(f, name: str, shard: str, transpose: bool) -> Callable[[tuple]
       part = view[index[::-1] if transpose else index]
     except (SafetensorError, OSError, ValueError) as e:
       raise CheckpointError(f"{shard}: cannot read tensor {name!r} (truncated file?): {e}") from e
-    bad = int(np.size(part) - np.count_nonzero(np.isfinite(part)))
+    bad = _non_finite_count(part)
     if bad:
       raise CheckpointError(f"{shard}: {name!r} holds {bad} non-finite values; refusing to load")
     return part.T if transpose else part
@@ -270,20 +275,18 @@ def iter_hf_tensors(folder: str, cfg: LLaDAConfig) -> Iterator[HFTensor]:
         if name not in present:
           raise CheckpointError(f"{shard}: index lists {name!r} but the file does not contain it")
         path, transpose = names[name]
-        hf_shape = tuple(f.get_slice(name).get_shape())
+        view = f.get_slice(name)
+        hf_shape = tuple(view.get_shape())
         expected = tuple(expected_shapes[path])
         want = expected[::-1] if transpose else expected
         if hf_shape != want:
           raise CheckpointError(f"{shard}: shape mismatch for {name!r}: expected {want} "
                                 f"(from config.json), got {hf_shape}")
-        dtype = f.get_slice(name).get_dtype()
+        dtype = view.get_dtype()
         if dtype not in _FLOAT_DTYPES:
           raise CheckpointError(f"{shard}: {name!r} is stored as {dtype}; LLaDA weights are one of "
                                 f"{list(_FLOAT_DTYPES)} (quantized checkpoints are not supported)")
-        yield HFTensor(name, path, expected, _slice_reader(f, name, shard, transpose))
-
-
-_FLOAT_DTYPES = ("F32", "BF16", "F16")
+        yield HFTensor(name, path, expected, _slice_reader(view, name, shard, transpose))
 
 
 def _check_size_against_files(folder: str, cfg: LLaDAConfig) -> None:
@@ -372,7 +375,7 @@ def export_hf_checkpoint(cfg: LLaDAConfig, state: nnx.State, folder: str, *,
     if path not in flat:
       raise CheckpointError(f"state has no parameter at {'.'.join(map(str, path))} for {name!r}")
     array = sharding_lib.to_host(flat[path].get_value())
-    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    bad = _non_finite_count(array)
     if bad:
       raise CheckpointError(f"{folder}: not written: {name!r} has {bad} non-finite values")
     array = np.ascontiguousarray(array.T if transpose else array).astype(np_dtype)

@@ -364,9 +364,11 @@ def split_lora(graphdef: nnx.GraphDef, state: nnx.State
 
 
 def hidden_states(graphdef: nnx.GraphDef, state: nnx.State, tokens: Array,
-                  key_mask: Array | None = None, positions: Array | None = None) -> Array:
-  """Final-norm hidden states ``[B, L, d_model]``; apply :func:`lm_head` to any slice of them."""
-  return merge_model(graphdef, state).hidden_states(tokens, key_mask, positions)
+                  key_mask: Array | None = None, positions: Array | None = None,
+                  lora: LoRACall = LoRACall()) -> Array:
+  """Final-norm hidden states ``[B, L, d_model]``; apply :func:`lm_head` to any slice of them
+  (arguments as :func:`forward`)."""
+  return merge_model(graphdef, state).hidden_states(tokens, key_mask, positions, lora)
 
 
 def lm_head(graphdef: nnx.GraphDef, state: nnx.State, hidden: Array) -> Array:

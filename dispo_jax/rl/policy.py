@@ -43,8 +43,8 @@ class Policy:
 
   def _split(self, state, lora: LoRACall) -> SplitApply:
     return SplitApply(
-        hidden=lambda tokens, key_mask: llada.merge_model(self.graphdef, state).hidden_states(
-            tokens, key_mask, lora=lora),
+        hidden=lambda tokens, key_mask: llada.hidden_states(self.graphdef, state, tokens,
+                                                            key_mask, lora=lora),
         head=lambda h: llada.lm_head(self.graphdef, state, h))
 
   def model_state(self, params) -> Any:
