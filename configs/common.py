@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampler.allow_mask_action = False
   c.sampler.kv_cache = "none"    # none | dual (Fast-dLLM's approximate block cache; rollouts only)
   c.sampler.threshold = ml_collections.config_dict.placeholder(float)  # parallel decoding (None: off)
+  c.sampler.threshold_rule = "fast_dllm"  # fast_dllm (top-1 + all >= threshold) | schedule_plus (k_t + all above)
 
   c.rollout = ml_collections.ConfigDict()  # dispo_jax.pipeline.RolloutSettings
   c.rollout.prompts_per_step = 16
@@ -63,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout.branch_temperature = ml_collections.config_dict.placeholder(float)  # None: the sampler's
   c.rollout.terminal_advantage = "mean"
   c.rollout.branch_advantage = "mean"  # mean (paper) | leave_one_out (unbiased)
+  c.rollout.reward_text = "whole"  # whole (d1: every non-special token) | first_eos
 
   c.rl = ml_collections.ConfigDict()  # dispo_jax.rl.learner.ObjectiveSettings (method: c.method)
   c.rl.num_iterations = 8        # μ: optimizer updates per rollout batch
@@ -74,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.p_mask_prompt = 0.15
   c.rl.alpha_base = 1.0
   c.rl.alpha_step = 0.5
-  c.rl.step_normaliser = "tokens"
+  c.rl.step_normaliser = "branch"  # branch (App. J) | group | tokens | nonzero_tokens | sum
   c.rl.base_normaliser = "group"  # group (d1 as run: token mean per prompt group, mean over groups) | batch
   c.rl.step_ratio = "token"      # token | branch (Eq. 5: one clipped ratio per branch)
   c.rl.step_tokens = "action"    # action (up to the branch's EOS) | action_with_tail | all (Table 3a ablation)
@@ -86,7 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.spg.eubo_beta = 1.5
   c.rl.spg.block_choice = "spg"  # spg (SPG's trainer: randperm(num_blocks) % covered) | cycled
   c.rl.trace = ml_collections.ConfigDict()  # dispo_jax.rl.trace.TraceSettings (trace | dispo_trace)
-  c.rl.trace.segments = 16       # N segments of the T steps (N = T exact; N = 1 = diffu-GRPO's)
+  c.rl.trace.segments = 16       # N segments of the T steps (N = T: each token on its step's logits; N = 1 = diffu-GRPO's)
+  c.rl.trace.temperature = 1.0   # score log softmax(logits / τ): 1 = the model's; the sampler's τ = what the rollout drew from
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
@@ -146,6 +149,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.sampler.temperature = 0.9
   c.rl.num_iterations = 4
   c.rl.base_normaliser = "batch"  # the project's studies so far used the global token mean
+  c.rl.step_normaliser = "tokens"  # and the global token mean of the step term
   c.rl.beta = 0.01               # d1's 0.04 holds this tiny model at the base (RESULTS: "The KL weight was the brake")
   c.d1_compat = False            # the corrected rewards (GSM8K DOTALL, MATH "\\boxed" check)
   c.num_steps = 160              # optimizer updates: 40 rollout batches × μ = 4

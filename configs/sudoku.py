@@ -15,7 +15,7 @@ def get_config(arg: str = ""):
   c = common.base_config()
   c.task = "sudoku"
   c.num_steps = 3800
-  c.rl.num_iterations = 8
+  c.rl.num_iterations = 12       # App. J and d1's run.sh (its sbatch file uses 8)
   return common.with_variants(c, arg, spg_steps=4000, spg_repo_steps=2500,
                               spg_eubo_beta=1.0, spg_repo_temperature=0.3,
                               extra={"3shot": three_shot})

@@ -78,7 +78,7 @@ def run_settings(c, mask_id: int = LLADA_MASK_ID) -> RunSettings:
       sampler=sampler,
       rollout=settings_from(RolloutSettings, c.rollout, "rollout"),
       objective=settings_from(learner.ObjectiveSettings, c.rl, "rl", method=c.method,
-                              denoising_steps=sampler.steps, mask_id=mask_id),
+                              denoising_steps=sampler.max_steps, mask_id=mask_id),
       optim=settings_from(OptimizerSettings, c.optim, "optim"),
       lora=(settings_from(LoRAConfig, c.lora, "lora", exclude=("enabled",))
             if c.lora.enabled else None),
@@ -111,6 +111,10 @@ def validate_config(c) -> RunSettings:
   if rows % s.objective.num_microbatches:
     raise ConfigError(f"config.rl.num_microbatches={s.objective.num_microbatches} is invalid: "
                       f"must divide rollout.prompts_per_step × rollout.group_size = {rows}")
+  if s.sampler.allow_mask_action:
+    raise ConfigError("config.sampler.allow_mask_action=True is invalid for training: a MASK kept "
+                      "in a completion is outside the policy's action space (its log-prob is "
+                      "-inf, its ratio NaN); it is for reproducing LLaDA's generate only")
   if s.rollout.states_per_prompt > s.sampler.steps:
     raise ConfigError(f"config.rollout.states_per_prompt={s.rollout.states_per_prompt} is "
                       f"invalid: must be <= sampler.steps={s.sampler.steps}")
@@ -344,7 +348,8 @@ def rollout_batch(run: Run, state: TrainState, rollout_index: int) -> tuple[Trai
                     "in rollout batch %d; counted in the metric prompts_truncated)",
                     c.rollout.max_prompt_length, truncated, len(texts), rollout_index)
   shuffle = np.random.default_rng([c.seed, rollout_index]) if c.shuffle_rewards else None
-  decode = lambda completions: decode_completions(md.tokenizer, completions, run.ids.eos)
+  decode = lambda completions: decode_completions(md.tokenizer, completions, run.ids.eos,
+                                                  run.settings.rollout.reward_text)
   reward_fn = make_reward_fn(run.task, decode, rows, shuffle)
   key = jax.random.fold_in(jax.random.key(c.seed), rollout_index)
   updates = min(run.settings.objective.num_iterations, c.num_steps - state.step)

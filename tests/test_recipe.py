@@ -124,7 +124,8 @@ def test_recipe_on_a_two_device_fsdp_mesh(recipe_inputs, tmp_path):
   workdir = str(tmp_path / "run")
   _run(_train_cmd("countdown", workdir, recipe_inputs, **{"mesh.data": 1, "mesh.fsdp": 2}),
        env={"JAX_NUM_CPU_DEVICES": "2"})
-  assert _checkpoints(workdir) == [16] and os.path.exists(os.path.join(workdir, "export"))
+  assert _checkpoints(workdir) == [2 * _mu("countdown")]
+  assert os.path.exists(os.path.join(workdir, "export"))
   _evaluate("countdown", os.path.join(workdir, "export"), recipe_inputs, str(tmp_path / "eval"))
 
 
@@ -147,11 +148,12 @@ def test_recipe_on_two_processes(recipe_inputs, tmp_path):
   """Two hosts of one device each, parameters sharded over both (fsdp 2): trains, checkpoints,
   exports from both processes' shards; the export then evaluates on one process."""
   workdir = str(tmp_path / "run")
-  _two_processes(_train_cmd("sudoku", workdir, recipe_inputs,
-                            **{"mesh.data": 1, "mesh.fsdp": 2}))
-  assert _checkpoints(workdir) == [16]
-  assert [r["step"] for r in _metrics(workdir) if "loss" in r] == list(range(16))
-  _evaluate("sudoku", os.path.join(workdir, "export"), recipe_inputs, str(tmp_path / "eval"))
+  task = "countdown"  # μ 8: two rollout batches are 16 updates (Sudoku's μ 12 would make 24)
+  _two_processes(_train_cmd(task, workdir, recipe_inputs, **{"mesh.data": 1, "mesh.fsdp": 2}))
+  updates = 2 * _mu(task)
+  assert _checkpoints(workdir) == [updates]
+  assert [r["step"] for r in _metrics(workdir) if "loss" in r] == list(range(updates))
+  _evaluate(task, os.path.join(workdir, "export"), recipe_inputs, str(tmp_path / "eval"))
 
 
 LOAD_PROBE = """

@@ -223,8 +223,12 @@ def test_branch_ratio_is_eq5():
     per_branch = -np.minimum(rho * a[i, 0], np.clip(rho, 0.8, 1.2) * a[i, 0])
     expected += per_branch.sum() / z
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-  assert float(diag["step/branch_abs_log_ratio_max"]) > 0
-  with pytest.raises(ValueError, match="needs normaliser 'states' or 'sum'"):
+  branch_means = np.abs(((lp - od) * m).sum(-1) / m.sum(-1)).ravel()  # every branch has a token
+  np.testing.assert_allclose(float(diag["step/log_ratio_median"]), np.median(branch_means),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(diag["step/log_ratio_p99"]), np.percentile(branch_means, 99),
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="needs normaliser 'branch' or 'sum'"):
     rl.dispo_step_loss(logp, old, None, adv, mask, normaliser="tokens", ratio="branch")
 
 
@@ -293,6 +297,43 @@ def test_kl_is_zero_when_policies_agree_and_positive_otherwise():
   np.testing.assert_array_equal(g, 0.0)
 
 
+def test_log_ratio_stats_average_within_each_unit_before_the_quantiles():
+  # three completions: token log-ratios (0.2, 0.4 | 0.0 masked), (−1.0 | rest masked), none scored
+  logp = jnp.asarray([[0.2, 0.4, 9.0], [-1.0, 5.0, 5.0], [3.0, 3.0, 3.0]])
+  mask = jnp.asarray([[1, 1, 0], [1, 0, 0], [0, 0, 0]], bool)
+  stats = rl.log_ratio_stats(logp, jnp.zeros_like(logp), mask, "base/")
+  # unit means |0.3| and |−1.0|; the unscored completion is left out (a sum would give 0.6)
+  np.testing.assert_allclose(float(stats["base/log_ratio_median"]), 0.65, rtol=1e-6)
+  np.testing.assert_allclose(float(stats["base/log_ratio_p99"]), 0.3 + 0.99 * 0.7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("normaliser, ratio", [("branch", "token"), ("tokens", "token"),
+                                               ("branch", "branch")])
+def test_step_term_kl_and_its_gradient_away_from_the_reference(normaliser, ratio):
+  """θ ≠ θ_ref, zero advantages: the step loss is β times the normalised k3 KL and its gradient
+  per token is ``β (1 − exp(ref − logp)) · weight``, computed here in NumPy (float64)."""
+  rng = np.random.default_rng(4)
+  n, s, z, g, beta = 2, 2, 2, 5, 0.3
+  logp = jnp.asarray(rng.normal(-2.0, 0.5, (n, s, z, g)), jnp.float32)
+  ref = jnp.asarray(rng.normal(-2.0, 0.5, (n, s, z, g)), jnp.float32)
+  mask = jnp.asarray(rng.uniform(size=(n, s, z, g)) < 0.6).at[..., 0].set(True)
+  adv = jnp.zeros((n, s, z))
+  loss_of = lambda lp: rl.dispo_step_loss(lp, logp, ref, adv, mask, beta=beta,
+                                          normaliser=normaliser, ratio=ratio)[0]
+  loss, grad = jax.value_and_grad(loss_of)(logp)
+  lp, rf, m = (np.asarray(x, np.float64) for x in (logp, ref, mask))
+  kl = np.exp(rf - lp) - (rf - lp) - 1
+  dkl = 1 - np.exp(rf - lp)
+  tokens = m.sum(-1, keepdims=True)
+  if normaliser == "tokens":
+    weight = m / m.sum()
+  else:  # a token mean in each branch, the mean over Z, then over the n·s states
+    weight = m / tokens / z / (n * s)
+  np.testing.assert_allclose(float(loss), beta * (kl * weight).sum(), rtol=1e-5)
+  np.testing.assert_allclose(grad, beta * dkl * weight, rtol=1e-4, atol=1e-7)
+  assert float(loss) > 1e-3
+
+
 def test_step_normalisers():
   n, s, z, g = 2, 1, 2, 3
   logp = jnp.zeros((n, s, z, g))
@@ -304,11 +345,19 @@ def test_step_normalisers():
   adv2 = jnp.asarray([[[1.0, 0.0]], [[0.0, 0.0]]])
   results = {name: float(rl.dispo_step_loss(logp, logp, None, adv2, action, beta=0.0,
                                             normaliser=name)[0])
-             for name in ("tokens", "nonzero_tokens", "states", "sum")}
+             for name in ("tokens", "nonzero_tokens", "branch", "sum")}
   np.testing.assert_allclose(results["tokens"], -2 / 10)      # 2 tokens × −1 over 10 tokens
   np.testing.assert_allclose(results["nonzero_tokens"], -2 / 4)  # only state 1's 4 tokens
-  np.testing.assert_allclose(results["states"], (-0.5 + 0) / 2)
+  # branch: row 0's branches have token means −1 and 0, row 1's 0 and 0; mean over Z, then states
+  np.testing.assert_allclose(results["branch"], (-0.5 + 0) / 2)
   np.testing.assert_allclose(results["sum"], -2 / 2)
+  # group: rows 0 and 1 in groups of one: row 0 sums −2 over its 4 tokens, row 1 0 over 6; the
+  # mean over the 2 groups is −0.25 (one group of two rows is the token mean, −0.2)
+  for group_size, expected in ((1, -2 / 4 / 2), (2, -2 / 10)):
+    weights = rl.step_row_weights(rl.branch_mask(action, z), group_size)
+    loss = rl.dispo_step_loss(logp, logp, None, adv2, action, beta=0.0, normaliser="group",
+                              row_weights=weights)[0]
+    np.testing.assert_allclose(float(loss), expected)
   with pytest.raises(ValueError, match="unknown step normaliser"):
     rl.dispo_step_loss(logp, logp, None, adv, action, normaliser="bogus")
 

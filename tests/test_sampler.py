@@ -1,5 +1,7 @@
 """The jitted sampler against a plain step-by-step NumPy reference of LLaDA's `generate`."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,6 +125,16 @@ def model():
   return cfg, graphdef, state
 
 
+@pytest.fixture(scope="module")
+def soft_model():
+  """The same model with an unsharpened head: confidences spread over (0, 1), so a confidence
+  taken from the wrong softmax (tempered instead of plain) changes which positions commit."""
+  cfg = get_config("tiny", vocab_size=64, n_layers=2)
+  graphdef, state = llada.init_model(cfg, seed=11)
+  state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 8
+  return cfg, graphdef, state
+
+
 def _prompts(cfg, b=3, p=7, seed=0):
   rng = np.random.default_rng(seed)
   lengths = np.array([7, 4, 2, 6, 5, 3][:b], np.int32)
@@ -158,6 +170,20 @@ def test_matches_numpy_reference(model, gen, block, steps, remasking, temperatur
   expected = reference_generate(graphdef, state, prompt, lengths, key, s)
   np.testing.assert_array_equal(np.asarray(rollout.tokens), expected)
   assert not (np.asarray(rollout.completion) == cfg.mask_token_id).any()
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_matches_numpy_reference_with_unsaturated_confidences(soft_model, temperature):
+  """At τ ≠ 1 with confidences well inside (0, 1), ranking by the tempered softmax would commit
+  other positions than LLaDA's untempered ``softmax(logits)[x0]``."""
+  cfg, graphdef, state = soft_model
+  s = SamplerSettings(gen_length=16, block_length=8, steps=4, temperature=temperature,
+                      mask_id=cfg.mask_token_id)
+  prompt, lengths = _prompts(cfg)
+  key = jax.random.key(7)
+  rollout = generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(lengths), key, s)
+  np.testing.assert_array_equal(np.asarray(rollout.tokens),
+                                reference_generate(graphdef, state, prompt, lengths, key, s))
 
 
 @pytest.mark.parametrize("gen, block, steps, remasking, temperature", [
@@ -377,6 +403,40 @@ def test_dual_cache_refreshed_every_step_equals_the_plain_sampler(model, tempera
   np.testing.assert_allclose(runs["none"].branch_logits, runs["dual"].branch_logits, atol=1e-5)
 
 
+def test_one_layer_dual_cache_is_exact_with_several_steps_per_block():
+  """In a one-layer model the cached keys and values of the prefix and suffix depend only on
+  their own (unchanged) tokens, so the dual cache is exact: with 4 steps per block the block path
+  (queries over the block's fresh keys and values and the cached rest) must give the plain
+  sampler's rollout token for token."""
+  cfg = get_config("tiny", vocab_size=64, n_layers=1)
+  graphdef, state = llada.init_model(cfg, seed=3)
+  state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 8
+  prompt, lengths = map(jnp.asarray, _prompts(cfg))
+  runs = {}
+  for cache in ("none", "dual"):
+    s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.7,
+                        mask_id=cfg.mask_token_id, kv_cache=cache)
+    runs[cache] = generate(graphdef, state, prompt, lengths, jax.random.key(4), s)
+  np.testing.assert_array_equal(runs["none"].tokens, runs["dual"].tokens)
+  np.testing.assert_array_equal(runs["none"].commit_step, runs["dual"].commit_step)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.3])
+def test_dual_cache_rollout_does_not_depend_on_branch_steps(model, threshold):
+  """The branch states get their own full forward; the block's cache is refreshed only at the
+  block's first step, so the same key gives the same tokens with or without branch steps (the
+  rollouts of diffu-GRPO and DiSPO stay matched)."""
+  cfg, graphdef, state = model
+  prompt, lengths = map(jnp.asarray, _prompts(cfg))
+  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.9,
+                      mask_id=cfg.mask_token_id, kv_cache="dual", threshold=threshold)
+  plain = generate(graphdef, state, prompt, lengths, jax.random.key(6), s)
+  branched = generate(graphdef, state, prompt, lengths, jax.random.key(6), s,
+                      jnp.asarray([[1, 6], [3, -1], [2, 5]], jnp.int32))
+  np.testing.assert_array_equal(plain.tokens, branched.tokens)
+  np.testing.assert_array_equal(plain.commit_step, branched.commit_step)
+
+
 def test_dual_cache_branch_logits_are_a_full_forward_of_the_branch_state(model):
   """DiSPO branches from the logits the sampler used: at a branch step the cached sampler runs a
   full forward, so the cached logits are exactly the full model's at that state."""
@@ -418,23 +478,70 @@ def test_dual_cache_on_an_8_device_mesh_matches_one_device(model):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_threshold_above_every_confidence_is_the_plain_sampler(model, kv_cache="none"):
-  """(With the dual cache too the tokens agree only approximately: threshold decoding refreshes the
-  cache at every step that could hold a branch state, the plain schedule only at the branch step.)"""
+def fast_dllm_reference(graphdef, state, prompt, lengths, key, s: SamplerSettings):
+  """Fast-dLLM's threshold decoding step by step in NumPy: each block is decoded until it has no
+  MASK left; at each step every row with masks in the block commits its most confident masked
+  position and every other one with confidence >= threshold (confidence: the untempered softmax
+  at the Gumbel-max candidate). Returns ``(tokens [B, P+G], steps taken)``; shares only the
+  forward and the per-step PRNG keys with the implementation."""
+  b, p = prompt.shape
+  x = np.concatenate([prompt, np.full((b, s.gen_length), s.mask_id)], axis=1).astype(np.int32)
+  key_mask = jnp.asarray(np.arange(x.shape[1])[None] >= (p - lengths)[:, None])
+  t = 0
+  for blk in range(s.num_blocks):
+    lo, hi = p + blk * s.block_length, p + (blk + 1) * s.block_length
+    while (x[:, lo:hi] == s.mask_id).any():
+      logits = np.array(_fwd(graphdef, state, jnp.asarray(x), key_mask), np.float32)[:, lo:hi]
+      logits[..., s.mask_id] = -np.inf
+      gumbel_key, _ = _step_keys(key, t)
+      g = np.asarray(jax.random.gumbel(gumbel_key, logits.shape, jnp.float32))
+      x0 = (logits / np.float32(s.temperature) + g).argmax(-1)
+      z = np.exp(logits - logits.max(-1, keepdims=True))
+      confidence = np.take_along_axis(z / z.sum(-1, keepdims=True), x0[..., None], -1)[..., 0]
+      masked = x[:, lo:hi] == s.mask_id
+      confidence = np.where(masked, confidence, -np.inf)
+      for row in np.flatnonzero(masked.any(-1)):
+        commit = masked[row] & (confidence[row] >= s.threshold)
+        commit[np.argmax(confidence[row])] = True
+        x[row, lo:hi] = np.where(commit, x0[row], x[row, lo:hi])
+      t += 1
+  return x, t
+
+
+@pytest.mark.parametrize("kv_cache", ["none", "dual"])
+def test_a_threshold_above_every_confidence(model, kv_cache):
+  """Fast-dLLM's rule then commits one token per step (the plain sampler at T = G); the
+  schedule-plus rule commits the schedule's (the plain sampler at the configured T)."""
   cfg, graphdef, state = model
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
   branch_steps = jnp.asarray([[1, 5], [3, -1], [0, 7]], jnp.int32)
-  runs = {}
-  for threshold in (None, 2.0):
-    s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.9,
-                        mask_id=cfg.mask_token_id, threshold=threshold, kv_cache=kv_cache)
-    runs[threshold] = generate(graphdef, state, prompt, lengths, jax.random.key(5), s,
-                               branch_steps)
-  a, b = runs[None], runs[2.0]
-  np.testing.assert_array_equal(a.tokens, b.tokens)
-  np.testing.assert_array_equal(a.commit_step, b.commit_step)
-  np.testing.assert_array_equal(a.branch_canvas, b.branch_canvas)
-  np.testing.assert_allclose(a.branch_logits, b.branch_logits, atol=1e-5)
+  for rule, plain_steps in (("schedule_plus", 8), ("fast_dllm", 16)):
+    plain = SamplerSettings(gen_length=16, block_length=8, steps=plain_steps, temperature=0.9,
+                            mask_id=cfg.mask_token_id, kv_cache=kv_cache)
+    a = generate(graphdef, state, prompt, lengths, jax.random.key(5), plain, branch_steps)
+    b = generate(graphdef, state, prompt, lengths, jax.random.key(5), dataclasses.replace(
+        plain, steps=8, threshold=2.0, threshold_rule=rule), branch_steps)
+    np.testing.assert_array_equal(a.tokens, b.tokens, err_msg=rule)
+    np.testing.assert_array_equal(a.commit_step, b.commit_step, err_msg=rule)
+    if rule == "schedule_plus":  # the same states (Fast-dLLM's: progress levels of T = 8)
+      np.testing.assert_array_equal(a.branch_canvas, b.branch_canvas)
+      np.testing.assert_allclose(a.branch_logits, b.branch_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.3])
+def test_fast_dllm_threshold_rule_matches_numpy_reference(soft_model, threshold):
+  cfg, graphdef, state = soft_model
+  prompt, lengths = _prompts(cfg)
+  s = SamplerSettings(gen_length=16, block_length=8, steps=4, temperature=0.7,
+                      mask_id=cfg.mask_token_id, threshold=threshold)
+  key = jax.random.key(2)
+  r = generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(lengths), key, s)
+  expected, steps_taken = fast_dllm_reference(graphdef, state, prompt, lengths, key, s)
+  np.testing.assert_array_equal(np.asarray(r.tokens), expected)
+  commit = np.asarray(r.commit_step)
+  assert commit.max() == steps_taken - 1
+  per_step = np.stack([(commit == t).sum(-1) for t in range(steps_taken)])  # [steps, B]
+  assert (per_step == 1).any() and (per_step > 1).any()  # both halves of the rule fire
 
 
 @pytest.mark.parametrize("kv_cache", ["none", "dual"])

@@ -185,6 +185,31 @@ def test_exact_elbo_below_likelihood_below_eubo_when_beta_at_least_length(kind, 
   assert elbo <= log_likelihood + 1e-9
   assert log_likelihood <= token_eubo + 1e-9
   assert token_eubo <= sequence_eubo + 1e-9
+  # the library's estimators, given SPG's mask distribution exactly, are these values
+  library_elbo, library_eubo = _library_bounds_on_every_mask(apply, o, beta)
+  np.testing.assert_allclose(library_elbo, elbo, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(library_eubo, token_eubo, rtol=1e-5, atol=1e-5)
+  assert library_elbo <= log_likelihood + 1e-5 <= library_eubo + 2e-5
+
+
+def _library_bounds_on_every_mask(apply, o, beta):
+  """``L·spg.elbo`` and ``L·spg.eubo`` on every mask pattern of one completion, each repeated in
+  proportion to its probability under SPG's sampler (k ~ U{1..L}, then a uniform k-subset: a
+  k-subset has probability 1 / (L·C(L, k))), so the estimators' sample means are expectations."""
+  import math
+  unit = math.lcm(*(L * math.comb(L, k) for k in range(1, L + 1)))
+  patterns = []
+  for k in range(1, L + 1):
+    for subset in itertools.combinations(range(L), k):
+      patterns += [np.isin(np.arange(L), subset)] * (unit // (L * math.comb(L, k)))
+  counted = jnp.asarray(np.stack(patterns)[None])  # [1, m, L]
+  logp = spg.masked_logprobs(apply, jnp.asarray(PROMPT[None], jnp.int32), None,
+                             jnp.asarray(o[None], jnp.int32), jnp.zeros((1, counted.shape[1],
+                                                                         len(PROMPT)), bool),
+                             counted, MASK)
+  completion_mask = jnp.ones((1, L), bool)
+  return (L * float(spg.elbo(logp, counted)[0]),
+          L * float(spg.eubo(logp, counted, completion_mask, beta)[0]))
 
 
 def test_eubo_with_beta_below_length_is_not_an_upper_bound():

@@ -68,6 +68,45 @@ def test_n_equals_t_reproduces_the_samplers_own_log_probs(rollout):
   assert float(jnp.abs(one_step - expected).max()) > 1e-2
 
 
+def test_n_equals_t_at_the_rollout_temperature_with_prompt_masking_against_numpy():
+  """An independent reference: every token re-scored in float64 NumPy on the canvas the sampler
+  recorded at its commit step, the prompt masked with the iteration's per-row draw, at the
+  rollout's τ = 0.7: ``log softmax(logits / τ)`` at the token, MASK excluded."""
+  cfg = get_config("tiny", vocab_size=48, n_layers=2)
+  graphdef, state = llada.init_model(cfg, seed=5)
+  state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 10
+  tau, p_mask, b, p = 0.7, 0.4, 3, 5
+  s = SamplerSettings(gen_length=8, block_length=4, steps=4, temperature=tau,
+                      mask_id=cfg.mask_token_id)
+  prompt = jnp.asarray(np.random.default_rng(2).integers(0, cfg.vocab_size - 3, (b, p)), jnp.int32)
+  every_step = jnp.tile(jnp.arange(s.steps, dtype=jnp.int32), (b, 1))
+  r = generate(graphdef, state, prompt, jnp.full((b,), p, jnp.int32), jax.random.key(8), s,
+               every_step)
+  key, row_ids = jax.random.key(9), jnp.arange(b) + 10
+  apply = lambda tokens, m: llada.forward(graphdef, state, tokens, m)
+  logp = trace.trace_logprobs(apply, prompt, None, r.completion, r.commit_step, key, row_ids,
+                              segments=s.steps, total_steps=s.steps, p_mask_prompt=p_mask,
+                              mask_id=cfg.mask_token_id, temperature=tau)
+  masked = np.stack([np.asarray(jax.random.bernoulli(jax.random.fold_in(key, int(i)), p_mask,
+                                                     (p,))) for i in row_ids])
+  assert masked.any() and not masked.all()
+  expected = np.zeros(r.completion.shape)
+  for row in range(b):
+    for j, t in enumerate(np.asarray(r.commit_step[row])):
+      canvas = np.concatenate([np.where(masked[row], cfg.mask_token_id, prompt[row]),
+                               r.branch_canvas[row, t]])
+      logits = np.array(llada.forward(graphdef, state, jnp.asarray(canvas)[None])[0, p + j],
+                        np.float64)
+      logits[cfg.mask_token_id] = -np.inf
+      z = logits / tau
+      expected[row, j] = z[r.completion[row, j]] - z.max() - np.log(np.exp(z - z.max()).sum())
+  np.testing.assert_allclose(logp, expected, atol=2e-5)
+  at_one = trace.trace_logprobs(apply, prompt, None, r.completion, r.commit_step, key, row_ids,
+                                segments=s.steps, total_steps=s.steps, p_mask_prompt=p_mask,
+                                mask_id=cfg.mask_token_id)
+  assert float(jnp.abs(at_one - expected).max()) > 1e-2  # the temperature matters here
+
+
 def test_one_segment_is_diffu_grpos_surrogate(rollout):
   cfg, s, prompt, key_mask, result, apply = rollout
   n = prompt.shape[0]

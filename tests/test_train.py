@@ -63,6 +63,10 @@ def _metrics(workdir):
     ("rl.base_normaliser", "device", r"base_normaliser='device' is not one of"),
     ("rl.step_ratio", "branch", r"step_ratio='branch' \(Eq. 5\) needs step_normaliser"),
     ("rl.step_tokens", "some", r"step_tokens='some' is not one of"),
+    ("sampler.allow_mask_action", True, r"allow_mask_action=True is invalid for training"),
+    ("sampler.threshold_rule", "greedy", r"threshold_rule='greedy' is not one of"),
+    ("rollout.reward_text", "all", r"reward_text"),
+    ("rl.trace.temperature", 0.0, r"temperature=0.0 must be finite and > 0"),
     ("optim.b2", -1.0, r"config\.optim: b2=-1\.0 must be in \[0, 1\)"),
     ("optim.learning_rate", float("nan"), r"config\.optim: learning_rate=nan must be finite"),
     ("optim.weight_decay", -0.1, r"config\.optim: weight_decay=-0\.1 must be finite and >= 0"),
@@ -114,8 +118,8 @@ def test_tiny_run_logs_checkpoints_and_exports(tmp_path, base_dir):
   assert any("eval/accuracy" in r for r in rows)
   train_rows = [r for r in rows if "reward_mean" in r]
   for name in ("reward_mean", "base/kl", "base/clip_frac", "step/distinguishable_frac",
-               "step/distinguishable_late", "loss", "grad_norm", "step/branch_abs_log_ratio_mean",
-               "policy_nll"):
+               "step/distinguishable_late", "loss", "grad_norm", "step/log_ratio_median",
+               "step/log_ratio_p99", "base/log_ratio_p99", "policy_nll"):
     assert name in train_rows[0], name
   assert final["skipped_updates"] == 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"
@@ -340,6 +344,36 @@ def test_num_steps_counts_optimizer_updates(tmp_path, base_dir):
   assert [r["rollout"] for r in rows] == [0] * 4 + [1] * 4
   assert len({r["reward_mean"] for r in rows[:4]}) == 1  # one rollout batch replayed μ times
   assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))) == [4, 8]
+
+
+def test_every_update_uses_its_own_replayed_mask_key(tmp_path, base_dir, monkeypatch):
+  """At the run level: update i of a rollout batch draws its masks with the i-th of the μ keys
+  the replay log-probs were computed with, and no key repeats within or across rollout batches."""
+  import dataclasses
+  replayed, used = [], []
+
+  def recording(make):
+    def wrapped(*args, **kwargs):
+      fns = make(*args, **kwargs)
+
+      def replay(params, batch, mask_keys):
+        replayed.append(np.asarray(jax.random.key_data(mask_keys)))
+        return fns.replay(params, batch, mask_keys)
+
+      def update(trainable, frozen, opt_state, batch, iteration, mask_key, dropout_key):
+        used.append((int(iteration), np.asarray(jax.random.key_data(mask_key))))
+        return fns.update(trainable, frozen, opt_state, batch, iteration, mask_key, dropout_key)
+      return dataclasses.replace(fns, replay=replay, update=update)
+    return wrapped
+
+  monkeypatch.setattr(train_lib, "make_step_functions", recording(train_lib.make_step_functions))
+  train_lib.train(small_config(**{"num_steps": 6, "rl.num_iterations": 3, "checkpoint_every": 3,
+                                  "method": "dispo"}), workdir=_workdir(tmp_path, base_dir, "keys"))
+  assert len(replayed) == 2 and len(used) == 6
+  for index, (iteration, key) in enumerate(used):
+    assert iteration == index % 3
+    np.testing.assert_array_equal(key, replayed[index // 3][iteration])
+  assert len({key.tobytes() for _, key in used}) == 6
 
 
 def test_few_shot_needs_a_sudoku_checkpoint_run():

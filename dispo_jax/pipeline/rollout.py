@@ -23,9 +23,10 @@ from dispo_jax.rl import timesteps
 from dispo_jax.rl.advantages import ADVANTAGES, get_advantage, group_advantages
 from dispo_jax.rl.diagnostics import branch_diagnostics, group_diagnostics
 from dispo_jax.rl.learner import ObjectiveSettings, RLBatch
-from dispo_jax.rl.losses import base_row_weights, step_token_mask
+from dispo_jax.rl.losses import base_row_weights, step_row_weights, step_token_mask
 from dispo_jax.rl.spg import sequence_weights as spg_sequence_weights
 from dispo_jax.sampling import SamplerSettings, completion_mask, generate, sample_branches
+from dispo_jax.sampling.decoding import REWARD_TEXTS
 from dispo_jax.sampling.sampler import Rollout
 
 
@@ -43,6 +44,8 @@ class RolloutSettings:
     branch_temperature: temperature of the branch draws (None: the rollout's).
     terminal_advantage, branch_advantage: registered advantage names
       (:data:`dispo_jax.rl.advantages.ADVANTAGES`).
+    reward_text: the text the rewards see: ``whole`` (every non-special token of the completion,
+      also after an EOS; d1's rule) or ``first_eos`` (the text before the first EOS).
   """
 
   prompts_per_step: int = 16
@@ -55,6 +58,7 @@ class RolloutSettings:
   branch_temperature: float | None = None
   terminal_advantage: str = "mean"
   branch_advantage: str = "mean"
+  reward_text: str = "whole"
 
   def __post_init__(self):
     checks = [
@@ -70,6 +74,7 @@ class RolloutSettings:
          "None or >= 0"),
         ("terminal_advantage", self.terminal_advantage in ADVANTAGES, f"one of {sorted(ADVANTAGES)}"),
         ("branch_advantage", self.branch_advantage in ADVANTAGES, f"one of {sorted(ADVANTAGES)}"),
+        ("reward_text", self.reward_text in REWARD_TEXTS, f"one of {list(REWARD_TEXTS)}"),
     ]
     require(self, checks)
 
@@ -212,6 +217,8 @@ def _branch_part(key: jax.Array, batch: RLBatch, result: Rollout, host_steps: np
                                 settings.objective.step_tokens)
   batch = batch.replace(state_canvas=result.branch_canvas, actions=filled,
                         action_mask=action_mask, branch_advantages=place(branch_adv))
+  if settings.objective.step_normaliser == "group":
+    batch = batch.replace(step_row_weights=step_row_weights(action_mask, rollout.group_size))
   metrics = branch_diagnostics(jnp.asarray(branch_rewards), jnp.asarray(branch_adv),
                                jnp.asarray(host_steps), sampler.steps)
   return batch, {name: float(v) for name, v in metrics.items()}, branch_rewards

@@ -70,9 +70,10 @@ class ObjectiveSettings:
     step_tokens: which tokens of a branch the step term scores (:data:`STEP_TOKENS`):
       ``action`` — the state's masked positions up to and including the branch's first EOS;
       ``action_with_tail`` — every masked position, the EOS padding tail included (the behaviour
-      before the EOS cut); ``all`` — the "all tokens" ablation (Table 3a, as we read it): every
-      completion token of the filled branch up to its first EOS, scored like diffu-GRPO scores a
-      completion (whole completion masked), so credit is not confined to the state's decisions.
+      before the EOS cut); ``all`` — the "all tokens" ablation (Table 3a, Prop. A.3): every
+      completion token of the filled branch up to its first EOS, scored on the same state
+      canvas x_t as the action tokens (tokens already committed in x_t are scored at their own,
+      visible positions), so only the token set differs from ``action``.
     spg: SPG's term (:class:`dispo_jax.rl.spg.SPGSettings`; methods spg and dispo_spg).
     trace: the trajectory-consistent surrogate (:class:`dispo_jax.rl.trace.TraceSettings`).
     denoising_steps: T of the rollouts (derived from the sampler; the trace surrogate maps
@@ -90,7 +91,7 @@ class ObjectiveSettings:
   epsilon_high: float = 0.5
   beta: float = 0.04
   p_mask_prompt: float = 0.15
-  step_normaliser: str = "tokens"
+  step_normaliser: str = "branch"
   base_normaliser: str = "group"
   step_ratio: str = "token"
   step_tokens: str = "action"
@@ -122,8 +123,8 @@ class ObjectiveSettings:
         yield f"{name}={getattr(self, name)!r} must be >= 0 (and finite)"
     if not 0 <= self.p_mask_prompt < 1:
       yield f"p_mask_prompt={self.p_mask_prompt!r} must be in [0, 1)"
-    if self.step_ratio == "branch" and self.step_normaliser not in ("states", "sum"):
-      yield (f"step_ratio='branch' (Eq. 5) needs step_normaliser 'states' or 'sum', got "
+    if self.step_ratio == "branch" and self.step_normaliser not in ("branch", "sum"):
+      yield (f"step_ratio='branch' (Eq. 5) needs step_normaliser 'branch' or 'sum', got "
              f"{self.step_normaliser!r}")
     if self.base == "trace" and not 1 <= self.trace.segments <= self.denoising_steps:
       yield (f"trace.segments={self.trace.segments} must be in [1, denoising_steps="
@@ -183,6 +184,8 @@ class RLBatch:
     commit_step: ``[N, G]`` int32 denoising step at which each token was committed.
     base_row_weights: ``[N]`` float32 normaliser of each row's token sum in the base loss
       (:func:`dispo_jax.rl.losses.base_row_weights`, computed on the whole batch).
+    step_row_weights: ``[N]`` float32 the same for the step term under its ``group`` normaliser
+      (:func:`dispo_jax.rl.losses.step_row_weights`), else None.
     sequence_weights: ``[N]`` float32 SPG loss weights ``L_j / Σ_group L / groups`` (SPG only).
     state_canvas: ``[N, S, G]`` int32 branch-state completions (MASK at the action positions).
     actions: ``[N, S, Z, G]`` int32 filled canvases of the Z branches.
@@ -200,6 +203,7 @@ class RLBatch:
   row_ids: Array
   commit_step: Optional[Array] = None
   base_row_weights: Optional[Array] = None
+  step_row_weights: Optional[Array] = None
   sequence_weights: Optional[Array] = None
   state_canvas: Optional[Array] = None
   actions: Optional[Array] = None
@@ -218,7 +222,7 @@ class RLBatch:
     p = self.prompt_tokens.shape[1]
     expected = {"prompt_key_mask": (n, p), "completion_mask": (n, g), "advantages": (n,),
                 "row_ids": (n,), "commit_step": (n, g), "base_row_weights": (n,),
-                "sequence_weights": (n,)}
+                "step_row_weights": (n,), "sequence_weights": (n,)}
     if self.actions is not None:
       _, s, z, _ = self.actions.shape
       chex.assert_shape(self.actions, (n, s, z, g), custom_message="RLBatch.actions")
@@ -252,7 +256,7 @@ def base_logprobs(apply: Apply, batch: RLBatch, key: Array, s: ObjectiveSettings
     return trace_lib.trace_logprobs(
         apply, batch.prompt_tokens, batch.prompt_key_mask, batch.completion, batch.commit_step,
         _base_key(key), batch.row_ids, segments=s.trace.segments, total_steps=s.denoising_steps,
-        p_mask_prompt=s.p_mask_prompt, mask_id=s.mask_id)
+        p_mask_prompt=s.p_mask_prompt, mask_id=s.mask_id, temperature=s.trace.temperature)
   masked = jnp.full(batch.completion.shape, s.mask_id, jnp.int32)
   return surrogate_logprobs(apply, batch.prompt_tokens, batch.prompt_key_mask, masked,
                             batch.completion, _base_key(key), batch.row_ids,
@@ -268,8 +272,6 @@ def step_logprobs(apply: Apply, batch: RLBatch, key: Array, s: ObjectiveSettings
               else jnp.repeat(batch.prompt_key_mask, n_states, axis=0))
   row_ids = (batch.row_ids[:, None] * n_states + jnp.arange(n_states)[None]).reshape(rows)
   canvas = batch.state_canvas.reshape(rows, g)
-  if s.step_tokens == "all":  # the ablation scores whole completions, as the one-step surrogate
-    canvas = jnp.full_like(canvas, s.mask_id)
   logp = surrogate_logprobs(apply, prompt, key_mask, canvas, batch.actions.reshape(rows, z, g),
                             _step_key(key), row_ids, p_mask_prompt=s.p_mask_prompt,
                             mask_id=s.mask_id)
@@ -375,7 +377,7 @@ def policy_loss(apply: Apply, batch: RLBatch, iteration: Array, mask_key: Array,
         step_logprobs(apply, batch, mask_key, s), replay.step_old, replay.step_ref,
         batch.branch_advantages, batch.action_mask, epsilon_low=s.epsilon_low,
         epsilon_high=s.epsilon_high, beta=s.beta, normaliser=s.step_normaliser,
-        ratio=s.step_ratio, denominator=denominators["step"])
+        ratio=s.step_ratio, denominator=denominators["step"], row_weights=batch.step_row_weights)
   return losses_lib.combine_losses(base, step, s.alpha_base, s.alpha_step)
 
 

@@ -55,8 +55,9 @@ def prompt_mask(key: Array, row_ids: Array, prompt_length: int, p_mask_prompt: f
   return jax.vmap(one)(row_ids.astype(jnp.uint32))
 
 
-def token_logprobs(logits: Array, targets: Array, mask_id: int) -> Array:
-  """``log softmax(action_logits(logits))`` at ``targets`` (fp32).
+def token_logprobs(logits: Array, targets: Array, mask_id: int, temperature: float = 1.0
+                   ) -> Array:
+  """``log softmax(action_logits(logits) / temperature)`` at ``targets`` (fp32).
 
   Branch targets are gathered from the one shared ``[R, G, V]`` log-normalised tensor (ids moved
   to a trailing axis), never from a copy broadcast to ``[R, Z, G, V]``: the backward's memory does
@@ -69,6 +70,8 @@ def token_logprobs(logits: Array, targets: Array, mask_id: int) -> Array:
     ``[R, ..., G]`` float32 log-probabilities.
   """
   logits = action_logits(logits, mask_id)
+  if temperature != 1.0:
+    logits = logits / temperature
   log_norm = jax.nn.logsumexp(logits, axis=-1)  # [R, G]
   flat = jnp.moveaxis(targets.reshape(targets.shape[0], -1, targets.shape[-1]), 1, -1)  # [R, G, Z]
   picked = jnp.take_along_axis(logits, flat, axis=-1) - log_norm[..., None]  # [R, G, Z]
@@ -77,8 +80,9 @@ def token_logprobs(logits: Array, targets: Array, mask_id: int) -> Array:
 
 def canvas_logprobs(apply: Apply, masked_prompt: Array,
                     prompt_key_mask: Array | None, completion_canvas: Array, targets: Array,
-                    mask_id: int) -> Array:
-  """One forward pass on ``masked_prompt ‖ completion_canvas``; log-probs of ``targets``.
+                    mask_id: int, temperature: float = 1.0) -> Array:
+  """One forward pass on ``masked_prompt ‖ completion_canvas``; log-probs of ``targets`` (at
+  ``temperature``: ``log softmax(logits / τ)``; 1 is the model's own distribution).
 
   Args:
     apply: ``(tokens [R, P+G], key_mask [R, P+G] | None) -> logits [R, P+G, V]``.
@@ -96,12 +100,13 @@ def canvas_logprobs(apply: Apply, masked_prompt: Array,
     key_mask = jnp.concatenate(
         [prompt_key_mask, jnp.ones(completion_canvas.shape, bool)], axis=1)
   if isinstance(apply, SplitApply):
-    return head_logprobs(apply.head, apply.hidden(canvas, key_mask)[:, p:], targets, mask_id)
-  return token_logprobs(apply(canvas, key_mask)[:, p:], targets, mask_id)
+    return head_logprobs(apply.head, apply.hidden(canvas, key_mask)[:, p:], targets, mask_id,
+                         temperature=temperature)
+  return token_logprobs(apply(canvas, key_mask)[:, p:], targets, mask_id, temperature)
 
 
 def head_logprobs(head: Callable[[Array], Array], hidden: Array, targets: Array, mask_id: int,
-                  chunk: int = HEAD_CHUNK) -> Array:
+                  chunk: int = HEAD_CHUNK, temperature: float = 1.0) -> Array:
   """:func:`token_logprobs` of ``head(hidden)``, ``chunk`` completion positions at a time.
 
   Each chunk's LM head, fp32 log-softmax and gather run under ``jax.checkpoint`` in a ``lax.map``:
@@ -119,18 +124,18 @@ def head_logprobs(head: Callable[[Array], Array], hidden: Array, targets: Array,
   """
   r, g, d = hidden.shape
   if g <= chunk or g % chunk:
-    return token_logprobs(head(hidden), targets, mask_id)
+    return token_logprobs(head(hidden), targets, mask_id, temperature)
   n = g // chunk
   hidden_chunks = jnp.moveaxis(hidden.reshape(r, n, chunk, d), 1, 0)  # [n, R, chunk, d]
   target_chunks = jnp.moveaxis(targets.reshape(targets.shape[:-1] + (n, chunk)), -2, 0)
-  one = jax.checkpoint(lambda xs: token_logprobs(head(xs[0]), xs[1], mask_id))
+  one = jax.checkpoint(lambda xs: token_logprobs(head(xs[0]), xs[1], mask_id, temperature))
   out = jax.lax.map(one, (hidden_chunks, target_chunks))  # [n, R, ..., chunk]
   return jnp.moveaxis(out, 0, -2).reshape(targets.shape)
 
 
 def surrogate_logprobs(apply: Apply, prompt_tokens: Array, prompt_key_mask: Array | None,
                        completion_canvas: Array, targets: Array, key: Array, row_ids: Array, *,
-                       p_mask_prompt: float, mask_id: int) -> Array:
+                       p_mask_prompt: float, mask_id: int, temperature: float = 1.0) -> Array:
   """One forward pass; log-probs of ``targets`` at every completion position.
 
   Args:
@@ -140,10 +145,11 @@ def surrogate_logprobs(apply: Apply, prompt_tokens: Array, prompt_key_mask: Arra
     completion_canvas: ``[R, G]`` int32; MASK wherever a target is scored.
     targets: ``[R, ..., G]`` int32 tokens whose log-probs are returned.
     key: the inner iteration's mask key. row_ids: ``[R]`` global row indices.
+    temperature: the log-probs are ``log softmax(logits / temperature)``.
   Returns:
     ``[R, ..., G]`` float32; only entries at masked completion positions are meaningful.
   """
   p = prompt_tokens.shape[1]
   masked_prompt = jnp.where(prompt_mask(key, row_ids, p, p_mask_prompt), mask_id, prompt_tokens)
   return canvas_logprobs(apply, masked_prompt, prompt_key_mask, completion_canvas, targets,
-                         mask_id)
+                         mask_id, temperature)

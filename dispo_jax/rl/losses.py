@@ -5,6 +5,11 @@ arrays (log-probs of the current, old and reference policies, an advantage broad
 a weight mask); the sequence-level ``spg`` loss works on one bound per completion
 (:mod:`dispo_jax.rl.spg`). Every loss returns ``(scalar loss, diagnostics dict)``.
 
+Diagnostics (per update; with micro-batches, the mean over them): ``clip_frac`` (the fraction of
+scored tokens, or of branches under Eq. 5's ratio, where clipping binds), ratio min / max / median,
+the k3 KL, and App. J's ``log_ratio_median`` / ``log_ratio_p99`` (:func:`log_ratio_stats`), each
+for the terminal (``base/``) and the state (``step/``) term separately.
+
 * ``diffu_grpo`` (d1): per token ``−min(ρA, clip(ρ, 1−ε, 1+ε)A) + β·KL``, ``ρ = exp(logp − old)``,
   KL the k3 estimator ``exp(ref − logp) − (ref − logp) − 1``, over completion tokens up to and
   including the first EOS. The normaliser is a weight per row (:data:`BASE_NORMALISERS`):
@@ -18,11 +23,15 @@ a weight mask); the sequence-level ``spg`` loss works on one bound per completio
   GRPO-style PPO (``ratio="branch"``: the paper's literal Eq. 5, one ratio per branch,
   ``ρ_z = exp(Σ_{i∈M} Δ log π)``, clipped per branch). The scored tokens of a branch are a mask
   ``[N, S, Z, G]`` (by default the action positions up to and including the branch's first EOS).
-  The normaliser is explicit:
-    - ``tokens``: mean over all action tokens of all branches (d1-style token mean);
-    - ``nonzero_tokens``: mean over the action tokens of states whose Z advantages are not all zero
+  The normaliser is explicit (:data:`STEP_NORMALISERS`):
+    - ``branch`` (App. J, the recipe's): token mean within each branch, then the mean over the Z
+      branches and over the states with a scored token;
+    - ``group``: token sum / token count within each prompt group (all branches of its K rows'
+      states), then the mean over groups — the base term's ``group`` rule;
+    - ``tokens``: one mean over all scored tokens of all branches of the batch (late states, which
+      have few masked positions, weigh less than early ones);
+    - ``nonzero_tokens``: ``tokens`` over the states whose Z advantages are not all zero
       (tied states contribute nothing, not even KL);
-    - ``states``: token mean within each state-branch, then mean over branches and states;
     - ``sum``: the paper's literal ``Σ_S −(1/Z) Σ_z A_z Σ_{i∈M} ρ_i`` (sum over tokens and states).
 """
 
@@ -41,7 +50,7 @@ LossFn = Callable[..., tuple[Array, Dict[str, Array]]]
 LOSSES: Registry[LossFn] = Registry("loss")
 register_loss = LOSSES.register
 get_loss = LOSSES.get
-STEP_NORMALISERS = ("tokens", "nonzero_tokens", "states", "sum")
+STEP_NORMALISERS = ("branch", "group", "tokens", "nonzero_tokens", "sum")
 BASE_NORMALISERS = ("group", "batch")
 STEP_RATIOS = ("token", "branch")
 
@@ -121,6 +130,20 @@ def base_row_weights(completion_mask: Array, group_size: int, normaliser: str) -
   return jnp.repeat(weights, group_size)
 
 
+def step_row_weights(action_mask: Array, group_size: int) -> Array:
+  """``[N]`` float32 weight of each row's step-term token sum under the ``group`` normaliser:
+  ``1 / (scored branch tokens of the row's group) / groups`` (rows of a group are contiguous).
+
+  ``action_mask`` is ``[N, S, Z, G]`` bool, the scored tokens of every branch of the whole batch.
+  """
+  tokens = jnp.sum(action_mask.astype(jnp.float32), (1, 2, 3))  # [N]
+  n = tokens.shape[0]
+  if n % group_size:
+    raise ValueError(f"{n} rows do not form groups of {group_size}")
+  per_group = tokens.reshape(n // group_size, group_size).sum(-1)
+  return jnp.repeat(1.0 / jnp.maximum(per_group, 1.0) / per_group.shape[0], group_size)
+
+
 @register_loss("diffu_grpo")
 def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
                     completion_mask: Array, *, epsilon_low: float = 0.5, epsilon_high: float = 0.5,
@@ -142,6 +165,7 @@ def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
     row_weights = jnp.full(w.shape[:1], 1.0 / jnp.maximum(jnp.sum(w), 1.0))
   loss = jnp.sum(per_token * w * row_weights[:, None])
   diag = _token_diagnostics(aux, completion_mask, "base/")
+  diag.update(log_ratio_stats(logp, old_logp, completion_mask, "base/"))
   diag["base/loss"] = loss
   diag["base/num_tokens"] = jnp.sum(w)
   return loss, diag
@@ -213,8 +237,9 @@ def _branch_ratio_loss(logp: Array, old_logp: Array, ref_logp: Array | None, adv
 @register_loss("dispo_step")
 def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
                     action_mask: Array, *, epsilon_low: float = 0.5, epsilon_high: float = 0.5,
-                    beta: float = 0.04, normaliser: str = "tokens", ratio: str = "token",
-                    denominator: Array | None = None) -> tuple[Array, Dict[str, Array]]:
+                    beta: float = 0.04, normaliser: str = "branch", ratio: str = "token",
+                    denominator: Array | None = None, row_weights: Array | None = None
+                    ) -> tuple[Array, Dict[str, Array]]:
   """DiSPO's fixed-state loss over the scored tokens of each branch.
 
   Args:
@@ -224,9 +249,11 @@ def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
       Z branches of a state; states of unused slots have an all-False mask.
     normaliser: one of :data:`STEP_NORMALISERS`.
     ratio: ``token`` (GRPO-style per-token ratios) or ``branch`` (Eq. 5: one ratio per branch;
-      normalisers ``states`` or ``sum`` only).
+      normalisers ``branch`` or ``sum`` only).
     denominator: the global count the normaliser divides by (tokens, non-zero-state tokens or
       states; see :func:`step_denominator`) when a batch is split into micro-batches.
+    row_weights: ``[N]`` float32 (``group`` normaliser only): :func:`step_row_weights` of the
+      whole batch; default: computed from these rows as one group.
   """
   if normaliser not in STEP_NORMALISERS:
     raise ValueError(f"unknown step normaliser {normaliser!r}; choose one of {STEP_NORMALISERS}")
@@ -238,8 +265,8 @@ def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
   if denominator is None:
     denominator = step_denominator(advantages, mask, normaliser)
   if ratio == "branch":
-    if normaliser not in ("states", "sum"):
-      raise ValueError(f"the per-branch ratio (Eq. 5) needs normaliser 'states' or 'sum', got "
+    if normaliser not in ("branch", "sum"):
+      raise ValueError(f"the per-branch ratio (Eq. 5) needs normaliser 'branch' or 'sum', got "
                        f"{normaliser!r}")
     per_branch, aux = _branch_ratio_loss(logp, old_logp, ref_logp, advantages, mask, epsilon_low,
                                          epsilon_high, beta)
@@ -254,34 +281,40 @@ def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
       if normaliser == "nonzero_tokens":
         w = w * jnp.any(advantages != 0, axis=-1)[:, :, None, None]
       loss = jnp.sum(per_token * w) / jnp.maximum(denominator, 1.0)
-    elif normaliser == "states":
+    elif normaliser == "branch":
       per_branch = jnp.sum(per_token * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)  # [N, S, Z]
       loss = jnp.sum(per_branch.mean(-1)) / jnp.maximum(denominator, 1.0)
+    elif normaliser == "group":
+      if row_weights is None:
+        row_weights = step_row_weights(mask, logp.shape[0])
+      loss = jnp.sum(per_token * w * row_weights[:, None, None, None])
     else:  # "sum": Σ_S −(1/Z) Σ_z Σ_i ρ_i A_z (+ β·KL)
       loss = jnp.sum(per_token * w) / z
     diag = _token_diagnostics(aux, mask, "step/")
-  diag.update(branch_log_ratio_stats(logp, old_logp, mask))
+  diag.update(log_ratio_stats(logp, old_logp, mask, "step/"))
   diag["step/loss"] = loss
   diag["step/num_tokens"] = jnp.sum(mask.astype(jnp.float32))
   return loss, diag
 
 
-def branch_log_ratio_stats(logp: Array, old_logp: Array, mask: Array) -> Dict[str, Array]:
-  """App. J's statistics of the per-branch log-ratio ``|Σ_{i∈M} (logp − old)|`` over branches
-  with at least one scored token: mean, max and the fraction above log 2 (ρ outside [½, 2])."""
+def log_ratio_stats(logp: Array, old_logp: Array, mask: Array, prefix: str) -> Dict[str, Array]:
+  """App. J's log-ratio statistics: the token log-ratios ``logp − old`` of each unit (the last
+  axis: a completion ``[N, G]`` or a branch ``[N, S, Z, G]``) averaged over its scored tokens,
+  then the median and the 99th percentile of their absolute values over the units with a scored
+  token (NaN when there is none).
+  """
   w = mask.astype(jnp.float32)
-  abs_log_ratio = jnp.abs(jnp.sum((logp - jax.lax.stop_gradient(old_logp)) * w, -1))
-  used = jnp.any(mask, -1).astype(jnp.float32)
-  count = jnp.maximum(jnp.sum(used), 1.0)
-  return {"step/branch_abs_log_ratio_mean": jnp.sum(abs_log_ratio * used) / count,
-          "step/branch_abs_log_ratio_max": jnp.max(abs_log_ratio * used),
-          "step/branch_ratio_outside_2x_frac":
-              jnp.sum((abs_log_ratio > jnp.log(2.0)) * used) / count}
+  count = jnp.sum(w, -1)
+  mean_log_ratio = jnp.sum((logp - jax.lax.stop_gradient(old_logp)) * w, -1) / jnp.maximum(count, 1)
+  values = jnp.where(count > 0, jnp.abs(mean_log_ratio), jnp.nan).ravel()
+  return {f"{prefix}log_ratio_median": jnp.nanmedian(values),
+          f"{prefix}log_ratio_p99": jnp.nanpercentile(values, 99.0)}
 
 
 def step_denominator(advantages: Array, action_mask: Array, normaliser: str) -> Array:
   """What :func:`dispo_step_loss` divides by: scored tokens of all branches, those of states with
-  a non-zero advantage, or the number of states with a scored token; 1 for ``sum``.
+  a non-zero advantage, or the number of states with a scored token; 1 for ``sum`` and ``group``
+  (whose whole-batch normaliser is :func:`step_row_weights`).
 
   ``action_mask`` is ``[N, S, Z, G]`` or ``[N, S, G]`` (shared by the branches).
   """
@@ -291,9 +324,9 @@ def step_denominator(advantages: Array, action_mask: Array, normaliser: str) -> 
     return jnp.sum(tokens_per_branch)
   if normaliser == "nonzero_tokens":
     return jnp.sum(tokens_per_branch * jnp.any(advantages != 0, axis=-1)[..., None])
-  if normaliser == "states":
+  if normaliser == "branch":
     return jnp.sum(jnp.any(tokens_per_branch > 0, -1)).astype(jnp.float32)
-  return jnp.float32(1.0)
+  return jnp.float32(1.0)  # sum; group uses per-row weights instead
 
 
 def combine_losses(base: tuple[Array, Dict[str, Array]] | None,

@@ -9,8 +9,13 @@ completion tokens committed before ``s_k`` visible, MASK elsewhere, the prompt a
 (optionally masked with ``p_mask_prompt``) — so no canvas is stored. One forward per segment (all
 segments of all rows in one batched call) scores the tokens committed inside it.
 
-* N = T is exact: with τ = 1 and no prompt masking a token's log-prob is the log-softmax of the
-  very logits the sampler drew it from (tested against the sampler's own cached logits).
+* N = T scores each token on the very logits the sampler drew it from, and is exact in this
+  sense only: with no prompt masking (``p_mask_prompt = 0``) and scored at the rollout's
+  temperature (``temperature`` = the sampler's τ; at 1 when τ = 1), a token's log-prob is that of
+  its Gumbel-max draw at its commit step. It is the per-token conditional given *which* positions
+  were committed at each step — not the probability of the whole trajectory under confidence
+  remasking, whose choice of positions depends on the draws themselves. Tested against an
+  independent NumPy computation from the sampler's cached logits.
 * N = 1 scores every token on the first canvas of the rollout: an all-MASK completion, i.e.
   diffu-GRPO's one-step surrogate.
 
@@ -36,16 +41,22 @@ class TraceSettings:
   """The trajectory-consistent surrogate (config section ``rl.trace``).
 
   Attributes:
-    segments: N, contiguous groups of the T denoising steps; each costs one forward. N = T is
-      exact, N = 1 is diffu-GRPO's one-step surrogate. Checked against T by
+    segments: N, contiguous groups of the T denoising steps; each costs one forward. N = T
+      scores every token on its own step's logits (see the module docstring for when that is
+      exact), N = 1 is diffu-GRPO's one-step surrogate. Checked against T by
       ``ObjectiveSettings``.
+    temperature: log-probs are ``log softmax(logits / temperature)``: 1 (the default) scores
+      the model's own distribution, the sampler's τ the distribution the rollout drew from.
   """
 
   segments: int = 16
+  temperature: float = 1.0
 
   def __post_init__(self):
     if self.segments < 1:
       raise ValueError(f"segments={self.segments} must be >= 1")
+    if not (0 < self.temperature < float("inf")):
+      raise ValueError(f"temperature={self.temperature} must be finite and > 0")
 
 
 def segment_starts(total_steps: int, segments: int) -> np.ndarray:
@@ -78,7 +89,7 @@ def segment_canvases(completion: Array, commit_step: Array, total_steps: int, se
 def trace_logprobs(apply: Apply, prompt_tokens: Array,
                    prompt_key_mask: Array | None, completion: Array, commit_step: Array,
                    key: Array, row_ids: Array, *, segments: int, total_steps: int,
-                   p_mask_prompt: float, mask_id: int) -> Array:
+                   p_mask_prompt: float, mask_id: int, temperature: float = 1.0) -> Array:
   """Log-prob of every completion token on its segment's canvas, ``[R, G]`` float32.
 
   Args:
@@ -95,7 +106,8 @@ def trace_logprobs(apply: Apply, prompt_tokens: Array,
   logp = surrogate_logprobs(apply, repeat(prompt_tokens),
                             repeat(prompt_key_mask), canvases.reshape(r * n, g),
                             repeat(completion), key, repeat(row_ids),
-                            p_mask_prompt=p_mask_prompt, mask_id=mask_id)
+                            p_mask_prompt=p_mask_prompt, mask_id=mask_id,
+                            temperature=temperature)
   logp = logp.reshape(r, n, g)
   seg = segment_of(commit_step, total_steps, n)  # [R, G]
   return jnp.take_along_axis(logp, seg[:, None, :], axis=1)[:, 0]

@@ -18,17 +18,29 @@ def completion_mask(completion: Array, eos_id: int) -> Array:
   return eos_before == 0
 
 
-def decode_completions(tokenizer, completions: Array | np.ndarray, eos_id: int) -> list[str]:
-  """Text of each ``[B, G]`` completion row up to (excluding) its first EOS, specials dropped."""
+REWARD_TEXTS = ("whole", "first_eos")
+
+
+def decode_completions(tokenizer, completions: Array | np.ndarray, eos_id: int,
+                       text: str = "first_eos") -> list[str]:
+  """Text of each ``[B, G]`` int completion row, special tokens dropped.
+
+  ``text="first_eos"`` decodes up to (excluding) the row's first EOS; ``text="whole"`` decodes the
+  whole row, so ordinary tokens after an EOS are kept (d1's training rule:
+  ``batch_decode(completion_ids, skip_special_tokens=True)``).
+  """
+  if text not in REWARD_TEXTS:
+    raise ValueError(f"text={text!r}: expected one of {list(REWARD_TEXTS)}")
   rows = np.asarray(completions).tolist()
   texts = []
   for row in rows:
-    if eos_id in row:
+    if text == "first_eos" and eos_id in row:
       row = row[: row.index(eos_id)]
     texts.append(tokenizer.decode(row, skip_special_tokens=True))
   return texts
 
 
-def decode_completion(tokenizer, tokens: Sequence[int], eos_id: int) -> str:
+def decode_completion(tokenizer, tokens: Sequence[int], eos_id: int,
+                      text: str = "first_eos") -> str:
   """One row of :func:`decode_completions`."""
-  return decode_completions(tokenizer, np.asarray([list(tokens)]), eos_id)[0]
+  return decode_completions(tokenizer, np.asarray([list(tokens)]), eos_id, text)[0]

@@ -50,6 +50,7 @@ from dispo_jax.model import llada
 Array = jax.Array
 REMASKING = ("low_confidence", "random")
 KV_CACHES = ("none", "dual")
+THRESHOLD_RULES = ("fast_dllm", "schedule_plus")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +71,15 @@ class SamplerSettings:
       module docstring); the RL pipeline keeps the default ``False`` (one action space without MASK).
     kv_cache: ``"none"`` (a full forward every step) or ``"dual"`` (Fast-dLLM's approximate dual
       cache, see :func:`_cached_hidden`).
-    threshold: confidence-threshold parallel decoding (Fast-dLLM): besides the schedule's top-k,
-      every masked position of the current block whose confidence exceeds ``threshold`` is
-      committed, so a block can finish early and the next one starts at the next step; the loop
-      ends when the completion is full (at most ``steps`` steps). None: off. Branch states are
-      then matched by progress (see :func:`_branch_hits`).
+    threshold: confidence-threshold parallel decoding; None: off. A block can finish early and
+      the next one starts at the next step; the loop ends when the completion is full, after at
+      most :attr:`max_steps` steps. Branch states are matched by progress (see
+      :func:`_branch_hits`).
+    threshold_rule: what a threshold step commits (:data:`THRESHOLD_RULES`): ``fast_dllm``
+      (Fast-dLLM's rule): the most confident masked position of the block and every other one
+      whose confidence is at least ``threshold``; the schedule is unused, so a completion takes
+      at most ``gen_length`` steps. ``schedule_plus``: the schedule's k_t plus every position
+      above ``threshold`` (at most ``steps`` steps).
   """
 
   gen_length: int = 256
@@ -89,9 +94,12 @@ class SamplerSettings:
   allow_mask_action: bool = False
   kv_cache: str = "none"
   threshold: Optional[float] = None
+  threshold_rule: str = "fast_dllm"
 
   def __post_init__(self):
     problems = []
+    if self.threshold_rule not in THRESHOLD_RULES:
+      problems.append(f"threshold_rule={self.threshold_rule!r} is not one of {THRESHOLD_RULES}")
     if self.threshold is not None and (not self.threshold > 0 or self.allow_mask_action
                                        or self.remasking != "low_confidence"):
       problems.append("threshold must be > 0, with remasking='low_confidence' and "
@@ -124,6 +132,14 @@ class SamplerSettings:
   @property
   def steps_per_block(self) -> int:
     return self.steps // self.num_blocks
+
+  @property
+  def max_steps(self) -> int:
+    """The most denoising steps a rollout can take: ``steps``, or ``gen_length`` under Fast-dLLM's
+    threshold rule (one commit per step at the least). Commit steps lie in ``[0, max_steps)``."""
+    if self.threshold is not None and self.threshold_rule == "fast_dllm":
+      return self.gen_length
+    return self.steps
 
   def transfer_schedule(self) -> np.ndarray:
     """Tokens committed at each step of a block: ``[steps_per_block]`` int32, sums to block_length."""
@@ -309,7 +325,8 @@ def _transfer(ctx: LoopContext, state: LoopState, logits: Array, x_window: Array
               ) -> tuple:
   """Candidates and the positions committed at this step in the window (``[B, W]`` each)."""
   s, t, block = ctx.settings, state.t, state.block
-  k_t = ctx.schedule[jnp.minimum(state.block_step, s.steps_per_block - 1)]
+  fast_dllm = s.threshold is not None and s.threshold_rule == "fast_dllm"
+  k_t = 1 if fast_dllm else ctx.schedule[jnp.minimum(state.block_step, s.steps_per_block - 1)]
   gumbel_key, remask_key = _step_keys(ctx.key, t)
   x0 = gumbel_argmax(gumbel_key, logits, s.temperature)
   if s.remasking == "low_confidence":
@@ -321,12 +338,14 @@ def _transfer(ctx: LoopContext, state: LoopState, logits: Array, x_window: Array
   eligible = ((x_window == s.mask_id)
               & (offset + jnp.arange(width) < (block + 1) * s.block_length)[None])
   confidence = jnp.where(eligible, confidence, -jnp.inf)
-  k_max = int(s.transfer_schedule().max())
+  k_max = 1 if fast_dllm else int(s.transfer_schedule().max())
   _, top_idx = jax.lax.top_k(confidence, k_max)  # [B, k_max]
   chosen = jnp.arange(k_max)[None, :] < k_t
   b = x_window.shape[0]
   transfer = jnp.zeros((b, width), bool).at[jnp.arange(b)[:, None], top_idx].max(chosen)
-  if s.threshold is not None:
+  if fast_dllm:
+    transfer = transfer | (confidence >= s.threshold)
+  elif s.threshold is not None:
     transfer = transfer | (confidence > s.threshold)
   return x0, transfer & eligible
 
@@ -392,17 +411,21 @@ def denoise_step(state: LoopState, ctx: LoopContext) -> LoopState:
 def _cached_hidden(ctx: LoopContext, state: LoopState, hits: Array, offset, width: int):
   """Fast-dLLM's dual cache: ``(hidden states of the block [B, W, d], branch cache, kv)``.
 
-  At the first step of every block (and at every step whose state DiSPO branches from, so the
-  branch logits are a full forward's) one full forward recomputes the whole canvas and keeps every
+  At the first step of every block one full forward recomputes the whole canvas and keeps every
   layer's keys and values: the prefix (prompt and finished blocks) and the suffix (later, still
   masked blocks). The block's other steps run the model on the block's positions only, attending
   to those cached keys and values and the block's fresh ones. Approximate: with bidirectional
   attention the prefix's and suffix's keys would change as the block fills; they are refreshed
   only at the next block.
+
+  The states DiSPO branches from are a full forward's (the policy's own logits at ``x_t``): at a
+  step some row branches from that is not a block's first, one more full forward fills the branch
+  cache only. Its keys and values are dropped and the tokens are committed from the block path,
+  so a row's rollout never depends on the branch steps (its own or its batch-mates').
   """
   p, x = ctx.prompt_length, state.canvas
 
-  def full(_):
+  def refresh(_):
     h, kv = ctx.model.hidden_states_and_kv(x, ctx.key_mask)
     cache = _cache_on_hits(ctx, hits, x, h, state.cache)
     return jax.lax.dynamic_slice_in_dim(h, p + offset, width, axis=1), cache, kv
@@ -410,9 +433,11 @@ def _cached_hidden(ctx: LoopContext, state: LoopState, hits: Array, offset, widt
   def block(_):
     tokens = jax.lax.dynamic_slice_in_dim(x, p + offset, width, axis=1)
     h = ctx.model.block_hidden_states(tokens, p + offset, state.kv, ctx.key_mask)
-    return h.astype(state.kv.k.dtype), state.cache, state.kv
+    branch_state = lambda c: _cache_states(ctx, hits, x, _hidden(ctx, x), c)
+    cache = jax.lax.cond(jnp.any(hits), branch_state, lambda c: c, state.cache)
+    return h.astype(state.kv.k.dtype), cache, state.kv
 
-  return jax.lax.cond((state.block_step == 0) | jnp.any(hits), full, block, None)
+  return jax.lax.cond(state.block_step == 0, refresh, block, None)
 
 
 def _initial_state(settings: SamplerSettings, prompt_tokens: Array, n_states: int,
@@ -455,8 +480,8 @@ def _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings
   state = _initial_state(s, prompt_tokens, branch_steps.shape[1], cache_width, model)
   if s.threshold is None:
     state = jax.lax.fori_loop(0, s.steps, lambda _, st: denoise_step(st, ctx), state)
-  else:  # variable length: stop when the completion is full, after at most `steps` steps
-    running = lambda st: (st.t < s.steps) & (st.block < s.num_blocks)
+  else:  # variable length: stop when the completion is full, after at most `max_steps` steps
+    running = lambda st: (st.t < s.max_steps) & (st.block < s.num_blocks)
     state = jax.lax.while_loop(running, functools.partial(denoise_step, ctx=ctx), state)
   return Rollout(tokens=state.canvas, commit_step=state.commit_step,
                  branch_steps=ctx.branch_steps, branch_canvas=state.cache.canvas,
