@@ -90,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.trace = ml_collections.ConfigDict()  # dispo_jax.rl.trace.TraceSettings (trace | dispo_trace)
   c.rl.trace.segments = 16       # N segments of the T steps (N = T: each token on its step's logits; N = 1 = diffu-GRPO's)
   c.rl.trace.temperature = 1.0   # score log softmax(logits / τ): 1 = the model's; the sampler's τ = what the rollout drew from
+  c.rl.behaviour = ml_collections.ConfigDict()  # dispo_jax.rl.behaviour.BehaviourSettings
+  c.rl.behaviour.weight = "auto"  # auto (token with kv_cache=dual or a threshold, else none) | none | token | sequence
+  c.rl.behaviour.cap = 2.0       # C of the truncated weight min(π_old / π_behaviour, C)
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 

@@ -96,8 +96,10 @@ def abstract_batch(s, mesh):
       prompt_tokens=sds((n, p), jnp.int32), prompt_key_mask=sds((n, p), jnp.bool_),
       completion=sds((n, g), jnp.int32), completion_mask=sds((n, g), jnp.bool_),
       advantages=sds((n,), jnp.float32), row_ids=sds((n,), jnp.int32),
-      commit_step=sds((n, g), jnp.int32),
+      commit_step=sds((n, g), jnp.int32), behaviour_logp=sds((n, g), jnp.float32),
       base_row_weights=None if s.objective.uses_spg else sds((n,), jnp.float32),
+      step_row_weights=(sds((n,), jnp.float32)
+                        if step and s.objective.step_normaliser == "group" else None),
       sequence_weights=sds((n,), jnp.float32) if s.objective.uses_spg else None,
       state_canvas=sds((n, n_states, g), jnp.int32) if step else None,
       actions=sds((n, n_states, z, g), jnp.int32) if step else None,

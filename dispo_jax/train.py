@@ -78,7 +78,8 @@ def run_settings(c, mask_id: int = LLADA_MASK_ID) -> RunSettings:
       sampler=sampler,
       rollout=settings_from(RolloutSettings, c.rollout, "rollout"),
       objective=settings_from(learner.ObjectiveSettings, c.rl, "rl", method=c.method,
-                              denoising_steps=sampler.max_steps, mask_id=mask_id),
+                              denoising_steps=sampler.max_steps, mask_id=mask_id,
+                              approximate_sampler=sampler.approximate),
       optim=settings_from(OptimizerSettings, c.optim, "optim"),
       lora=(settings_from(LoRAConfig, c.lora, "lora", exclude=("enabled",))
             if c.lora.enabled else None),

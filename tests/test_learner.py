@@ -276,3 +276,30 @@ def test_a_registered_base_loss_plugs_in_without_touching_the_rest():
     assert calls and np.isfinite(float(loss)) and "step/loss" in diag
   finally:
     del losses.LOSSES["test_reinforce"]
+
+
+def test_importance_weight_is_one_where_the_objective_scores_the_samplers_own_conditional():
+  """trace at N = T, no prompt masking, the rollout's temperature, plain rollouts: π_old is the
+  sampler's distribution, so every weight is 1, the weighted loss is the unweighted one, and the
+  mismatch metrics are zero."""
+  setup = _setup("trace")
+  cfg, policy, trainable, frozen, sampler, *_ = setup
+  make = lambda weight: learner.ObjectiveSettings(
+      method="trace", mask_id=cfg.mask_token_id, p_mask_prompt=0.0,
+      trace=learner.trace_lib.TraceSettings(segments=sampler.steps,
+                                            temperature=sampler.temperature),
+      denoising_steps=sampler.steps, behaviour=learner.behaviour_lib.BehaviourSettings(weight))
+  weighted, plain = make("token"), make("none")
+  batch, _ = _collect(setup, jax.random.key(0), weighted)
+  keys = jax.random.split(jax.random.key(1), 2)
+  batch = _replay(policy, (trainable, frozen), batch, keys, weighted)
+  weights = learner.behaviour_weights(batch, batch.replay.at(1), weighted)
+  np.testing.assert_allclose(weights, 1.0, atol=1e-4)
+  metrics = learner.behaviour_metrics(batch)
+  assert float(metrics["behaviour/abs_log_ratio_max"]) < 1e-4
+  apply = policy.bind((trainable, frozen))
+  losses = [float(learner.policy_loss(apply, batch, 1, keys[1], s)[0]) for s in (weighted, plain)]
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4, atol=1e-7)
+  assert learner.ObjectiveSettings(approximate_sampler=True).importance_weight == "token"
+  assert learner.ObjectiveSettings(method="spg", beta=0.0,
+                                   approximate_sampler=True).importance_weight == "none"

@@ -67,6 +67,8 @@ def _metrics(workdir):
     ("sampler.threshold_rule", "greedy", r"threshold_rule='greedy' is not one of"),
     ("rollout.reward_text", "all", r"reward_text"),
     ("rl.trace.temperature", 0.0, r"temperature=0.0 must be finite and > 0"),
+    ("rl.behaviour.weight", "all", r"config\.rl\.behaviour: weight='all' is not one of"),
+    ("rl.behaviour.cap", -1.0, r"cap=-1.0 must be finite and > 0"),
     ("optim.b2", -1.0, r"config\.optim: b2=-1\.0 must be in \[0, 1\)"),
     ("optim.learning_rate", float("nan"), r"config\.optim: learning_rate=nan must be finite"),
     ("optim.weight_decay", -0.1, r"config\.optim: weight_decay=-0\.1 must be finite and >= 0"),
@@ -374,6 +376,21 @@ def test_every_update_uses_its_own_replayed_mask_key(tmp_path, base_dir, monkeyp
     assert iteration == index % 3
     np.testing.assert_array_equal(key, replayed[index // 3][iteration])
   assert len({key.tobytes() for _, key in used}) == 6
+
+
+def test_a_cached_run_logs_its_mismatch_and_weights_its_tokens(tmp_path, base_dir):
+  """``sampler.kv_cache=dual`` turns the importance weight on (``auto``) and every update's
+  metrics row carries the sampler-vs-old-policy mismatch of its rollout batch."""
+  workdir = _workdir(tmp_path, base_dir, "cached")
+  c = small_config(**{"num_steps": 2, "rl.num_iterations": 2, "sampler.kv_cache": "dual",
+                      "sampler.block_length": 8, "sampler.steps": 6})
+  assert train_lib.run_settings(c).objective.importance_weight == "token"
+  train_lib.train(c, workdir)
+  rows = [r for r in _metrics(workdir) if "loss" in r]
+  for name in ("behaviour/abs_log_ratio_mean", "behaviour/abs_log_ratio_max",
+               "behaviour/truncated_frac", "behaviour/kl"):
+    assert all(np.isfinite(r[name]) for r in rows), name
+  assert rows[0]["behaviour/abs_log_ratio_max"] > 0
 
 
 def test_few_shot_needs_a_sudoku_checkpoint_run():

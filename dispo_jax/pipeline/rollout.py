@@ -186,6 +186,7 @@ def _terminal_part(result: Rollout, host_prompts: np.ndarray, host_lengths: np.n
   batch = RLBatch(prompt_tokens=place(host_prompts), prompt_key_mask=key_mask,
                   completion=result.completion, completion_mask=done,
                   advantages=place(to_host(advantages)), commit_step=result.commit_step,
+                  behaviour_logp=result.behaviour_logp,
                   row_ids=place(np.arange(rows, dtype=np.int32) + row_offset))
   if settings.objective.uses_spg:
     batch = batch.replace(sequence_weights=spg_sequence_weights(done, k))

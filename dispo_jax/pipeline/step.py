@@ -11,6 +11,7 @@ straight run exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable
 
@@ -80,8 +81,8 @@ def make_step_functions(policy: Policy, optimizer, settings: CollectSettings, st
   def replay(params, batch, mask_keys):
     return learner.with_old_and_ref_logprobs(policy.bind(params), policy.bind_reference(params),
                                              batch, mask_keys, settings.objective)
-  return StepFunctions(policy, settings, update, jax.jit(replay),
-                       jax.jit(learner.behaviour_metrics), row_sharding)
+  metrics = functools.partial(learner.behaviour_metrics, cap=settings.objective.behaviour.cap)
+  return StepFunctions(policy, settings, update, jax.jit(replay), jax.jit(metrics), row_sharding)
 
 
 def rl_step(fns: StepFunctions, state: TrainState, prompt_tokens: np.ndarray,

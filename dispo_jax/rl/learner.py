@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from dispo_jax.rl import behaviour as behaviour_lib
 from dispo_jax.rl import losses as losses_lib
 from dispo_jax.rl import spg as spg_lib
 from dispo_jax.rl import trace as trace_lib
@@ -76,8 +77,12 @@ class ObjectiveSettings:
       visible positions), so only the token set differs from ``action``.
     spg: SPG's term (:class:`dispo_jax.rl.spg.SPGSettings`; methods spg and dispo_spg).
     trace: the trajectory-consistent surrogate (:class:`dispo_jax.rl.trace.TraceSettings`).
+    behaviour: the importance correction for approximate rollouts
+      (:class:`dispo_jax.rl.behaviour.BehaviourSettings`; see :attr:`importance_weight`).
     denoising_steps: T of the rollouts (derived from the sampler; the trace surrogate maps
       commit steps to segments).
+    approximate_sampler: whether the rollouts come from the dual cache or threshold decoding
+      (derived from the sampler; resolves ``behaviour.weight="auto"``).
     mask_id: MASK token id (derived from the model).
   """
 
@@ -97,7 +102,10 @@ class ObjectiveSettings:
   step_tokens: str = "action"
   spg: spg_lib.SPGSettings = dataclasses.field(default_factory=spg_lib.SPGSettings)
   trace: trace_lib.TraceSettings = dataclasses.field(default_factory=trace_lib.TraceSettings)
+  behaviour: behaviour_lib.BehaviourSettings = dataclasses.field(
+      default_factory=behaviour_lib.BehaviourSettings)
   denoising_steps: int = 128
+  approximate_sampler: bool = False
   mask_id: int = 126336
 
   def __post_init__(self):
@@ -129,6 +137,9 @@ class ObjectiveSettings:
     if self.base == "trace" and not 1 <= self.trace.segments <= self.denoising_steps:
       yield (f"trace.segments={self.trace.segments} must be in [1, denoising_steps="
              f"{self.denoising_steps}]")
+    if self.uses_spg and self.behaviour.weight in ("token", "sequence"):
+      yield (f"behaviour.weight={self.behaviour.weight!r}: SPG's term is ratio-free (no old "
+             f"log-probs to weight); use 'none' or 'auto'")
     if self.method == "spg" and self.beta != 0:
       yield f"method='spg' has no KL term: beta must be 0, got {self.beta}"
 
@@ -140,6 +151,13 @@ class ObjectiveSettings:
   @property
   def uses_spg(self) -> bool:
     return self.base == "spg"
+
+  @property
+  def importance_weight(self) -> str:
+    """The base term's importance weight in force: ``none``, ``token`` or ``sequence``."""
+    if self.uses_spg:
+      return "none"
+    return self.behaviour.resolved(self.approximate_sampler)
 
   @property
   def use_step(self) -> bool:
@@ -182,6 +200,8 @@ class RLBatch:
     advantages: ``[N]`` float32 terminal advantages.
     row_ids: ``[N]`` int32 global row indices (prompt masks per row).
     commit_step: ``[N, G]`` int32 denoising step at which each token was committed.
+    behaviour_logp: ``[N, G]`` float32 log-prob of each token under the distribution the sampler
+      drew it from (:attr:`dispo_jax.sampling.sampler.Rollout.behaviour_logp`).
     base_row_weights: ``[N]`` float32 normaliser of each row's token sum in the base loss
       (:func:`dispo_jax.rl.losses.base_row_weights`, computed on the whole batch).
     step_row_weights: ``[N]`` float32 the same for the step term under its ``group`` normaliser
@@ -202,6 +222,7 @@ class RLBatch:
   advantages: Array
   row_ids: Array
   commit_step: Optional[Array] = None
+  behaviour_logp: Optional[Array] = None
   base_row_weights: Optional[Array] = None
   step_row_weights: Optional[Array] = None
   sequence_weights: Optional[Array] = None
@@ -221,7 +242,8 @@ class RLBatch:
     n, g = self.completion.shape
     p = self.prompt_tokens.shape[1]
     expected = {"prompt_key_mask": (n, p), "completion_mask": (n, g), "advantages": (n,),
-                "row_ids": (n,), "commit_step": (n, g), "base_row_weights": (n,),
+                "row_ids": (n,), "commit_step": (n, g), "behaviour_logp": (n, g),
+                "base_row_weights": (n,),
                 "step_row_weights": (n,), "sequence_weights": (n,)}
     if self.actions is not None:
       _, s, z, _ = self.actions.shape
@@ -323,7 +345,21 @@ def with_old_and_ref_logprobs(old: Apply, ref: Apply | None, batch: RLBatch, mas
   return batch.replace(replay=jax.tree.map(jax.lax.stop_gradient, replay))
 
 
-def behaviour_metrics(batch: RLBatch) -> Dict[str, Array]:
+def behaviour_weights(batch: RLBatch, replay: ReplayLogprobs, s: ObjectiveSettings
+                      ) -> Array | None:
+  """``[N, G]`` truncated importance weights of the base term (None when off); see
+  :mod:`dispo_jax.rl.behaviour`."""
+  kind = s.importance_weight
+  if kind == "none":
+    return None
+  if batch.behaviour_logp is None or replay.base_old is None:
+    raise ValueError(f"behaviour.weight={kind!r} needs RLBatch.behaviour_logp and the replayed "
+                     f"old log-probs")
+  return behaviour_lib.importance_weights(replay.base_old, batch.behaviour_logp,
+                                          batch.completion_mask, kind, s.behaviour.cap)
+
+
+def behaviour_metrics(batch: RLBatch, cap: float = 2.0) -> Dict[str, Array]:
   """Diagnostics of the behaviour policy on its own rollout batch (after
   :func:`with_old_and_ref_logprobs`).
 
@@ -331,13 +367,19 @@ def behaviour_metrics(batch: RLBatch) -> Dict[str, Array]:
   under the base term's conditional at inner iteration 0, a Monte-Carlo estimate of the policy's
   entropy there (float32 scalar). It falls towards 0 when the policy collapses onto a few
   completions and rises when it drifts into noise, which the clip fraction and the KL do not
-  always show. Empty for SPG (no old log-probs).
+  always show. ``behaviour/*`` (:func:`dispo_jax.rl.behaviour.mismatch_metrics`, truncation at
+  ``cap``): how far the sampler's own log-probs are from those old log-probs. Empty for SPG (no
+  old log-probs).
   """
   if batch.replay is None or batch.replay.base_old is None:
     return {}
   mask = batch.completion_mask.astype(jnp.float32)
-  nll = -(batch.replay.base_old[0] * mask).sum() / jnp.maximum(mask.sum(), 1.0)
-  return {"policy_nll": nll}
+  old = batch.replay.base_old[0]
+  out = {"policy_nll": -(old * mask).sum() / jnp.maximum(mask.sum(), 1.0)}
+  if batch.behaviour_logp is not None:
+    out.update(behaviour_lib.mismatch_metrics(old, batch.behaviour_logp, batch.completion_mask,
+                                              cap))
+  return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,10 +409,12 @@ def policy_loss(apply: Apply, batch: RLBatch, iteration: Array, mask_key: Array,
   if s.uses_spg:
     base = spg_objective(apply, batch, mask_key, s)
   else:
+    weights = behaviour_weights(batch, replay, s)
     base = losses_lib.get_loss(s.base)(
         base_logprobs(apply, batch, mask_key, s), replay.base_old, replay.base_ref,
         batch.advantages, batch.completion_mask, epsilon_low=s.epsilon_low,
-        epsilon_high=s.epsilon_high, beta=s.beta, row_weights=batch.base_row_weights)
+        epsilon_high=s.epsilon_high, beta=s.beta, row_weights=batch.base_row_weights,
+        **({} if weights is None else {"token_weights": weights}))
   step = None
   if s.use_step:
     step = losses_lib.dispo_step_loss(

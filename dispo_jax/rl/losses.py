@@ -147,8 +147,8 @@ def step_row_weights(action_mask: Array, group_size: int) -> Array:
 @register_loss("diffu_grpo")
 def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
                     completion_mask: Array, *, epsilon_low: float = 0.5, epsilon_high: float = 0.5,
-                    beta: float = 0.04, row_weights: Array | None = None
-                    ) -> tuple[Array, Dict[str, Array]]:
+                    beta: float = 0.04, row_weights: Array | None = None,
+                    token_weights: Array | None = None) -> tuple[Array, Dict[str, Array]]:
   """d1's diffu-GRPO loss ``Σ_rows w_row Σ_tokens loss_token``.
 
   Args:
@@ -157,9 +157,14 @@ def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
     completion_mask: ``[N, G]`` bool, up to and including the first EOS.
     row_weights: ``[N]`` float32 normaliser per row (:func:`base_row_weights`, computed on the
       whole batch); default ``1 / (tokens of these rows)``, a token mean over the given rows.
+    token_weights: ``[N, G]`` float32 importance weights of the policy-gradient term (constants;
+      :func:`dispo_jax.rl.behaviour.importance_weights`), or None; the KL term is not weighted.
   """
   per_token, aux = clipped_token_loss(logp, old_logp, ref_logp, advantages[:, None],
-                                      epsilon_low, epsilon_high, beta)
+                                      epsilon_low, epsilon_high, 0.0)
+  if token_weights is not None:
+    per_token = per_token * jax.lax.stop_gradient(token_weights)
+  per_token = per_token + beta * aux["kl"]
   w = completion_mask.astype(jnp.float32)
   if row_weights is None:
     row_weights = jnp.full(w.shape[:1], 1.0 / jnp.maximum(jnp.sum(w), 1.0))

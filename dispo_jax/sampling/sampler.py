@@ -134,6 +134,12 @@ class SamplerSettings:
     return self.steps // self.num_blocks
 
   @property
+  def approximate(self) -> bool:
+    """Whether the rollouts come from an approximation of the plain sampler's distribution (the
+    dual cache, or threshold decoding)."""
+    return self.kv_cache != "none" or self.threshold is not None
+
+  @property
   def max_steps(self) -> int:
     """The most denoising steps a rollout can take: ``steps``, or ``gen_length`` under Fast-dLLM's
     threshold rule (one commit per step at the least). Commit steps lie in ``[0, max_steps)``."""
@@ -165,6 +171,9 @@ class Rollout:
       sampled from (after CFG, before temperature), in the model's compute dtype.
     branch_logit_ids: ``[B, S, G, k]`` int32 vocabulary ids of ``branch_logits`` with top-k caching;
       ``None`` when the full vocabulary is cached.
+    behaviour_logp: ``[B, G]`` float32, each token's log-prob under the distribution it was drawn
+      from at its commit step: ``log softmax(logits / τ)`` of the logits the sampler used there
+      (block-cached or full forward; τ = 1 when greedy), MASK excluded (:func:`behaviour_logprobs`).
   """
 
   tokens: Array
@@ -173,6 +182,7 @@ class Rollout:
   branch_canvas: Array
   branch_logits: Array
   branch_logit_ids: Optional[Array] = None
+  behaviour_logp: Optional[Array] = None
 
   @property
   def completion(self) -> Array:
@@ -197,6 +207,14 @@ def gumbel_argmax(key: Array, logits: Array, temperature: float) -> Array:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   gumbel = jax.random.gumbel(key, logits.shape, jnp.float32)
   return jnp.argmax(logits / temperature + gumbel, axis=-1).astype(jnp.int32)
+
+
+def behaviour_logprobs(logits: Array, tokens: Array, temperature: float) -> Array:
+  """``log softmax(logits / τ)`` at ``tokens`` (τ = 0: the untempered softmax): ``[..., V]`` fp32
+  action logits and ``[...]`` int ids -> ``[...]`` float32."""
+  scaled = logits if temperature == 0 else logits / temperature
+  picked = jnp.take_along_axis(scaled, tokens[..., None], axis=-1)[..., 0]
+  return picked - jax.nn.logsumexp(scaled, axis=-1)
 
 
 def _step_keys(key: Array, step: Array) -> tuple[Array, Array]:
@@ -248,6 +266,7 @@ class LoopState:
   Attributes:
     canvas: ``[B, P + G]`` int32, prompt ‖ completion (MASK where not yet committed).
     commit_step: ``[B, G]`` int32, the step each token was committed at (``-1``: not yet).
+    behaviour_logp: ``[B, G]`` float32, each committed token's log-prob at its commit step.
     cache: the branch-state cache.
     kv: every layer's keys and values of the canvas at the last refresh (``kv_cache="dual"``).
     t: the step (int32 scalar).
@@ -256,6 +275,7 @@ class LoopState:
 
   canvas: Array
   commit_step: Array
+  behaviour_logp: Array
   cache: BranchCache
   kv: Optional[llada.KVCache]
   t: Array
@@ -399,13 +419,17 @@ def denoise_step(state: LoopState, ctx: LoopContext) -> LoopState:
   c_window = jax.lax.dynamic_slice_in_dim(state.commit_step, offset, width, axis=1)
   commit_step = jax.lax.dynamic_update_slice_in_dim(
       state.commit_step, jnp.where(transfer, t, c_window), offset, axis=1)
+  lp_window = jax.lax.dynamic_slice_in_dim(state.behaviour_logp, offset, width, axis=1)
+  drawn = behaviour_logprobs(logits, x0, s.temperature)
+  behaviour_logp = jax.lax.dynamic_update_slice_in_dim(
+      state.behaviour_logp, jnp.where(transfer, drawn, lp_window), offset, axis=1)
   if s.threshold is None:  # the plain schedule: every block takes exactly steps_per_block steps
     block, block_step = (t + 1) // s.steps_per_block, (t + 1) % s.steps_per_block
   else:  # the next block starts as soon as every row has filled this one
     finished = ~jnp.any(x_window == s.mask_id)
     block = state.block + finished.astype(jnp.int32)
     block_step = jnp.where(finished, 0, state.block_step + 1)
-  return LoopState(x, commit_step, cache, kv, t + 1, block, block_step)
+  return LoopState(x, commit_step, behaviour_logp, cache, kv, t + 1, block, block_step)
 
 
 def _cached_hidden(ctx: LoopContext, state: LoopState, hits: Array, offset, width: int):
@@ -456,7 +480,8 @@ def _initial_state(settings: SamplerSettings, prompt_tokens: Array, n_states: in
     kv = llada.KVCache(jnp.zeros(shape, cfg.jnp_compute_dtype),
                        jnp.zeros(shape, cfg.jnp_compute_dtype))
   zero = jnp.zeros((), jnp.int32)
-  return LoopState(canvas, jnp.full((b, g), -1, jnp.int32), cache, kv, zero, zero, zero)
+  return LoopState(canvas, jnp.full((b, g), -1, jnp.int32), jnp.zeros((b, g), jnp.float32), cache,
+                   kv, zero, zero, zero)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
@@ -485,5 +510,6 @@ def _generate_jit(graphdef, params, prompt_tokens, prompt_lengths, key, settings
     state = jax.lax.while_loop(running, functools.partial(denoise_step, ctx=ctx), state)
   return Rollout(tokens=state.canvas, commit_step=state.commit_step,
                  branch_steps=ctx.branch_steps, branch_canvas=state.cache.canvas,
-                 branch_logits=state.cache.logits, branch_logit_ids=state.cache.ids)
+                 branch_logits=state.cache.logits, branch_logit_ids=state.cache.ids,
+                 behaviour_logp=state.behaviour_logp)
 
