@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 from typing import Any, Iterable, Mapping, TypeVar
 
@@ -87,3 +88,23 @@ def load_config(spec: str):
   finally:
     sys.path.pop(0)
   return module.get_config(arg)
+
+
+def define_config_flag(name: str, default: str | None, help_text: str):
+  """``ml_collections.config_flags.DEFINE_config_file`` (locked), with a ``--config.<key>``
+  override of a key the config does not have ending in one line that names it: ml_collections
+  resolves overrides while the flag is defined and raises a bare ``AttributeError`` or
+  ``KeyError`` there."""
+  from ml_collections import config_flags
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
+  except (AttributeError, KeyError) as e:
+    found = re.search(r"[A-Za-z_][A-Za-z0-9_]*", str(e))
+    key = found.group(0) if found else str(e)
+    hint = re.search(r"Did you mean \"([^\"]+)\"", str(e))
+    given = next((a.split("=", 1)[0] for a in sys.argv[1:]
+                  if a.startswith(f"--{name}.") and key in a.split("=", 1)[0].split(".")),
+                 f"--{name}.{key}")
+    sys.exit(f"error: {given}: the config has no key {key!r}"
+             + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+             + " (the keys and their meaning: configs/common.py)")

@@ -26,16 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from etils import epath
-from ml_collections import config_flags
 from tqdm import tqdm
 
+from dispo_jax import config_lib
 from dispo_jax.model import checkpoint, sharding, tokenizer as tok
 from dispo_jax.model.sharding import to_host
 from dispo_jax.pipeline.rollout import row_placer
 from dispo_jax.sampling import SamplerSettings, decode_completions, generate
 from dispo_jax.tasks import Task, data as data_lib, get_task, metric, sudoku
 from dispo_jax.tasks.base import Score
-from dispo_jax.workdir import is_object_store
+from dispo_jax.workdir import WorkdirError, WorkdirLock, is_object_store
 
 
 def generate_texts(graphdef, state, tokenizer, prompts: Sequence[str], settings: SamplerSettings,
@@ -51,18 +51,40 @@ def generate_texts(graphdef, state, tokenizer, prompts: Sequence[str], settings:
   return decode_completions(tokenizer, to_host(rollout.completion), eos_id)
 
 
-def _read_done(path: str) -> list[dict]:
-  """Complete lines of a generations file; a torn last line (interrupted write) is dropped."""
+class GenerationsFileError(ValueError):
+  """A generations file (or its fingerprint) this program did not write as it is; names it."""
+
+
+def _read_done(path: str, num_rows: int) -> list[dict]:
+  """The records of a generations file; a torn last line (interrupted write) is dropped.
+
+  Any other line that is not a record ``{"index": its line number, "correct", "total", ...}``, or
+  more records than ``num_rows``, raises :class:`GenerationsFileError` naming ``file:line``.
+  """
   if not os.path.exists(path):
     return []
-  done, good_bytes = [], 0
   with open(path, "rb") as f:
-    for line in f:
-      try:
-        done.append(json.loads(line))
-        good_bytes += len(line)
-      except (json.JSONDecodeError, UnicodeDecodeError):
-        break
+    lines = f.readlines()
+  done, good_bytes = [], 0
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line)
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError
+      if number == len(lines) and not line.endswith(b"\n"):
+        break  # torn by an interrupted write: generated again
+      raise GenerationsFileError(f"{path}:{number}: not a JSON line; delete the file to "
+                                 f"re-evaluate") from None
+    if not (isinstance(record, dict) and record.get("index") == number - 1
+            and all(isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool)
+                    for k in ("correct", "total"))):
+      raise GenerationsFileError(f"{path}:{number}: not a generations record (index "
+                                 f"{number - 1} with numeric correct and total); delete the file "
+                                 f"to re-evaluate")
+    done.append(record)
+    good_bytes += len(line)
+  if len(done) > num_rows:
+    raise GenerationsFileError(f"{path}: {len(done)} records for {num_rows} rows; delete the "
+                               f"file to re-evaluate")
   if good_bytes != os.path.getsize(path):
     with open(path, "r+b") as f:
       f.truncate(good_bytes)
@@ -107,8 +129,16 @@ def check_fingerprint(out_path: str, fingerprint: dict) -> None:
   path = out_path + ".fingerprint.json"
   current = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
   if os.path.exists(path):
-    with open(path) as f:
-      recorded = json.load(f)
+    try:
+      with open(path, "rb") as f:
+        recorded = json.loads(f.read())
+    except (ValueError, RecursionError) as e:
+      raise GenerationsFileError(f"{path}: unreadable ({type(e).__name__}); delete it and "
+                                 f"{out_path} to re-evaluate") from None
+    if not isinstance(recorded, dict):
+      raise GenerationsFileError(f"{path}: not a fingerprint (a JSON "
+                                 f"{type(recorded).__name__}); delete it and {out_path} to "
+                                 f"re-evaluate")
     changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
     if changed:
       raise FingerprintMismatch(
@@ -144,7 +174,7 @@ def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, g
         "model": model_fingerprint, "task": task.name, "sampler": dataclasses.asdict(settings),
         "max_prompt_length": max_prompt_length, "seed": seed, "rows": rows_digest.hexdigest(),
         "prompt": prompt_fn(rows[0]) if rows else "", "rewards": sorted(task.reward_terms)})
-  done = _read_done(out_path) if out_path else []
+  done = _read_done(out_path, len(rows)) if out_path else []
   scores = [Score(d["correct"], d["total"]) for d in done]
   start = len(done)
   out = open(out_path, "a", encoding="utf-8") if out_path else None
@@ -197,7 +227,19 @@ def eval_mesh(config) -> tuple[jax.sharding.Mesh, Any]:
 
 
 def run(config, workdir: str) -> dict:
+  """Evaluates ``config.checkpoint`` on every task and generation length into ``workdir``
+  (resumable; the folder is held with the training runs' lock while it is written)."""
   os.makedirs(workdir, exist_ok=True)
+  lock = WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    return _run_locked(config, workdir)
+  finally:
+    lock.release()
+
+
+def _run_locked(config, workdir: str) -> dict:
   mesh, place = eval_mesh(config)
   with tempfile.TemporaryDirectory() as scratch:  # gs:// models are read from a local copy
     checkpoint_dir = local_copy(config.checkpoint, scratch)
@@ -247,12 +289,13 @@ def main(argv):
   del argv
   try:
     run(FLAGS.config, FLAGS.workdir)
-  except (FingerprintMismatch, data_lib.DataError) as e:
+  except (FingerprintMismatch, GenerationsFileError, data_lib.DataError, WorkdirError,
+          checkpoint.CheckpointError, tok.TokenizerError) as e:
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "Evaluation config file.", lock_config=True)
+  config_lib.define_config_flag("config", None, "Evaluation config file.")
   flags.DEFINE_string("workdir", None, "Output folder (generations, metrics; resumable).")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import jax
 import numpy as np
@@ -54,6 +55,12 @@ class MetricWriter:
     self.rows = []
     if not self.enabled:
       return
+    if not is_object_store(self.path) and os.path.islink(self.path):
+      message = (f"{self.path} is a symbolic link (to {os.readlink(self.path)}); replaced by this "
+                 f"run's own file, its target left untouched")
+      logging.warning(message)
+      print(f"warning: {message}")
+      os.unlink(self.path)
     if self.path.exists():
       self.rows = [json.dumps(r) + "\n" for r in read_rows(self.path)
                    if _logged_before(r, resume_step)]

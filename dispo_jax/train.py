@@ -28,10 +28,10 @@ import numpy as np
 from absl import app, flags, logging
 from etils import epath
 from flax import nnx
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from dispo_jax import checkpoints, evaluate as eval_lib, tiny as tiny_lib, workdir as workdir_lib
+from dispo_jax import checkpoints, config_lib, evaluate as eval_lib, tiny as tiny_lib
+from dispo_jax import workdir as workdir_lib
 from dispo_jax.config_lib import ConfigError, settings_from
 from dispo_jax.metrics import MetricWriter
 from dispo_jax.model import checkpoint as hf_io, llada, sharding, tokenizer as tok
@@ -444,6 +444,11 @@ def train(c, workdir: str | None = None) -> dict[str, Any]:
   lock = workdir_lib.WorkdirLock(workdir)
   if jax.process_index() == 0:
     lock.acquire()
+    try:
+      workdir_lib.check_run_parts(workdir)
+    except workdir_lib.WorkdirError:
+      lock.release()
+      raise
   preempted = Preemption()  # before the minutes an 8B start-up takes
   try:
     run, state = setup(c, workdir, preempted)
@@ -484,7 +489,7 @@ def fatal_message(error: BaseException, workdir: str) -> str | None:
   ``OSError`` was being handled), so the whole chain is searched.
   """
   if isinstance(error, (ConfigError, data_lib.DataError, hf_io.CheckpointError,
-                        workdir_lib.WorkdirError)):
+                        workdir_lib.WorkdirError, checkpoints.CheckpointMismatch)):
     return f"error: {error}"
   seen = error
   while seen is not None:
@@ -508,9 +513,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", "configs/sudoku.py:tiny",
-                                  "Training config file (configs/<task>.py[:variants]).",
-                                  lock_config=True)
+  config_lib.define_config_flag("config", "configs/sudoku.py:tiny",
+                                "Training config file (configs/<task>.py[:variants]).")
   flags.DEFINE_string("workdir", "", "Work folder (checkpoints, metrics); default: "
-                      "$DISPO_JAX_RUNS/<task>-<method>-<config hash>.")
+                      "$DISPO_JAX_RUNS (~/.cache/dispo_jax/runs)/<task>-<method>-<config hash>.")
   app.run(main)

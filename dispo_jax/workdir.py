@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -70,9 +71,28 @@ def replace_text(path: epath.Path, text: str) -> None:
 
 
 def default_workdir(c) -> str:
-  """``$DISPO_JAX_RUNS`` (default ``/tmp/dispo_jax_runs``) / ``<task>-<method>-<hash>``."""
-  root = os.environ.get("DISPO_JAX_RUNS", "/tmp/dispo_jax_runs")
+  """``$DISPO_JAX_RUNS`` (default ``~/.cache/dispo_jax/runs``: the user's own folder, not a
+  shared, predictable one under ``/tmp``) / ``<task>-<method>-<hash>``."""
+  root = os.environ.get("DISPO_JAX_RUNS") or os.path.join(
+      os.path.expanduser("~"), ".cache", "dispo_jax", "runs")
   return os.path.join(root, f"{c.task}-{c.method}-{config_hash(c)}")
+
+
+RUN_PARTS = ("config.json", "checkpoints", "tensorboard", "export")
+
+
+def check_run_parts(workdir: str) -> None:
+  """:class:`WorkdirError` when a part of a local run folder is a symbolic link: a run's record,
+  checkpoints and outputs must be its own (two folders sharing a linked ``checkpoints/`` would
+  resume each other's runs)."""
+  if is_object_store(workdir):
+    return
+  for name in RUN_PARTS:
+    path = os.path.join(workdir, name)
+    if os.path.islink(path):
+      raise WorkdirError(f"{path} is a symbolic link (to {os.readlink(path)}); a run's parts must "
+                         f"be its own: replace it with the folder or file itself, or use another "
+                         f"--workdir")
 
 
 def _git_commit() -> str | None:
@@ -169,9 +189,11 @@ def _pid_alive(pid: int) -> bool:
 class WorkdirLock:
   """``<workdir>/lock`` = ``{"host", "pid"}`` while a run writes the folder (a context manager).
 
-  On a local folder the lock is created atomically (``O_EXCL``); on an object store (``gs://``) it
-  is checked, then written: a guard against mistakes, not against two runs started in the same
-  second.
+  On a local folder the lock is created atomically (``O_EXCL``) while the folder itself is held
+  with ``flock``, so taking over a stale lock (its process gone, or an empty file left by a start
+  that could not write it) and creating the new one is one step no other start can interleave
+  with. On an object store (``gs://``) it is checked, then written: a guard against mistakes, not
+  against two runs started in the same second.
   """
 
   def __init__(self, workdir: str):
@@ -187,17 +209,25 @@ class WorkdirLock:
       self.path.write_text(json.dumps(self.owner))
       self.held = True
       return
-    for _ in range(2):
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
+    folder = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+    try:
+      fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor is closed
+      if os.path.exists(self.path):
         self._take_over_if_stale()
-        continue
+      self._create()
+    finally:
+      os.close(folder)
+    self.held = True
+
+  def _create(self) -> None:
+    """Writes the lock with ``O_EXCL``; a lock that cannot be written whole is removed again."""
+    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
       with os.fdopen(fd, "w") as f:
         json.dump(self.owner, f)
-      self.held = True
-      return
-    raise WorkdirError(f"{self.path}: could not take the lock")
+    except BaseException:
+      os.unlink(self.path)
+      raise
 
   def _read_owner(self) -> dict | None:
     """The lock's ``{"host", "pid"}``, or None when the file is not such a record."""
@@ -211,6 +241,10 @@ class WorkdirLock:
     return None
 
   def _take_over_if_stale(self) -> None:
+    if self.local and os.path.getsize(self.path) == 0:  # a start that could not write its lock
+      print(f"warning: {self.path}: taking over an empty lock (a start could not write it)")
+      os.unlink(self.path)
+      return
     owner = self._read_owner()
     if owner is None:
       raise WorkdirError(f"{self.path}: not a lock this program wrote (unreadable, or not "

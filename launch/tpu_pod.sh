@@ -37,7 +37,8 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all $PROJECT_
 
 quoted_args=$(printf ' %q' "$@")
 # Every value that reaches the remote shell is quoted (paths with spaces or shell characters).
-run="cd ~/$REMOTE_DIR && . .venv/bin/activate && python -m dispo_jax.train \
+# pipefail: the pipe through tee must report the training's exit status, not tee's.
+run="set -o pipefail && cd ~/$REMOTE_DIR && . .venv/bin/activate && python -m dispo_jax.train \
   $(printf '%q' "--workdir=$WORKDIR") $(printf '%q' "--config.model.checkpoint=$CHECKPOINT")\
 $quoted_args 2>&1 | tee -a ~/train.log"
 # Every worker runs the same program; the ssh session streams all workers' logs.

@@ -88,3 +88,52 @@ def test_evaluating_another_checkpoint_into_a_used_folder_stops(tiny_checkpoint,
   with pytest.raises(evaluate.FingerprintMismatch, match=r"different sampler"):
     evaluate.run(changed, workdir)
   evaluate.run(_config(other), str(tmp_path / "fresh"))  # a fresh folder is fine
+
+
+def test_an_evaluation_folder_in_use_stops_before_anything_is_loaded(tmp_path):
+  """Two evaluations into one folder would both append to its generations files: the second
+  stops on the training runs' lock, naming the folder, and leaves the lock alone."""
+  import socket
+  from dispo_jax.workdir import WorkdirError
+  owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+  (tmp_path / "lock").write_text(owner)
+  with pytest.raises(WorkdirError, match=f"{tmp_path} is in use by another run"):
+    evaluate.run(None, str(tmp_path))  # the config is never read
+  assert (tmp_path / "lock").read_text() == owner
+
+
+def _record(index):
+  return json.dumps({"index": index, "row": {}, "generation": "x", "correct": 1, "total": 1})
+
+
+@pytest.mark.parametrize("lines, match", [
+    ([_record(0), "{not json", _record(2)], r"g\.jsonl:2: not a JSON line"),
+    ([_record(0), json.dumps({"index": 1, "total": 1})], r"g\.jsonl:2: not a generations record"),
+    ([_record(0), json.dumps({"index": 1, "correct": "1", "total": 1})], r":2: not a generations"),
+    ([_record(0), _record(5)], r"g\.jsonl:2: not a generations record \(index 1"),
+    ([json.dumps([1, 2])], r"g\.jsonl:1: not a generations record"),
+    (["[" * 100000 + "]" * 100000], r"g\.jsonl:1: not a JSON line"),
+    ([_record(i) for i in range(4)], r"g\.jsonl: 4 records for 3 rows"),
+])
+def test_a_damaged_generations_file_is_named_by_line_and_left_as_it_is(tmp_path, lines, match):
+  path = tmp_path / "g.jsonl"
+  text = "\n".join(lines) + "\n"
+  path.write_text(text)
+  with pytest.raises(evaluate.GenerationsFileError, match=match):
+    evaluate._read_done(str(path), num_rows=3)
+  assert path.read_text() == text
+
+
+def test_a_torn_last_line_is_dropped_and_resumed(tmp_path):
+  path = tmp_path / "g.jsonl"
+  path.write_text(_record(0) + "\n" + _record(1)[:10])
+  assert [r["index"] for r in evaluate._read_done(str(path), num_rows=3)] == [0]
+  assert path.read_text() == _record(0) + "\n"
+
+
+@pytest.mark.parametrize("content", ['{"model": ', "[1, 2]"])
+def test_a_damaged_fingerprint_file_is_named(tmp_path, content):
+  out = tmp_path / "g.jsonl"
+  (tmp_path / "g.jsonl.fingerprint.json").write_text(content)
+  with pytest.raises(evaluate.GenerationsFileError, match=r"g\.jsonl\.fingerprint\.json: "):
+    evaluate.check_fingerprint(str(out), {"model": "m"})

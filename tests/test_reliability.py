@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,6 +100,63 @@ def test_a_corrupt_run_record_stops_on_one_line_and_touches_nothing(tmp_path, co
   assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
 
 
+def test_an_empty_lock_left_by_a_failed_start_is_taken_over(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "lock").write_bytes(b"")  # a start that hit a full disk while writing it
+  lock = wd.WorkdirLock(str(workdir))
+  lock.acquire()
+  assert "taking over an empty lock" in capsys.readouterr().out
+  assert json.load(open(lock.path))["pid"] == os.getpid()
+  lock.release()
+
+
+TAKE_LOCK = """
+import sys, time
+from dispo_jax import workdir as wd
+try:
+  wd.WorkdirLock(sys.argv[1]).acquire()
+except wd.WorkdirError:
+  print("lost", flush=True)
+  sys.exit(0)
+print("won", flush=True)
+time.sleep(8)  # hold it while the others try
+"""
+
+
+def test_a_stale_lock_is_taken_over_by_exactly_one_of_several_starts(tmp_path):
+  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True).stdout.strip()
+  for trial in range(3):
+    workdir = tmp_path / f"run{trial}"
+    workdir.mkdir()
+    (workdir / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(gone)}))
+    starts = [subprocess.Popen([sys.executable, "-c", TAKE_LOCK, str(workdir)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(4)]
+    results = [p.communicate(timeout=120)[0].split()[-1] for p in starts]
+    assert sorted(results) == ["lost"] * 3 + ["won"], (trial, results)
+
+
+def test_a_symlinked_run_part_stops_the_run_and_releases_the_lock(tmp_path):
+  shared = tmp_path / "shared_checkpoints"
+  shared.mkdir()
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  os.symlink(shared, workdir / "checkpoints")
+  with pytest.raises(wd.WorkdirError, match=r"run/checkpoints is a symbolic link \(to .*"
+                     r"shared_checkpoints\); a run's parts must be its own"):
+    train_lib.train(small_config(), str(workdir))
+  assert not (workdir / "lock").exists() and not (workdir / "config.json").exists()
+
+
+def test_the_default_work_folder_is_under_the_users_own_cache(monkeypatch, tmp_path):
+  monkeypatch.delenv("DISPO_JAX_RUNS", raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path))
+  folder = wd.default_workdir(small_config())
+  assert folder.startswith(str(tmp_path / ".cache" / "dispo_jax" / "runs") + os.sep)
+
+
 def test_checkpoints_without_a_run_record_stop_the_run(tmp_path):
   workdir = tmp_path / "run"
   (workdir / "checkpoints" / "8").mkdir(parents=True)
@@ -111,7 +169,7 @@ def test_checkpoints_without_a_run_record_stop_the_run(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"\x00\xffgarbage", b"[1, 2]", b'{"host": "h", "pid": "12"}',
-                                     b'{"host": "h", "pid": true}', b""])
+                                     b'{"host": "h", "pid": true}'])
 def test_an_unreadable_lock_stops_on_one_line_naming_it(tmp_path, content):
   workdir = tmp_path / "run"
   workdir.mkdir()
@@ -223,6 +281,65 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, fi
   run.preempted.restore()
 
 
+def _damage(step_dir, seed=0):
+  target = _array_files(step_dir)[-1]
+  with open(target, "r+b") as f:
+    f.seek(os.path.getsize(target) // 2)
+    f.write(np.random.default_rng(seed).bytes(400))
+
+
+def test_a_second_damage_of_the_same_step_keeps_the_first_evidence(tmp_path, finished_run):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished_run, workdir)
+  folder = os.path.join(workdir, "checkpoints")
+  c = small_config(num_steps=4, checkpoint_every=2)
+  for attempt in range(2):
+    if attempt:  # the step is written again and damaged again
+      shutil.copytree(os.path.join(finished_run, "checkpoints", "4"), os.path.join(folder, "4"))
+    _damage(os.path.join(folder, "4"), seed=attempt)
+    assert _state_of(c, workdir).step == 2
+  assert {"damaged-4", "damaged-4-2"} <= set(os.listdir(folder))
+
+
+def _state_of(c, workdir):
+  """The TrainState a run of ``c`` starts from in ``workdir`` (its lock released)."""
+  run, state = train_lib.setup(c, workdir)
+  run.manager.close()
+  run.preempted.restore()
+  return state
+
+
+def test_a_checkpoint_of_another_model_stops_the_run_and_stays_in_place(tmp_path, finished_run):
+  import jax.numpy as jnp
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished_run, workdir)
+  state = _state_of(small_config(num_steps=4, checkpoint_every=2), workdir)
+  other = state.replace(opt_state={"mu": jnp.zeros((3, 5))})
+  with pytest.raises(checkpoints.CheckpointMismatch, match=r"checkpoints/4: written by another "
+                     r"model than this run's \(.*\); the checkpoint is intact and was left"):
+    checkpoints.restore_latest(workdir, 3, other)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+
+
+def test_every_single_bit_flip_changes_the_fingerprint():
+  rng = np.random.default_rng(1)
+  for dtype in (np.float32, jax.numpy.bfloat16):
+    x = np.asarray(rng.normal(size=(7, 9)), np.float32).astype(dtype)
+    saved = checkpoints.fingerprint([jax.numpy.asarray(x)])
+    width = np.dtype(dtype).itemsize * 8
+    unsigned = {16: np.uint16, 32: np.uint32}[width]
+    for position in rng.choice(x.size, 40):
+      for bit in (0, width // 2, width - 2):  # low mantissa, mid, exponent
+        flipped = x.copy().view(unsigned).ravel()
+        flipped[position] ^= unsigned(1 << bit)
+        changed = flipped.view(x.dtype).reshape(x.shape)
+        assert not checkpoints.fingerprints_match(
+            saved, checkpoints.fingerprint([jax.numpy.asarray(changed)])), (dtype, position, bit)
+  # a checkpoint written with the three sums only is still compared by them
+  old_format = [entry[:3] for entry in saved]
+  assert checkpoints.fingerprints_match(old_format, checkpoints.fingerprint([jax.numpy.asarray(x)]))
+
+
 def test_fingerprints_tell_a_changed_array_from_a_resharded_one():
   tree = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.float32)}
   saved = checkpoints.fingerprint(jax.tree.map(jax.numpy.asarray, tree))
@@ -234,6 +351,21 @@ def test_fingerprints_tell_a_changed_array_from_a_resharded_one():
 
 
 # 5. Logs and signals -----------------------------------------------------------------------
+
+
+def test_a_symlinked_metrics_file_is_replaced_never_written_through(tmp_path, capsys):
+  outside = tmp_path / "elsewhere.jsonl"
+  outside.write_text('{"step": 0, "theirs": 1}\n')
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  os.symlink(outside, workdir / "metrics.jsonl")
+  writer = metrics_lib.MetricWriter(str(workdir), resume_step=0)
+  writer.write(0, {"loss": 1.0})
+  writer.close()
+  assert "is a symbolic link" in capsys.readouterr().out
+  assert outside.read_text() == '{"step": 0, "theirs": 1}\n'
+  assert not os.path.islink(workdir / "metrics.jsonl")
+  assert [json.loads(l) for l in open(workdir / "metrics.jsonl")] == [{"step": 0, "loss": 1.0}]
 
 
 def test_a_corrupt_metrics_line_is_skipped_not_the_rest_and_nan_is_null(tmp_path):

@@ -100,13 +100,17 @@ def test_bad_config_values_fail_before_compute(key, value, match):
     train_lib.validate_config(c)
 
 
-def test_unknown_config_key_is_named_on_the_command_line(tmp_path):
+@pytest.mark.parametrize("flag, line", [
+    ("--config.rl.alpha_stepp=0.1", "error: --config.rl.alpha_stepp: the config has no key "
+     "'alpha_stepp' (did you mean 'alpha_step'?)"),
+    ("--config.log_every=3", "error: --config.log_every: the config has no key 'log_every'")])
+def test_unknown_config_key_is_named_on_one_line(tmp_path, flag, line):
   result = subprocess.run(
       [sys.executable, "-m", "dispo_jax.train", "--config=configs/sudoku.py:tiny",
-       f"--workdir={tmp_path}", "--config.rl.alpha_stepp=0.1"],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+       f"--workdir={tmp_path}", flag], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
-  assert "alpha_stepp" in result.stderr
+  assert result.stderr.strip().splitlines() == [line + " (the keys and their meaning: "
+                                                "configs/common.py)"]
   assert not os.path.exists(tmp_path / "config.json")  # nothing was started
 
 
