@@ -90,21 +90,36 @@ def load_config(spec: str):
   return module.get_config(arg)
 
 
+def _unknown_key_exit(error: Exception, name: str, argv: list[str]):
+  """Exits with one line naming the ``--<name>.<key>`` override whose key the config lacks."""
+  found = re.search(r"[A-Za-z_][A-Za-z0-9_]*", str(error))
+  key = found.group(0) if found else str(error)
+  hint = re.search(r"Did you mean \"([^\"]+)\"", str(error))
+  given = next((a.split("=", 1)[0] for a in argv[1:]
+                if a.startswith(f"--{name}.") and key in a.split("=", 1)[0].split(".")),
+               f"--{name}.{key}")
+  sys.exit(f"error: {given}: the config has no key {key!r}"
+           + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+           + " (the keys and their meaning: configs/common.py)")
+
+
 def define_config_flag(name: str, default: str | None, help_text: str):
-  """``ml_collections.config_flags.DEFINE_config_file`` (locked), with a ``--config.<key>``
-  override of a key the config does not have ending in one line that names it: ml_collections
-  resolves overrides while the flag is defined and raises a bare ``AttributeError`` or
-  ``KeyError`` there."""
+  """``ml_collections.config_flags.DEFINE_config_file`` (locked). An override of a key the config
+  does not have ends in one line naming it — whether ml_collections finds it while the flag is
+  defined (the default file) or while the command line is parsed (``--config=...``; pass
+  :func:`parse_flags` to ``app.run``); it raises a bare ``AttributeError`` or ``KeyError``."""
   from ml_collections import config_flags
   try:
     return config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
   except (AttributeError, KeyError) as e:
-    found = re.search(r"[A-Za-z_][A-Za-z0-9_]*", str(e))
-    key = found.group(0) if found else str(e)
-    hint = re.search(r"Did you mean \"([^\"]+)\"", str(e))
-    given = next((a.split("=", 1)[0] for a in sys.argv[1:]
-                  if a.startswith(f"--{name}.") and key in a.split("=", 1)[0].split(".")),
-                 f"--{name}.{key}")
-    sys.exit(f"error: {given}: the config has no key {key!r}"
-             + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-             + " (the keys and their meaning: configs/common.py)")
+    _unknown_key_exit(e, name, sys.argv)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """``absl.flags.FLAGS(argv)`` for ``app.run(main, flags_parser=parse_flags)``, unknown
+  ``--config.<key>`` overrides ending in one line (see :func:`define_config_flag`)."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    _unknown_key_exit(e, "config", argv)

@@ -298,4 +298,4 @@ if __name__ == "__main__":
   config_lib.define_config_flag("config", None, "Evaluation config file.")
   flags.DEFINE_string("workdir", None, "Output folder (generations, metrics; resumable).")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

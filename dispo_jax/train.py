@@ -517,4 +517,4 @@ if __name__ == "__main__":
                                 "Training config file (configs/<task>.py[:variants]).")
   flags.DEFINE_string("workdir", "", "Work folder (checkpoints, metrics); default: "
                       "$DISPO_JAX_RUNS (~/.cache/dispo_jax/runs)/<task>-<method>-<config hash>.")
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)
