@@ -325,6 +325,12 @@ def test_malformed_rows_name_file_and_line(tmp_path):
   jl.write_text('{"input": "1,2,3", "output": "6"}\n{"input": "1,2", "output": oops}\n')
   with pytest.raises(data.DataError, match=r"c\.jsonl:2: invalid JSON"):
     data.load_countdown(str(jl))
+  jl.write_text('{"input": "1,2,3", "output": "6"}\n' + "[" * 100000 + "]" * 100000 + "\n")
+  with pytest.raises(data.DataError, match=r"c\.jsonl:2: JSON nested too deeply"):
+    data.load_countdown(str(jl))
+  jl.write_text('{"input": "1,2,3", "output": ' + "7" * 5000 + '}\n')
+  with pytest.raises(data.DataError, match=r"c\.jsonl:1: unreadable JSON value"):
+    data.load_countdown(str(jl))
   jl.write_text('{"input": "1,2,3", "output": "6"}\n\n{"input": "1,x,3", "output": "6"}\n')
   with pytest.raises(data.DataError, match=r"c\.jsonl:3: input='x' is not an integer"):
     data.load_countdown(str(jl))

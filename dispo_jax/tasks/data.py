@@ -55,6 +55,10 @@ def _records(path: str) -> Iterator[tuple[int, dict]]:
         row = json.loads(line)
       except json.JSONDecodeError as e:
         raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
+      except RecursionError:
+        raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
+      except ValueError as e:  # e.g. an integer over Python's digit limit
+        raise DataError(f"{path}:{lineno}: unreadable JSON value ({e})") from None
       if not isinstance(row, dict):
         raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
       yield lineno, row
