@@ -61,6 +61,9 @@ class MetricWriter:
       logging.warning(message)
       print(f"warning: {message}")
       os.unlink(self.path)
+    local = not is_object_store(self.path)
+    if local and not resume_step and os.path.isfile(self.path) and os.path.getsize(self.path):
+      self._set_aside()
     if self.path.exists():
       self.rows = [json.dumps(r) + "\n" for r in read_rows(self.path)
                    if _logged_before(r, resume_step)]
@@ -68,6 +71,19 @@ class MetricWriter:
     from tensorboardX import SummaryWriter
     self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"),
                             purge_step=resume_step if resume_step else None)
+
+  def _set_aside(self) -> None:
+    """A run starting from step 0 keeps no earlier rows: a ``metrics.jsonl`` already there (a
+    start that stopped before its first checkpoint, or another program's file) is renamed to
+    ``metrics.jsonl.before-<n>``, with a warning, instead of being emptied."""
+    n = 1
+    while (aside := self.path.parent / f"{self.path.name}.before-{n}").exists():
+      n += 1
+    message = (f"{self.path}: holds rows no checkpoint of this run covers; kept as {aside}, "
+               f"this run's metrics start afresh")
+    logging.warning(message)
+    print(f"warning: {message}")
+    os.rename(self.path, aside)
 
   def _flush(self) -> None:
     replace_text(self.path, "".join(self.rows))

@@ -383,6 +383,18 @@ def test_a_corrupt_metrics_line_is_skipped_not_the_rest_and_nan_is_null(tmp_path
   assert "NaN" not in path.read_text()
 
 
+def test_a_fresh_run_keeps_a_metrics_file_it_finds_beside_its_own(tmp_path, capsys):
+  theirs = '{"step": 0, "theirs": 1}\n'
+  for n in (1, 2):
+    (tmp_path / "metrics.jsonl").write_text(theirs)
+    writer = metrics_lib.MetricWriter(str(tmp_path), resume_step=0)
+    writer.write(0, {"loss": 1.0})
+    writer.close()
+    assert (tmp_path / f"metrics.jsonl.before-{n}").read_text() == theirs
+    assert "kept as" in capsys.readouterr().out
+  assert [json.loads(l) for l in open(tmp_path / "metrics.jsonl")] == [{"step": 0, "loss": 1.0}]
+
+
 def test_metrics_rows_without_an_integer_step_are_skipped(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 0, "loss": 1.0}\n{"step": "1", "loss": 2.0}\n{"step": Infinity}\n'
