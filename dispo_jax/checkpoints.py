@@ -4,10 +4,10 @@ Each checkpoint holds the trainable parameters, the optimizer state and a JSON `
 includes the shape and dtype of every array and a fingerprint of every floating array (per leaf:
 the sum, the sum of absolute values, the count of non-finite entries and two position-weighted
 checksums of the bit patterns, computed on device, so they work on any mesh and host count). A
-restore first compares the recorded shapes with the run's model: a different model stops the run
-(:class:`CheckpointMismatch`, nothing moved). It then checks the fingerprint; a step that fails to
-restore or to match is moved aside (``checkpoints/damaged-<step>``, then ``damaged-<step>-2``, …:
-earlier evidence is kept) with a warning and the previous step is tried.
+restore checks the fingerprint. A step that fails to restore or to match is then told apart: if
+its recorded shapes are not the run's model, the run stops (:class:`CheckpointMismatch`, nothing
+moved); otherwise it is damaged and moved aside (``checkpoints/damaged-<step>``, then
+``damaged-<step>-2``, …: earlier evidence is kept) with a warning and the previous step is tried.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import os
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
 from flax import nnx
 
 from dispo_jax.pipeline.step import TrainState
-from dispo_jax.workdir import is_object_store
+from dispo_jax.workdir import is_object_store, warn
 
 
 def checkpoint_folder(workdir: str) -> epath.Path:
@@ -71,8 +70,8 @@ def fingerprint(tree) -> list[list[float]]:
   out = []
   for x in leaves:
     x = jnp.asarray(x)
-    stats = [float(v) for v in jax.device_get(_leaf_fingerprint(x))]
-    out.append(stats + [int(v) for v in jax.device_get(_leaf_checksums(x))])
+    stats, checksums = jax.device_get((_leaf_fingerprint(x), _leaf_checksums(x)))
+    out.append([float(v) for v in stats] + [int(v) for v in checksums])
   return out
 
 
@@ -97,8 +96,13 @@ def array_shapes(tree) -> list[str]:
           for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def _items(state: TrainState) -> dict:
+  """The arrays a checkpoint holds: ``{"trainable": pure dict, "opt_state": ...}``."""
+  return {"trainable": nnx.to_pure_dict(state.trainable), "opt_state": state.opt_state}
+
+
 def save(mgr: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
-  items = {"trainable": nnx.to_pure_dict(state.trainable), "opt_state": state.opt_state}
+  items = _items(state)
   meta = {**meta, "fingerprint": fingerprint(items), "arrays": array_shapes(items)}
   mgr.save(state.step, args=ocp.args.Composite(
       trainable=ocp.args.StandardSave(items["trainable"]),
@@ -107,17 +111,16 @@ def save(mgr: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
 
 
 def _check_same_model(mgr, step: int, state: TrainState) -> None:
-  """:class:`CheckpointMismatch` when step ``step`` records other arrays than ``state`` has.
-  (An unreadable record is left to the restore, which treats it as damage.)"""
+  """:class:`CheckpointMismatch` when step ``step`` (which failed to restore) records other arrays
+  than ``state`` has; an unreadable or older record says nothing (the step is then damaged)."""
   try:
     meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  except Exception:  # damaged: the full restore below fails and moves the step aside
+  except Exception:  # orbax raises many types for damaged files
     return
   recorded = meta.get("arrays") if isinstance(meta, dict) else None
   if not isinstance(recorded, list):
     return  # written before shapes were recorded
-  current = array_shapes({"trainable": nnx.to_pure_dict(state.trainable),
-                          "opt_state": state.opt_state})
+  current = array_shapes(_items(state))
   if recorded != current:
     differ = next((f"saved {a!r}, this run {b!r}" for a, b in zip(recorded, current) if a != b),
                   f"{len(recorded)} arrays saved, {len(current)} in this run")
@@ -128,19 +131,16 @@ def _check_same_model(mgr, step: int, state: TrainState) -> None:
 
 
 def _restore_step(mgr, step: int, state: TrainState) -> tuple[TrainState, dict]:
-  _check_same_model(mgr, step, state)
-  abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _items(state))
   restored = mgr.restore(step, args=ocp.args.Composite(
-      trainable=ocp.args.StandardRestore(abstract(nnx.to_pure_dict(state.trainable))),
-      opt_state=ocp.args.StandardRestore(abstract(state.opt_state)),
+      trainable=ocp.args.StandardRestore(abstract["trainable"]),
+      opt_state=ocp.args.StandardRestore(abstract["opt_state"]),
       meta=ocp.args.JsonRestore()))
   items = {"trainable": restored["trainable"], "opt_state": restored["opt_state"]}
   meta = restored["meta"]
   if "fingerprint" not in meta:
-    message = (f"{mgr.directory}/{step}: written without a fingerprint (an older dispo_jax); its "
-               f"arrays cannot be verified and are restored as they are")
-    logging.warning(message)
-    print(f"warning: {message}")
+    warn(f"{mgr.directory}/{step}: written without a fingerprint (an older dispo_jax); its arrays "
+         f"cannot be verified and are restored as they are")
   elif not fingerprints_match(meta["fingerprint"], fingerprint(items)):
     raise ValueError("its arrays do not match the fingerprint recorded when it was saved")
   trainable = state.trainable
@@ -167,10 +167,12 @@ def restore_latest(workdir: str, keep: int, state: TrainState
     try:
       new_state, meta = _restore_step(mgr, step, state)
       return mgr, new_state, meta
-    except CheckpointMismatch:
-      mgr.close()
-      raise
     except Exception as e:  # orbax raises many types for damaged files
+      try:
+        _check_same_model(mgr, step, state)
+      except CheckpointMismatch:
+        mgr.close()
+        raise
       _move_aside(mgr, workdir, step, e)
 
 
@@ -207,8 +209,7 @@ def _move_aside(mgr, workdir: str, step: int, error: Exception) -> None:
   message = (f"{folder}/{step}: cannot be restored ({type(error).__name__}: "
              f"{str(error).splitlines()[0][:200] if str(error) else ''}); moved to {bad}, "
              f"falling back to the previous checkpoint")
-  logging.warning(message)
-  print(f"warning: {message}")
+  warn(message)
   mgr.close()
   if jax.process_index() == 0:
     _move_folder(folder / str(step), bad)

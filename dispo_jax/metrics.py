@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from dispo_jax.workdir import is_object_store, replace_text
+from dispo_jax.workdir import is_object_store, replace_text, warn
 
 
 def _logged_before(row: dict, resume_step: int) -> bool:
@@ -55,13 +55,11 @@ class MetricWriter:
     self.rows = []
     if not self.enabled:
       return
-    if not is_object_store(self.path) and os.path.islink(self.path):
-      message = (f"{self.path} is a symbolic link (to {os.readlink(self.path)}); replaced by this "
-                 f"run's own file, its target left untouched")
-      logging.warning(message)
-      print(f"warning: {message}")
-      os.unlink(self.path)
     local = not is_object_store(self.path)
+    if local and os.path.islink(self.path):
+      warn(f"{self.path} is a symbolic link (to {os.readlink(self.path)}); replaced by this run's "
+           f"own file, its target left untouched")
+      os.unlink(self.path)
     if local and not resume_step and os.path.isfile(self.path) and os.path.getsize(self.path):
       self._set_aside()
     if self.path.exists():
@@ -79,10 +77,8 @@ class MetricWriter:
     n = 1
     while (aside := self.path.parent / f"{self.path.name}.before-{n}").exists():
       n += 1
-    message = (f"{self.path}: holds rows no checkpoint of this run covers; kept as {aside}, "
-               f"this run's metrics start afresh")
-    logging.warning(message)
-    print(f"warning: {message}")
+    warn(f"{self.path}: holds rows no checkpoint of this run covers; kept as {aside}, this run's "
+         f"metrics start afresh")
     os.rename(self.path, aside)
 
   def _flush(self) -> None:

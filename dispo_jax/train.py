@@ -443,12 +443,8 @@ def train(c, workdir: str | None = None) -> dict[str, Any]:
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lock = workdir_lib.WorkdirLock(workdir)
   if jax.process_index() == 0:
+    workdir_lib.check_run_parts(workdir)
     lock.acquire()
-    try:
-      workdir_lib.check_run_parts(workdir)
-    except workdir_lib.WorkdirError:
-      lock.release()
-      raise
   preempted = Preemption()  # before the minutes an 8B start-up takes
   try:
     run, state = setup(c, workdir, preempted)

@@ -78,6 +78,12 @@ def default_workdir(c) -> str:
   return os.path.join(root, f"{c.task}-{c.method}-{config_hash(c)}")
 
 
+def warn(message: str) -> None:
+  """A warning both in the log and on the terminal (where a user running the CLI sees it)."""
+  logging.warning(message)
+  print(f"warning: {message}")
+
+
 RUN_PARTS = ("config.json", "checkpoints", "tensorboard", "export")
 
 
@@ -136,8 +142,7 @@ def record_or_check_config(workdir: str, c, write: bool = True) -> bool:
     if added and not changes:
       message = (f"{workdir}: config keys added since this run began, taken as the behaviour it "
                  f"had: {', '.join(f'{k}={current[k]!r}' for k in added)}")
-      logging.warning(message)
-      print(f"warning: {message}")
+      warn(message)
     if changes:
       raise ConfigError(f"{workdir} holds another run (its config.json differs in "
                         f"{len(changes)} key(s): {'; '.join(changes)}); use another --workdir, or "
@@ -242,7 +247,7 @@ class WorkdirLock:
 
   def _take_over_if_stale(self) -> None:
     if self.local and os.path.getsize(self.path) == 0:  # a start that could not write its lock
-      print(f"warning: {self.path}: taking over an empty lock (a start could not write it)")
+      warn(f"{self.path}: taking over an empty lock (a start could not write it)")
       os.unlink(self.path)
       return
     owner = self._read_owner()

@@ -1,5 +1,7 @@
 """The trajectory-consistent surrogate: exact against the sampler's own logits, N = 1 = diffu-GRPO."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,17 +134,13 @@ def test_trace_settings_are_validated():
     learner.ObjectiveSettings(method="dispo_trace", trace=TraceSettings(9), denoising_steps=6)
 
 
-@pytest.mark.parametrize("temperature, kv_cache", [(1.0, "none"), (0.7, "none"), (0.7, "dual")])
-def test_the_samplers_behaviour_log_probs_are_trace_at_n_equals_t(temperature, kv_cache):
-  """With a full forward at every step (the plain sampler, or the dual cache at one step per
-  block) the log-prob the sampler records for each token is the trace objective's N = T log-prob
-  at the same temperature, without prompt masking."""
+def _behaviour_and_trace_logprobs(s: SamplerSettings):
+  """``(rollout, trace N = T log-probs at s.temperature without prompt masking)`` of one rollout
+  of a sharpened 2-layer model on 3 random prompts."""
   cfg = get_config("tiny", vocab_size=48, n_layers=2)
   graphdef, state = llada.init_model(cfg, seed=3)
   state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 10
-  s = SamplerSettings(gen_length=12, block_length=3 if kv_cache == "dual" else 6,
-                      steps=4 if kv_cache == "dual" else 6, temperature=temperature,
-                      mask_id=cfg.mask_token_id, kv_cache=kv_cache)
+  s = dataclasses.replace(s, mask_id=cfg.mask_token_id)
   b, p = 3, 4
   prompt = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size - 3, (b, p)), jnp.int32)
   r = generate(graphdef, state, prompt, jnp.full((b,), p, jnp.int32), jax.random.key(2), s)
@@ -150,7 +148,18 @@ def test_the_samplers_behaviour_log_probs_are_trace_at_n_equals_t(temperature, k
   logp = trace.trace_logprobs(apply, prompt, None, r.completion, r.commit_step, jax.random.key(0),
                               jnp.arange(b), segments=s.steps, total_steps=s.steps,
                               p_mask_prompt=0.0, mask_id=cfg.mask_token_id,
-                              temperature=temperature)
+                              temperature=s.temperature)
+  return r, logp
+
+
+@pytest.mark.parametrize("temperature, kv_cache", [(1.0, "none"), (0.7, "none"), (0.7, "dual")])
+def test_the_samplers_behaviour_log_probs_are_trace_at_n_equals_t(temperature, kv_cache):
+  """With a full forward at every step (the plain sampler, or the dual cache at one step per
+  block) the log-prob the sampler records for each token is the trace objective's N = T log-prob
+  at the same temperature, without prompt masking."""
+  r, logp = _behaviour_and_trace_logprobs(SamplerSettings(
+      gen_length=12, block_length=3 if kv_cache == "dual" else 6,
+      steps=4 if kv_cache == "dual" else 6, temperature=temperature, kv_cache=kv_cache))
   np.testing.assert_allclose(r.behaviour_logp, logp, atol=2e-5)
   assert float(jnp.min(r.behaviour_logp)) < -1e-3  # not trivially certain
 
@@ -158,18 +167,8 @@ def test_the_samplers_behaviour_log_probs_are_trace_at_n_equals_t(temperature, k
 def test_the_dual_caches_behaviour_log_probs_differ_from_the_full_forwards():
   """Several steps per block: the block path's logits are approximate and the recorded log-probs
   are theirs, not the full model's (the gap the importance weight corrects)."""
-  cfg = get_config("tiny", vocab_size=48, n_layers=2)
-  graphdef, state = llada.init_model(cfg, seed=3)
-  state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 10
-  s = SamplerSettings(gen_length=12, block_length=6, steps=6, temperature=1.0,
-                      mask_id=cfg.mask_token_id, kv_cache="dual")
-  b, p = 3, 4
-  prompt = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size - 3, (b, p)), jnp.int32)
-  r = generate(graphdef, state, prompt, jnp.full((b,), p, jnp.int32), jax.random.key(2), s)
-  apply = lambda tokens, m: llada.forward(graphdef, state, tokens, m)
-  logp = trace.trace_logprobs(apply, prompt, None, r.completion, r.commit_step, jax.random.key(0),
-                              jnp.arange(b), segments=s.steps, total_steps=s.steps,
-                              p_mask_prompt=0.0, mask_id=cfg.mask_token_id)
+  r, logp = _behaviour_and_trace_logprobs(SamplerSettings(
+      gen_length=12, block_length=6, steps=6, temperature=1.0, kv_cache="dual"))
   gap = np.abs(np.asarray(r.behaviour_logp) - np.asarray(logp))
   first_steps = np.isin(np.asarray(r.commit_step), [0, 3])  # each block's refresh step is exact
   assert gap[first_steps].max() < 2e-5 and gap[~first_steps].max() > 1e-4

@@ -359,7 +359,8 @@ def behaviour_weights(batch: RLBatch, replay: ReplayLogprobs, s: ObjectiveSettin
                                           batch.completion_mask, kind, s.behaviour.cap)
 
 
-def behaviour_metrics(batch: RLBatch, cap: float = 2.0) -> Dict[str, Array]:
+def behaviour_metrics(batch: RLBatch, cap: float = behaviour_lib.BehaviourSettings.cap
+                      ) -> Dict[str, Array]:
   """Diagnostics of the behaviour policy on its own rollout batch (after
   :func:`with_old_and_ref_logprobs`).
 

@@ -140,12 +140,15 @@ class SamplerSettings:
     return self.kv_cache != "none" or self.threshold is not None
 
   @property
+  def fast_dllm_threshold(self) -> bool:
+    """Whether steps commit by Fast-dLLM's threshold rule (top-1 plus all at or above it)."""
+    return self.threshold is not None and self.threshold_rule == "fast_dllm"
+
+  @property
   def max_steps(self) -> int:
     """The most denoising steps a rollout can take: ``steps``, or ``gen_length`` under Fast-dLLM's
     threshold rule (one commit per step at the least). Commit steps lie in ``[0, max_steps)``."""
-    if self.threshold is not None and self.threshold_rule == "fast_dllm":
-      return self.gen_length
-    return self.steps
+    return self.gen_length if self.fast_dllm_threshold else self.steps
 
   def transfer_schedule(self) -> np.ndarray:
     """Tokens committed at each step of a block: ``[steps_per_block]`` int32, sums to block_length."""
@@ -345,7 +348,7 @@ def _transfer(ctx: LoopContext, state: LoopState, logits: Array, x_window: Array
               ) -> tuple:
   """Candidates and the positions committed at this step in the window (``[B, W]`` each)."""
   s, t, block = ctx.settings, state.t, state.block
-  fast_dllm = s.threshold is not None and s.threshold_rule == "fast_dllm"
+  fast_dllm = s.fast_dllm_threshold
   k_t = 1 if fast_dllm else ctx.schedule[jnp.minimum(state.block_step, s.steps_per_block - 1)]
   gumbel_key, remask_key = _step_keys(ctx.key, t)
   x0 = gumbel_argmax(gumbel_key, logits, s.temperature)
