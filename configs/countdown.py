@@ -1,4 +1,4 @@
-"""countdown: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). `--config=configs/countdown.py:tiny` runs on a CPU.
+"""countdown: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). `--config=configs/countdown.py:tiny` (or `--config=countdown:tiny`) runs on a CPU.
 
   python -m dispo_jax.train --config=configs/countdown.py --workdir=/tmp/countdown \\
       --config.model.checkpoint=/path/to/LLaDA-8B-Instruct --config.method=dispo
@@ -8,13 +8,8 @@ DiSPO paper's SPG recipe, App. D.3; add spg_repo for SPG's own repository's run;
 objective). E.g. `--config=configs/countdown.py:tiny,dispo_spg`.
 """
 
-from configs import common
+from dispo_jax import recipes
 
 
 def get_config(arg: str = ""):
-  c = common.base_config()
-  c.task = "countdown"
-  c.num_steps = 5000
-  c.rl.num_iterations = 8
-  return common.with_variants(c, arg, spg_steps=4600, spg_repo_steps=6000,
-                              spg_eubo_beta=1.5, spg_repo_temperature=0.9)
+  return recipes.task_config("countdown", arg)

@@ -1,4 +1,4 @@
-"""gsm8k: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). `--config=configs/gsm8k.py:tiny` runs on a CPU
+"""gsm8k: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). `--config=configs/gsm8k.py:tiny` (or `--config=gsm8k:tiny`) runs on a CPU
 (synthetic arithmetic rows with the task's fields and reward; see dispo_jax/tiny.py).
 
   python -m dispo_jax.train --config=configs/gsm8k.py --workdir=/tmp/gsm8k \\
@@ -9,13 +9,8 @@ DiSPO paper's SPG recipe, App. D.3; add spg_repo for SPG's own repository's run;
 objective). E.g. `--config=configs/gsm8k.py:tiny,dispo_spg`.
 """
 
-from configs import common
+from dispo_jax import recipes
 
 
 def get_config(arg: str = ""):
-  c = common.base_config()
-  c.task = "gsm8k"
-  c.num_steps = 7700
-  c.rl.num_iterations = 12
-  return common.with_variants(c, arg, spg_steps=4600, spg_repo_steps=6000,
-                              spg_eubo_beta=1.5, spg_repo_temperature=0.9)
+  return recipes.task_config("gsm8k", arg)

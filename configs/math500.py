@@ -1,4 +1,4 @@
-"""math500: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). `--config=configs/math500.py:tiny` runs on a CPU
+"""math500: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). `--config=configs/math500.py:tiny` (or `--config=math500:tiny`) runs on a CPU
 (synthetic arithmetic rows with the task's fields and reward; see dispo_jax/tiny.py).
 
   python -m dispo_jax.train --config=configs/math500.py --workdir=/tmp/math500 \\
@@ -9,13 +9,8 @@ DiSPO paper's SPG recipe, App. D.3; add spg_repo for SPG's own repository's run;
 objective). E.g. `--config=configs/math500.py:tiny,dispo_spg`.
 """
 
-from configs import common
+from dispo_jax import recipes
 
 
 def get_config(arg: str = ""):
-  c = common.base_config()
-  c.task = "math500"
-  c.num_steps = 6600
-  c.rl.num_iterations = 12
-  return common.with_variants(c, arg, spg_steps=2600, spg_repo_steps=4000,
-                              spg_eubo_beta=1.5, spg_repo_temperature=0.9)
+  return recipes.task_config("math500", arg)

@@ -73,21 +73,42 @@ def settings_from(cls: type[T], section: Mapping | Any, path: str, exclude: Iter
     raise ConfigError(f"config.{path}: {e}") from None
 
 
-def load_config(spec: str):
-  """``"configs/sudoku.py:tiny,spg"`` -> that file's ``get_config("tiny,spg")`` (as the CLIs'
-  ``--config`` flag reads it)."""
-  import importlib.util
+def resolve_config(spec: str):
+  """``--config``'s value as a config: ``"sudoku:tiny,spg"`` (a recipe of
+  :mod:`dispo_jax.recipes`, from any directory) or ``"configs/sudoku.py:tiny,spg"`` (a config
+  file's ``get_config("tiny,spg")``).
+
+  Raises:
+    ConfigError: one line naming the file or recipe that does not exist, or the bad variant.
+  """
+  from dispo_jax import recipes
   path, _, arg = spec.partition(":")
+  if path in recipes.RECIPES and not os.path.exists(path):
+    try:
+      return recipes.get_config(path, arg)
+    except ValueError as e:
+      raise ConfigError(f"--config={spec}: {e}") from None
   if not os.path.isfile(path):
-    raise ConfigError(f"{path}: config file does not exist")
+    raise ConfigError(f"--config={spec}: {path} does not exist (give a config file, "
+                      f"configs/<task>.py[:variants], or a recipe name: {', '.join(recipes.RECIPES)})")
+  import importlib.util
   module_spec = importlib.util.spec_from_file_location("_dispo_jax_config", path)
   module = importlib.util.module_from_spec(module_spec)
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
+  module_spec.loader.exec_module(module)
   try:
-    module_spec.loader.exec_module(module)
-  finally:
-    sys.path.pop(0)
-  return module.get_config(arg)
+    return module.get_config(arg)
+  except ValueError as e:
+    raise ConfigError(f"--config={spec}: {e}") from None
+
+
+def config_sections_help() -> str:
+  """The training config's sections and top-level keys, for ``--help``."""
+  from dispo_jax import recipes
+  c = recipes.base_config()
+  sections = [k for k, v in c.items() if hasattr(v, "items")]
+  keys = [k for k, v in c.items() if not hasattr(v, "items")]
+  return (f"sections: {', '.join(sections)} (each key documented in dispo_jax/recipes.py); "
+          f"top-level keys: {', '.join(keys)}")
 
 
 def _unknown_key_exit(error: Exception, name: str, argv: list[str]):
@@ -100,26 +121,49 @@ def _unknown_key_exit(error: Exception, name: str, argv: list[str]):
                f"--{name}.{key}")
   sys.exit(f"error: {given}: the config has no key {key!r}"
            + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-           + " (the keys and their meaning: configs/common.py)")
+           + " (the keys and their meaning: dispo_jax/recipes.py)")
+
+
+def _config_parser(name: str):
+  from ml_collections.config_flags import config_flags
+
+  class ConfigSpecParser(config_flags.ConfigFileFlagParser):
+    """ml_collections' config-file parser that also takes recipe names (:func:`resolve_config`)."""
+
+    def parse(self, spec):
+      config = resolve_config(spec)
+      if self._lock_config:
+        config.lock()
+      return config
+
+  return ConfigSpecParser(name=name, lock_config=True)
 
 
 def define_config_flag(name: str, default: str | None, help_text: str):
-  """``ml_collections.config_flags.DEFINE_config_file`` (locked). An override of a key the config
-  does not have ends in one line naming it — whether ml_collections finds it while the flag is
-  defined (the default file) or while the command line is parsed (``--config=...``; pass
+  """A locked config flag as ``ml_collections.config_flags.DEFINE_config_file`` defines it, whose
+  value is a recipe name or a config file (:func:`resolve_config`). An override of a key the
+  config does not have ends in one line naming it — whether ml_collections finds it while the flag
+  is defined (the default) or while the command line is parsed (``--config=...``; pass
   :func:`parse_flags` to ``app.run``); it raises a bare ``AttributeError`` or ``KeyError``."""
-  from ml_collections import config_flags
+  from absl import flags
+  from ml_collections.config_flags import config_flags
   try:
-    return config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
+    flag = config_flags._ConfigFlag(  # noqa: SLF001 - DEFINE_config_file's flag, another parser
+        parser=_config_parser(name), serializer=flags.ArgumentSerializer(), name=name,
+        default=default, help_string=help_text, flag_values=flags.FLAGS)
+    return flags.DEFINE_flag(flag, flags.FLAGS, module_name=sys.argv[0])  # listed by --help
   except (AttributeError, KeyError) as e:
     _unknown_key_exit(e, name, sys.argv)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """``absl.flags.FLAGS(argv)`` for ``app.run(main, flags_parser=parse_flags)``, unknown
-  ``--config.<key>`` overrides ending in one line (see :func:`define_config_flag`)."""
+  """``absl.flags.FLAGS(argv)`` for ``app.run(main, flags_parser=parse_flags)``: unknown
+  ``--config.<key>`` overrides (see :func:`define_config_flag`) and bad flag values end in one
+  line."""
   from absl import flags
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
     _unknown_key_exit(e, "config", argv)
+  except flags.Error as e:  # absl's "flag --config=<value>: " before resolve_config's own line
+    sys.exit("error: " + re.sub(r"^flag --[\w.]+=\S*: (?=--)", "", str(e)))

@@ -33,7 +33,7 @@ from dispo_jax.model import checkpoint, sharding, tokenizer as tok
 from dispo_jax.model.sharding import to_host
 from dispo_jax.pipeline.rollout import row_placer
 from dispo_jax.sampling import SamplerSettings, decode_completions, generate
-from dispo_jax.tasks import Task, data as data_lib, get_task, metric, sudoku
+from dispo_jax.tasks import DataSettings, Task, data as data_lib, get_task, metric, sudoku
 from dispo_jax.tasks.base import Score
 from dispo_jax.workdir import WorkdirError, WorkdirLock, is_object_store
 
@@ -61,10 +61,11 @@ def _read_done(path: str, num_rows: int) -> list[dict]:
   Any other line that is not a record ``{"index": its line number, "correct", "total", ...}``, or
   more records than ``num_rows``, raises :class:`GenerationsFileError` naming ``file:line``.
   """
-  if not os.path.exists(path):
+  file = epath.Path(path)
+  if not file.exists():
     return []
-  with open(path, "rb") as f:
-    lines = f.readlines()
+  data = file.read_bytes()
+  lines = data.splitlines(keepends=True)
   done, good_bytes = [], 0
   for number, line in enumerate(lines, 1):
     try:
@@ -85,10 +86,27 @@ def _read_done(path: str, num_rows: int) -> list[dict]:
   if len(done) > num_rows:
     raise GenerationsFileError(f"{path}: {len(done)} records for {num_rows} rows; delete the "
                                f"file to re-evaluate")
-  if good_bytes != os.path.getsize(path):
-    with open(path, "r+b") as f:
-      f.truncate(good_bytes)
+  if good_bytes != len(data):
+    file.write_bytes(data[:good_bytes])
   return done
+
+
+class GenerationsWriter:
+  """Appends records to a generations file after every batch: a local file is appended to; an
+  object-store file (``gs://``, no appends there) is rewritten whole."""
+
+  def __init__(self, path: str):
+    self.path = epath.Path(path)
+    self.remote = is_object_store(path)
+    self.text = self.path.read_text() if self.remote and self.path.exists() else ""
+
+  def append(self, lines: list[str]) -> None:
+    if self.remote:
+      self.text += "".join(lines)
+      self.path.write_text(self.text)
+    else:
+      with self.path.open("a", encoding="utf-8") as f:
+        f.writelines(lines)
 
 
 class FingerprintMismatch(ValueError):
@@ -128,10 +146,9 @@ def check_fingerprint(out_path: str, fingerprint: dict) -> None:
   """Records ``fingerprint`` beside ``out_path`` or checks it against the recorded one."""
   path = out_path + ".fingerprint.json"
   current = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
-  if os.path.exists(path):
+  if epath.Path(path).exists():
     try:
-      with open(path, "rb") as f:
-        recorded = json.loads(f.read())
+      recorded = json.loads(epath.Path(path).read_bytes())
     except (ValueError, RecursionError) as e:
       raise GenerationsFileError(f"{path}: unreadable ({type(e).__name__}); delete it and "
                                  f"{out_path} to re-evaluate") from None
@@ -144,12 +161,11 @@ def check_fingerprint(out_path: str, fingerprint: dict) -> None:
       raise FingerprintMismatch(
           f"{out_path} holds generations of another evaluation (different {', '.join(changed)}); "
           f"use another --workdir, or delete {out_path} and {path} to re-evaluate")
-  elif os.path.exists(out_path) and os.path.getsize(out_path):
+  elif epath.Path(out_path).exists() and epath.Path(out_path).read_bytes():
     raise FingerprintMismatch(f"{out_path} has generations but no {path}: their source is "
                               f"unknown; delete it to re-evaluate")
   else:
-    with open(path, "w") as f:
-      json.dump(current, f, indent=1, sort_keys=True)
+    epath.Path(path).write_text(json.dumps(current, indent=1, sort_keys=True))
 
 
 def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, gen_length: int,
@@ -177,27 +193,23 @@ def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, g
   done = _read_done(out_path, len(rows)) if out_path else []
   scores = [Score(d["correct"], d["total"]) for d in done]
   start = len(done)
-  out = open(out_path, "a", encoding="utf-8") if out_path else None
-  try:
-    for lo in tqdm(range(start, len(rows), batch_size), disable=not progress,
-                   desc=f"{task.name}@{gen_length}"):
-      batch = rows[lo:lo + batch_size]
-      prompts = [tok.render_prompt(tokenizer, prompt_fn(r)) for r in batch]
-      pad = batch_size - len(batch)  # keep one compiled shape
-      texts = generate_texts(graphdef, state, tokenizer, prompts + prompts[:1] * pad, settings,
-                             max_prompt_length, eos_id, jax.random.key(seed + lo),
-                             place)[:len(batch)]
-      for offset, (row, text) in enumerate(zip(batch, texts)):
-        s = task.score(text, row)
-        scores.append(s)
-        if out is not None:
-          out.write(json.dumps({"index": lo + offset, "row": row, "generation": text,
-                                "correct": s.correct, "total": s.total}) + "\n")
-      if out is not None:
-        out.flush()
-  finally:
+  out = GenerationsWriter(out_path) if out_path else None
+  for lo in tqdm(range(start, len(rows), batch_size), disable=not progress,
+                 desc=f"{task.name}@{gen_length}"):
+    batch = rows[lo:lo + batch_size]
+    prompts = [tok.render_prompt(tokenizer, prompt_fn(r)) for r in batch]
+    pad = batch_size - len(batch)  # keep one compiled shape
+    texts = generate_texts(graphdef, state, tokenizer, prompts + prompts[:1] * pad, settings,
+                           max_prompt_length, eos_id, jax.random.key(seed + lo),
+                           place)[:len(batch)]
+    lines = []
+    for offset, (row, text) in enumerate(zip(batch, texts)):
+      s = task.score(text, row)
+      scores.append(s)
+      lines.append(json.dumps({"index": lo + offset, "row": row, "generation": text,
+                               "correct": s.correct, "total": s.total}) + "\n")
     if out is not None:
-      out.close()
+      out.append(lines)
   return {"accuracy": metric(scores), "n": len(scores), "resumed_from": start}
 
 
@@ -229,7 +241,7 @@ def eval_mesh(config) -> tuple[jax.sharding.Mesh, Any]:
 def run(config, workdir: str) -> dict:
   """Evaluates ``config.checkpoint`` on every task and generation length into ``workdir``
   (resumable; the folder is held with the training runs' lock while it is written)."""
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lock = WorkdirLock(workdir)
   if jax.process_index() == 0:
     lock.acquire()
@@ -237,6 +249,66 @@ def run(config, workdir: str) -> dict:
     return _run_locked(config, workdir)
   finally:
     lock.release()
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One evaluation: a task's rows, how they are asked, and the sampler shape."""
+
+  task: Task
+  rows: list[dict]
+  prompt_fn: Any
+  gen_length: int
+  block_length: int
+  steps: int | None  # None: d1's gen_length // 2
+  max_prompt_length: int
+
+
+def tiny_jobs(record: dict, limit: int) -> list[Job]:
+  """A tiny run's export evaluated as the run evaluated it: its compact prompts, held-out rows
+  and sampler shape (``record``: the export's ``dispo_jax_export.json``)."""
+  task = get_task(record["task"], d1_compat=record["d1_compat"])
+  rows = task.tiny.rows(DataSettings(**{k: tuple(v) if isinstance(v, list) else v
+                                        for k, v in record["data"].items()}))[1]
+  rows = rows[:record["eval_rows"]][: limit if limit > 0 else None]
+  sampler = record["sampler"]
+  return [Job(task, rows, task.tiny.prompt, sampler["gen_length"], sampler["block_length"],
+              sampler["steps"], record["max_prompt_length"])]
+
+
+def d1_jobs(config) -> list[Job]:
+  """d1's protocol: each task's test subset, its chat prompts, every generation length."""
+  jobs = []
+  for name in [t for t in str(config.tasks).split(",") if t]:
+    task = get_task(name, d1_compat=config.d1_compat)
+    path = (config.get("data_files") or {}).get(name) or None
+    rows = data_lib.load_rows(name, path)
+    size = task.eval_size if config.eval_size < 0 else config.eval_size
+    subset = data_lib.d1_eval_subset(rows, None if size is None else min(size, len(rows)),
+                                     config.seed)
+    rows = [rows[i] for i in subset][: config.limit if config.limit > 0 else None]
+    few_shot = config.get("sudoku_few_shot", 0) if name == "sudoku" else 0
+    prompt_fn = sudoku.few_shot_prompt(few_shot) if few_shot else task.eval_prompt
+    jobs += [Job(task, rows, prompt_fn, g, config.block_length, None, config.max_prompt_length)
+             for g in config.gen_lengths]
+  return jobs
+
+
+def evaluation_jobs(config, record: dict | None) -> list[Job]:
+  """``config.prompt_format``: ``auto`` (a tiny run's export as :func:`tiny_jobs`, any other
+  model as :func:`d1_jobs`), ``d1`` or ``tiny``."""
+  fmt = config.get("prompt_format", "auto")
+  if fmt not in ("auto", "d1", "tiny"):
+    raise config_lib.ConfigError(f"config.prompt_format={fmt!r} is invalid: must be auto, d1 or "
+                                 f"tiny")
+  tiny = fmt == "tiny" or (fmt == "auto" and record is not None
+                           and record["prompt_format"] == "tiny")
+  if not tiny:
+    return d1_jobs(config)
+  if record is None or record["prompt_format"] != "tiny":
+    raise config_lib.ConfigError(f"config.prompt_format='tiny' needs a tiny run's export "
+                                 f"({config.checkpoint} has no tiny {checkpoint.EXPORT_RECORD_FILE})")
+  return tiny_jobs(record, config.limit)
 
 
 def _run_locked(config, workdir: str) -> dict:
@@ -248,37 +320,32 @@ def _run_locked(config, workdir: str) -> dict:
         compute_dtype=config.get("compute_dtype") or None)
     tokenizer = tok.load_tokenizer(local_copy(config.tokenizer, scratch)
                                    if config.get("tokenizer") else checkpoint_dir)
+    record = checkpoint.read_export_record(checkpoint_dir)
   model_fingerprint = {"checkpoint": folder_fingerprint(config.checkpoint),
                        "tokenizer": folder_fingerprint(config.get("tokenizer")
                                                        or config.checkpoint),
                        "param_dtype": cfg.param_dtype, "compute_dtype": cfg.compute_dtype,
                        "d1_compat": config.d1_compat}
   results: dict[str, dict[int, dict]] = {}
-  for name in [t for t in str(config.tasks).split(",") if t]:
-    task = get_task(name, d1_compat=config.d1_compat)
-    path = (config.get("data_files") or {}).get(name) or None
-    rows = data_lib.load_rows(name, path)
-    size = task.eval_size if config.eval_size < 0 else config.eval_size
-    subset = data_lib.d1_eval_subset(rows, None if size is None else min(size, len(rows)),
-                                     config.seed)
-    rows = [rows[i] for i in subset][: config.limit if config.limit > 0 else None]
-    few_shot = config.get("sudoku_few_shot", 0) if name == "sudoku" else 0
-    prompt_fn = sudoku.few_shot_prompt(few_shot) if few_shot else None
-    for gen_length in config.gen_lengths:
-      start = time.perf_counter()
-      with jax.set_mesh(mesh):
-        results.setdefault(name, {})[gen_length] = evaluate_task(
-            task, rows, graphdef, state, tokenizer, gen_length=gen_length,
-            block_length=config.block_length, batch_size=config.batch_size,
-            max_prompt_length=config.max_prompt_length, mask_id=cfg.mask_token_id,
-            eos_id=cfg.eos_token_id, out_path=os.path.join(workdir, f"{name}_{gen_length}.jsonl"),
-            mask_padding=config.mask_padding, prompt_fn=prompt_fn,
-            model_fingerprint=model_fingerprint, place=place)
-      logging.info("%s@%d: %.4f (%.1fs)", name, gen_length,
-                   results[name][gen_length]["accuracy"], time.perf_counter() - start)
-  with open(os.path.join(workdir, "metrics.json"), "w") as f:
-    json.dump({t: {str(g): r for g, r in per.items()} for t, per in results.items()}, f, indent=2)
+  for job in evaluation_jobs(config, record):
+    start = time.perf_counter()
+    name, g = job.task.name, job.gen_length
+    with jax.set_mesh(mesh):
+      results.setdefault(name, {})[g] = evaluate_task(
+          job.task, job.rows, graphdef, state, tokenizer, gen_length=g,
+          block_length=job.block_length, steps=job.steps, batch_size=config.batch_size,
+          max_prompt_length=job.max_prompt_length, mask_id=cfg.mask_token_id,
+          eos_id=cfg.eos_token_id, out_path=str(epath.Path(workdir) / f"{name}_{g}.jsonl"),
+          mask_padding=config.mask_padding, prompt_fn=job.prompt_fn,
+          model_fingerprint=model_fingerprint, place=place)
+    logging.info("%s@%d: %.4f (%.1fs)", name, g, results[name][g]["accuracy"],
+                 time.perf_counter() - start)
+  metrics_path = epath.Path(workdir) / "metrics.json"
+  if jax.process_index() == 0:
+    metrics_path.write_text(json.dumps(
+        {t: {str(g): r for g, r in per.items()} for t, per in results.items()}, indent=2))
   print(format_table(results))
+  print(f"\ngenerations and metrics: {workdir} ({metrics_path.name}, <task>_<gen_length>.jsonl)")
   return results
 
 
@@ -287,15 +354,27 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
+  if not FLAGS.config.checkpoint:
+    sys.exit("error: config.checkpoint is empty: give --config.checkpoint=<an HF LLaDA folder or "
+             "a training run's export>")
   try:
     run(FLAGS.config, FLAGS.workdir)
   except (FingerprintMismatch, GenerationsFileError, data_lib.DataError, WorkdirError,
-          checkpoint.CheckpointError, tok.TokenizerError) as e:
+          checkpoint.CheckpointError, tok.TokenizerError, config_lib.ConfigError) as e:
     sys.exit(f"error: {e}")
 
 
-if __name__ == "__main__":
-  config_lib.define_config_flag("config", None, "Evaluation config file.")
-  flags.DEFINE_string("workdir", None, "Output folder (generations, metrics; resumable).")
-  flags.mark_flags_as_required(["config", "workdir"])
+def cli():
+  """``dispo-evaluate`` / ``python -m dispo_jax.evaluate``."""
+  config_lib.define_config_flag(
+      "config", "eval", "Evaluation config: the recipe 'eval' (d1's protocol; eval:tiny a smoke "
+      "subset) or a config file (configs/eval.py); override keys with --config.<key>=value.")
+  flags.DEFINE_string("workdir", None, "Output folder (generations, metrics; resumable).",
+                      module_name=sys.argv[0])
+  flags.mark_flags_as_required(["workdir"])
   app.run(main, flags_parser=config_lib.parse_flags)
+
+
+if __name__ == "__main__":
+  cli()

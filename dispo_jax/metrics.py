@@ -8,6 +8,7 @@ skipped with a warning and the rest kept; TensorBoard purges events after the re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -46,15 +47,34 @@ def read_rows(path) -> list[dict]:
   return rows
 
 
-class MetricWriter:
-  """JSONL + TensorBoard; on resume, keeps exactly what was logged up to the checkpoint."""
+def start_wandb(project: str, workdir: str, record: dict | None):
+  """A Weights & Biases run for ``workdir`` (its id derived from the folder, so a resumed run
+  continues the same W&B run); ``record``: the config, logged with it."""
+  try:
+    import wandb
+  except ImportError:
+    raise ImportError(f"config.wandb_project={project!r} needs Weights & Biases: "
+                      f"pip install 'dispo_jax[wandb]'") from None
+  folder = str(epath.Path(workdir))
+  run_id = hashlib.sha256(folder.encode()).hexdigest()[:16]
+  return wandb.init(project=project, name=os.path.basename(folder.rstrip("/")), id=run_id,
+                    resume="allow", config=record or {})
 
-  def __init__(self, workdir: str, resume_step: int):
+
+class MetricWriter:
+  """JSONL + TensorBoard (+ Weights & Biases with ``wandb_project``); on resume, keeps exactly
+  what was logged up to the checkpoint."""
+
+  def __init__(self, workdir: str, resume_step: int, wandb_project: str = "",
+               record: dict | None = None):
     self.enabled = jax.process_index() == 0
     self.path = epath.Path(workdir) / "metrics.jsonl"
     self.rows = []
+    self.wandb = None
     if not self.enabled:
       return
+    if wandb_project:
+      self.wandb = start_wandb(wandb_project, workdir, record)
     local = not is_object_store(self.path)
     if local and os.path.islink(self.path):
       warn(f"{self.path} is a symbolic link (to {os.readlink(self.path)}); replaced by this run's "
@@ -103,7 +123,11 @@ class MetricWriter:
       if v is not None:
         self.tb.add_scalar(k, v, step)
     self.tb.flush()
+    if self.wandb is not None:
+      self.wandb.log({k: v for k, v in clean.items() if v is not None}, step=step)
 
   def close(self):
     if self.enabled:
       self.tb.close()
+      if self.wandb is not None:
+        self.wandb.finish()

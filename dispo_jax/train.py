@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import importlib.util
 import os
 import signal
 import sys
@@ -89,6 +90,9 @@ def run_settings(c, mask_id: int = LLADA_MASK_ID) -> RunSettings:
 
 def validate_config(c) -> RunSettings:
   """Every check that needs no model or data; raises :class:`ConfigError` naming the key."""
+  if not isinstance(c.rl.num_iterations, int) or c.rl.num_iterations < 1:
+    raise ConfigError(f"config.rl.num_iterations={c.rl.num_iterations!r} is invalid: must be >= 1 "
+                      f"(optimizer updates per rollout batch)")
   mu = c.rl.num_iterations
   checks = [
       ("task", c.task in TASK_NAMES, f"one of {list(TASK_NAMES)}"),
@@ -106,6 +110,10 @@ def validate_config(c) -> RunSettings:
   for key, ok, what in checks:
     if not ok:
       raise ConfigError(f"config.{key}={c[key]!r} is invalid: must be {what}")
+
+  if c.wandb_project and importlib.util.find_spec("wandb") is None:
+    raise ConfigError(f"config.wandb_project={c.wandb_project!r} needs Weights & Biases: "
+                      f"pip install 'dispo_jax[wandb]'")
   _validate_model(c)
   s = run_settings(c)
   rows = s.rollout.prompts_per_step * s.rollout.group_size
@@ -136,7 +144,10 @@ def _validate_model(c) -> None:
         f"download {LLADA_HUB_ID} (hf download {LLADA_HUB_ID} --local-dir LLaDA-8B-Instruct; "
         f"huggingface-cli download with huggingface_hub < 1.0) and pass "
         f"--config.model.checkpoint=LLaDA-8B-Instruct, or run the CPU setting with "
-        f"--config=configs/{c.task}.py:tiny")
+        f"--config={c.task}:tiny")
+  if c.model.preset == "tiny" and c.base.steps < 1:
+    raise ConfigError(f"config.base.steps={c.base.steps!r} is invalid with model.preset='tiny': "
+                      f"the tiny setting SFTs its base model here (>= 1 step)")
   if c.model.checkpoint and not os.path.isfile(os.path.join(c.model.checkpoint, hf_io.CONFIG_FILE)):
     raise ConfigError(f"config.model.checkpoint={c.model.checkpoint!r} is not an HF LLaDA folder: "
                       f"it has no {hf_io.CONFIG_FILE}")
@@ -281,7 +292,8 @@ def setup(c, workdir: str, preempted: "Preemption | None" = None) -> tuple[Run, 
       policy, optimizer, CollectSettings(s.sampler, s.objective, s.rollout, ids.eos), state,
       lora_dropout=s.lora is not None and s.lora.dropout > 0,
       row_sharding=sharding.logical_sharding(mesh, "batch", "length"))
-  run = Run(c, workdir, s, task, md, ids, fns, manager, MetricWriter(workdir, state.step),
+  writer = MetricWriter(workdir, state.step, c.wandb_project, c.to_dict())
+  run = Run(c, workdir, s, task, md, ids, fns, manager, writer,
             end_step, preempted or Preemption(), mesh)
   return run, state
 
@@ -428,10 +440,21 @@ def export(run: Run, state: TrainState, folder: epath.Path) -> None:
     if jax.process_index() != 0:
       return
     run.md.tokenizer.save_pretrained(target)
+    hf_io.write_export_record(target, export_record(run.c, state.step))
     if target == local:
       folder.mkdir(parents=True, exist_ok=True)
       for name in os.listdir(local):
         epath.Path(local, name).copy(folder / name, overwrite=True)
+
+
+def export_record(c, step: int) -> dict[str, Any]:
+  """How the exported model was trained and is decoded (``python -m dispo_jax.evaluate`` reads
+  it to evaluate a tiny run's export on its own prompts, rows and sampler shape)."""
+  return {"prompt_format": "chat" if c.model.checkpoint else "tiny", "task": c.task,
+          "method": c.method, "step": step, "d1_compat": c.d1_compat, "data": c.data.to_dict(),
+          "eval_rows": c.eval_rows, "max_prompt_length": c.rollout.max_prompt_length,
+          "sampler": {k: c.sampler[k] for k in ("gen_length", "block_length", "steps",
+                                                "mask_padding")}}
 
 
 def train(c, workdir: str | None = None) -> dict[str, Any]:
@@ -495,10 +518,31 @@ def fatal_message(error: BaseException, workdir: str) -> str | None:
   return None
 
 
+def print_run_paths(workdir: str, finished: bool) -> None:
+  """Where the run is: its folder at the start; folder, TensorBoard, metrics and export at the end."""
+  if jax.process_index() != 0:
+    return
+  if not finished:
+    print(f"work folder: {workdir}", flush=True)
+    return
+  folder = epath.Path(workdir)
+  print(f"\nrun folder:  {workdir}\n"
+        f"metrics:     {folder / 'metrics.jsonl'}\n"
+        f"tensorboard: tensorboard --logdir {folder / 'tensorboard'}", flush=True)
+  if (folder / "export" / hf_io.CONFIG_FILE).exists():
+    print(f"HF export:   {folder / 'export'} "
+          f"(python -m dispo_jax.evaluate --config.checkpoint={folder / 'export'})", flush=True)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-  workdir = FLAGS.workdir or workdir_lib.default_workdir(FLAGS.config)
+  workdir = str(FLAGS.workdir or workdir_lib.default_workdir(FLAGS.config))
+  if FLAGS.print_config:
+    print(FLAGS.config.to_json_best_effort(indent=2, sort_keys=True))
+    print(f"work folder: {workdir}")
+    return
+  print_run_paths(workdir, finished=False)
   try:
     train(FLAGS.config, workdir)
   except Exception as e:  # noqa: BLE001 - re-raised unless it has a one-line explanation
@@ -506,11 +550,24 @@ def main(argv):
     if message is None:
       raise
     sys.exit(message)
+  print_run_paths(workdir, finished=True)
+
+
+def cli():
+  """``dispo-train`` / ``python -m dispo_jax.train``."""
+  config_lib.define_config_flag(
+      "config", "sudoku:tiny",
+      "Training config: a recipe name (sudoku | countdown | gsm8k | math500) or a config file "
+      "(configs/<task>.py), with comma-separated variants after a colon (sudoku:tiny,dispo_spg). "
+      "Override any key with --config.<section>.<key>=value; "
+      + config_lib.config_sections_help() + ".")
+  flags.DEFINE_string("workdir", "", "Work folder (checkpoints, metrics); default: "
+                      "$DISPO_JAX_RUNS (~/.cache/dispo_jax/runs)/<task>-<method>-<config hash>.",
+                      module_name=sys.argv[0])
+  flags.DEFINE_bool("print_config", False, "Print the resolved config and work folder, then exit.",
+                    module_name=sys.argv[0])
+  app.run(main, flags_parser=config_lib.parse_flags)
 
 
 if __name__ == "__main__":
-  config_lib.define_config_flag("config", "configs/sudoku.py:tiny",
-                                "Training config file (configs/<task>.py[:variants]).")
-  flags.DEFINE_string("workdir", "", "Work folder (checkpoints, metrics); default: "
-                      "$DISPO_JAX_RUNS (~/.cache/dispo_jax/runs)/<task>-<method>-<config hash>.")
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli()

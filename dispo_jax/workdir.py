@@ -29,7 +29,7 @@ from dispo_jax.config_lib import ConfigError
 MAY_CHANGE_ON_RESUME = ("max_steps", "eval_every", "eval_rows", "checkpoint_every",
                         "keep_checkpoints", "export_hf", "max_bad_steps", "mesh.data", "mesh.fsdp",
                         "mesh.tensor", "model.checkpoint", "model.tokenizer", "base.cache_dir",
-                        "data.train_file", "data.eval_file", "distributed_timeout_s")
+                        "data.train_file", "data.eval_file", "distributed_timeout_s", "wandb_project")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -79,9 +79,8 @@ def default_workdir(c) -> str:
 
 
 def warn(message: str) -> None:
-  """A warning both in the log and on the terminal (where a user running the CLI sees it)."""
+  """A warning, once: absl's log writes it to the terminal (stderr) and to its log file."""
   logging.warning(message)
-  print(f"warning: {message}")
 
 
 RUN_PARTS = ("config.json", "checkpoints", "tensorboard", "export")

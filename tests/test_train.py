@@ -110,7 +110,7 @@ def test_unknown_config_key_is_named_on_one_line(tmp_path, flag, line):
        f"--workdir={tmp_path}", flag], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [line + " (the keys and their meaning: "
-                                                "configs/common.py)"]
+                                                "dispo_jax/recipes.py)"]
   assert not os.path.exists(tmp_path / "config.json")  # nothing was started
 
 

@@ -34,6 +34,7 @@ from dispo_jax.model.llada import abstract_model
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+EXPORT_RECORD_FILE = "dispo_jax_export.json"  # how a training run's export was trained and decoded
 
 _NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 _FLOAT_DTYPES = ("F32", "BF16", "F16")  # safetensors dtypes a LLaDA checkpoint may store
@@ -402,3 +403,27 @@ def export_hf_checkpoint(cfg: LLaDAConfig, state: nnx.State, folder: str, *,
   with open(os.path.join(folder, CONFIG_FILE), "w") as f:
     json.dump(config_to_hf(cfg, torch_dtype=dtype), f, indent=2)
   return [os.path.join(folder, file) for file in files]
+
+
+def write_export_record(folder: str, record: dict[str, Any]) -> None:
+  """``folder/dispo_jax_export.json``: what an exported model needs to be evaluated as it was
+  trained (``prompt_format``: ``"tiny"`` or ``"chat"``; the task, data and sampler settings)."""
+  with open(os.path.join(folder, EXPORT_RECORD_FILE), "w") as f:
+    json.dump(record, f, indent=1, sort_keys=True, default=list)
+
+
+def read_export_record(folder: str) -> dict[str, Any] | None:
+  """The record :func:`write_export_record` left in ``folder`` (None: an HF model of its own);
+  :class:`CheckpointError` naming the file when it is unreadable."""
+  path = os.path.join(folder, EXPORT_RECORD_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, "rb") as f:
+      record = json.loads(f.read())
+  except (ValueError, RecursionError) as e:
+    raise CheckpointError(f"{path}: unreadable ({type(e).__name__})") from None
+  if not isinstance(record, dict) or record.get("prompt_format") not in ("tiny", "chat"):
+    raise CheckpointError(f"{path}: not an export record (an object with prompt_format "
+                          f"'tiny' or 'chat')")
+  return record

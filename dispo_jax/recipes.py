@@ -1,6 +1,15 @@
-"""The paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO, arXiv 2602.06462 App. D) as one table of hyperparameters,
-and the tiny CPU variant. Task config files override what differs. docs/METHOD.md §2 explains the
-recipe; each section maps one to one onto a settings dataclass (named in its comment)."""
+"""The paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO, arXiv 2602.06462 App. D) as one table of
+hyperparameters, the per-task differences, the tiny CPU variant and d1's evaluation protocol.
+
+``get_config("sudoku", "tiny")`` is what ``--config=sudoku:tiny`` (the CLIs' default) and
+``--config=configs/sudoku.py:tiny`` (the clone's config files, which call this) both load, so a
+config works from any directory and from a non-editable install. docs/METHOD.md §2 explains the
+recipe; each section maps one to one onto a settings dataclass (named in its comment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
 
 import ml_collections
 
@@ -125,6 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_bad_steps = 5            # consecutive non-finite updates before the run stops
   c.shuffle_rewards = False      # control run: rewards permuted within each prompt's group
   c.export_hf = True
+  c.wandb_project = ""           # Weights & Biases project beside TensorBoard ("" = off; the wandb extra)
   c.distributed_timeout_s = 300  # multi-host: how long to wait for the coordinator
   return c
 
@@ -234,3 +244,111 @@ def with_variants(c: ml_collections.ConfigDict, arg: str, *, spg_steps: int, spg
     if v in (extra or {}):
       c = extra[v](c)
   return c
+
+
+# ----------------------------------------------------------------------------------------------
+# The tasks: what differs from the shared table
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRecipe:
+  """One task's departures from :func:`base_config` (d1's run.sh and the DiSPO paper, App. D/J).
+
+  Attributes:
+    num_steps: optimizer updates of the d1 run.
+    num_iterations: μ, updates per rollout batch.
+    spg_steps: updates of SPG's run as the DiSPO paper ran it (App. D.3).
+    spg_repo_steps: updates of SPG's own repository's run.
+    spg_eubo_beta: SPG's EUBO β.
+    spg_repo_temperature: SPG's repository's sampling temperature.
+  """
+
+  num_steps: int
+  num_iterations: int
+  spg_steps: int
+  spg_repo_steps: int
+  spg_eubo_beta: float = 1.5
+  spg_repo_temperature: float = 0.9
+
+
+TASKS = {
+    # μ 12: App. J and d1's run.sh (its sbatch file uses 8).
+    "sudoku": TaskRecipe(num_steps=3800, num_iterations=12, spg_steps=4000, spg_repo_steps=2500,
+                         spg_eubo_beta=1.0, spg_repo_temperature=0.3),
+    "countdown": TaskRecipe(num_steps=5000, num_iterations=8, spg_steps=4600, spg_repo_steps=6000),
+    "gsm8k": TaskRecipe(num_steps=7700, num_iterations=12, spg_steps=4600, spg_repo_steps=6000),
+    "math500": TaskRecipe(num_steps=6600, num_iterations=12, spg_steps=2600, spg_repo_steps=4000),
+}
+
+
+def three_shot(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """SPG's Sudoku prompts: three worked examples before the question (checkpoint runs only)."""
+  c.data.few_shot = 3
+  c.rollout.max_prompt_length = 1500
+  return c
+
+
+TASK_VARIANTS = {"sudoku": {"3shot": three_shot}}
+
+
+def task_config(task: str, arg: str = "") -> ml_collections.ConfigDict:
+  """The training config of ``task`` with the comma-separated variants ``arg`` (see
+  :func:`with_variants`); ``ValueError`` naming the task or variant otherwise."""
+  if task not in TASKS:
+    raise ValueError(f"unknown task recipe {task!r}; one of {sorted(TASKS)}")
+  r = TASKS[task]
+  c = base_config()
+  c.task = task
+  c.num_steps = r.num_steps
+  c.rl.num_iterations = r.num_iterations
+  return with_variants(c, arg, spg_steps=r.spg_steps, spg_repo_steps=r.spg_repo_steps,
+                       spg_eubo_beta=r.spg_eubo_beta, spg_repo_temperature=r.spg_repo_temperature,
+                       extra=TASK_VARIANTS.get(task))
+
+
+# ----------------------------------------------------------------------------------------------
+# d1's evaluation protocol
+# ----------------------------------------------------------------------------------------------
+
+
+def eval_config(arg: str = "") -> ml_collections.ConfigDict:
+  """d1's evaluation: greedy, steps = gen_length / 2, block 32, gen lengths 128 / 256 / 512.
+  ``arg="tiny"``: a smoke-test subset."""
+  if arg not in ("", "tiny"):
+    raise ValueError(f"unknown eval config variant {arg!r}; use '' or 'tiny'")
+  c = ml_collections.ConfigDict()
+  c.checkpoint = ""          # HF LLaDA folder (config.json + safetensors) or an exported run
+  c.tokenizer = ""           # default: the checkpoint folder
+  c.prompt_format = "auto"   # auto (a tiny run's export: its prompts, rows, sampler; else d1) | d1 | tiny
+  c.param_dtype = ""         # "" = the checkpoint's torch_dtype
+  c.compute_dtype = ""
+  c.tasks = "sudoku,countdown,gsm8k,math500"
+  c.data_files = ml_collections.ConfigDict({"gsm8k": "", "math500": ""})  # local HF-format files
+  c.gen_lengths = (128, 256, 512)
+  c.block_length = 32
+  c.batch_size = 8
+  c.max_prompt_length = 512
+  c.eval_size = -1           # -1: d1's sizes (Sudoku 256, Countdown 256, GSM8K 1319, MATH500 500)
+  c.limit = 0                # >0: only the first rows of the subset (smoke tests)
+  c.seed = 42                # d1's subsampling seed
+  c.d1_compat = False
+  c.mask_padding = True
+  c.sudoku_few_shot = 0      # SPG's Sudoku protocol: 3 worked examples before the question
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # as training's
+  if arg == "tiny":
+    c.tasks = "sudoku"
+    c.gen_lengths = (32,)
+    c.block_length = 16
+    c.batch_size = 4
+    c.max_prompt_length = 64
+    c.limit = 8
+  return c
+
+
+RECIPES = (*TASKS, "eval")
+
+
+def get_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """The recipe ``name`` (a task of :data:`TASKS`, or ``"eval"``) with variants ``arg``."""
+  return eval_config(arg) if name == "eval" else task_config(name, arg)

@@ -1,0 +1,3 @@
+from dispo_jax.data.prepare import cli
+
+cli()
