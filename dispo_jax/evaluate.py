@@ -367,6 +367,9 @@ def main(argv):
 
 def cli():
   """``dispo-evaluate`` / ``python -m dispo_jax.evaluate``."""
+  main_module = sys.modules["__main__"]
+  if not main_module.__doc__:  # the dispo-* console script: absl's --help prints this module's
+    main_module.__doc__ = __doc__
   config_lib.define_config_flag(
       "config", "eval", "Evaluation config: the recipe 'eval' (d1's protocol; eval:tiny a smoke "
       "subset) or a config file (configs/eval.py); override keys with --config.<key>=value.")

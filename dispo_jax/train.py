@@ -555,6 +555,9 @@ def main(argv):
 
 def cli():
   """``dispo-train`` / ``python -m dispo_jax.train``."""
+  main_module = sys.modules["__main__"]
+  if not main_module.__doc__:  # the dispo-* console script: absl's --help prints this module's
+    main_module.__doc__ = __doc__
   config_lib.define_config_flag(
       "config", "sudoku:tiny",
       "Training config: a recipe name (sudoku | countdown | gsm8k | math500) or a config file "

@@ -255,9 +255,7 @@ class WorkdirLock:
                          f'{{"host", "pid"}}); delete it if no run is using '
                          f"{epath.Path(self.path).parent}")
     if owner["host"] == self.owner["host"] and not _pid_alive(owner["pid"]):
-      logging.warning("%s: taking over a stale lock of pid %s (that process is gone)", self.path,
-                      owner["pid"])
-      print(f"warning: {self.path}: taking over a stale lock (pid {owner['pid']} is gone)")
+      warn(f"{self.path}: taking over a stale lock (pid {owner['pid']} is gone)")
       epath.Path(self.path).unlink(missing_ok=True)
       return
     raise WorkdirError(f"{epath.Path(self.path).parent} is in use by another run (host "

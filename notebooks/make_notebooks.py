@@ -9,21 +9,23 @@ import nbformat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-INSTALL = """\
-# Colab / fresh runtime: install dispo_jax (skipped when it is already importable, e.g. in the tests).
-import importlib.util, os, subprocess, sys
-if importlib.util.find_spec("dispo_jax") is None:
-    if not os.path.exists("dispo_jax"):
-        repo = os.environ.get("DISPO_JAX_REPO")  # e.g. %env DISPO_JAX_REPO=https://github.com/<you>/dispo_jax
-        if not repo:
-            raise RuntimeError("Set DISPO_JAX_REPO to the git URL of dispo_jax (or upload the repo "
-                               "folder as ./dispo_jax) and rerun this cell.")
-        subprocess.run(["git", "clone", "--depth=1", repo, "dispo_jax"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "dispo_jax"], check=True)
-    sys.path.insert(0, os.path.abspath("dispo_jax"))
-"""
+# The project's public repository: the notebooks' badges and install cell, and pyproject's URLs.
+REPO = "dispo-jax/dispo_jax"  # owner/name on GitHub
 
+INSTALL = f"""\
+# Installs dispo_jax from its repository in a fresh runtime (Colab), with the accelerator build of
+# JAX when a GPU or TPU is attached; skipped when dispo_jax is already installed (as in the tests).
+import importlib.util, os, shutil, subprocess, sys
+if importlib.util.find_spec("dispo_jax") is None:
+    accel = "cuda" if shutil.which("nvidia-smi") else "tpu" if os.path.exists("/dev/accel0") else ""
+    url = os.environ.get("DISPO_JAX_REPO", "https://github.com/{REPO}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    f"dispo_jax{{'[' + accel + ']' if accel else ''}} @ git+{{url}}"], check=True)
+    print("Installed. Restart the runtime now (Colab: Runtime > Restart session) so the new JAX "
+          "is the one imported, then run all cells; this one is skipped from then on.")
+"""
 RUNTIME = """\
+import os
 import jax
 backend = jax.default_backend()   # 'cpu', 'gpu' or 'tpu'
 print(f"JAX {jax.__version__} on {backend}: {jax.device_count()} device(s) {jax.devices()[0].device_kind}")
@@ -31,8 +33,15 @@ print(f"JAX {jax.__version__} on {backend}: {jax.device_count()} device(s) {jax.
 SMOKE = os.environ.get("DISPO_NOTEBOOK_SMOKE") == "1"   # the test suite runs a reduced setting
 """
 
+def badge(name: str) -> str:
+  return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+          f"(https://colab.research.google.com/github/{REPO}/blob/main/notebooks/{name})\n\n")
+
+
 SAMPLER_CELLS = [
-    ("markdown", "# LLaDA's sampler, step by step\n\nA masked diffusion LM starts from a canvas of "
+    ("markdown", badge("sampler_visualised.ipynb") + "# LLaDA's sampler, step by step\n\n"
+     "**Run time**: about 2 minutes on a 2-core CPU (the tiny base's SFT), seconds on a GPU. Run "
+     "the first cell, restart the runtime when it says so, then run all cells.\n\nA masked diffusion LM starts from a canvas of "
      "`[MASK]` tokens and commits a few tokens per step, most confident first, block by block. "
      "This notebook trains a tiny LLaDA on compact 4×4 Sudoku (LLaDA's SFT objective), then shows "
      "**which token is committed at which step** — the `commit_step` record that the jitted sampler "
@@ -41,13 +50,12 @@ SAMPLER_CELLS = [
     ("code", RUNTIME),
     ("code", """\
 import numpy as np, matplotlib.pyplot as plt, jax.numpy as jnp
-from configs import sudoku as sudoku_config
-from dispo_jax import tiny
+from dispo_jax import recipes, tiny
 from dispo_jax.model import tokenizer as tok
 from dispo_jax.sampling import SamplerSettings, generate
 from dispo_jax.tasks import DataSettings, get_task
 
-c = sudoku_config.get_config("tiny")
+c = recipes.task_config("sudoku", "tiny")
 c.base.steps = 40 if SMOKE else (300 if backend == "cpu" else 1500)
 if SMOKE:
     c.model.overrides.d_model, c.model.overrides.n_layers = 32, 1
@@ -85,7 +93,10 @@ for t in range(settings.steps):
 ]
 
 DISPO_CELLS = [
-    ("markdown", "# DiSPO, trace and diffu-GRPO on tiny Sudoku\n\nAll methods use the same rollouts, the "
+    ("markdown", badge("dispo_vs_diffu_grpo.ipynb") + "# DiSPO, trace and diffu-GRPO on tiny "
+     "Sudoku\n\n**Run time**: about 25 minutes on a 2-core CPU (four training runs of 160 "
+     "updates each), a few minutes on a GPU. Run the first cell, restart the runtime when it says "
+     "so, then run all cells.\n\nAll methods use the same rollouts, the "
      "same number of optimizer steps and μ inner updates (matched updates). trace scores each "
      "completion token on the canvas where the sampler committed it (two segments: two forwards "
      "per update) instead of diffu-GRPO's fully masked completion. DiSPO adds a "
@@ -109,14 +120,13 @@ import json
 import tempfile
 import numpy as np
 import matplotlib.pyplot as plt
-from configs import sudoku as sudoku_config
-from dispo_jax import train
+from dispo_jax import recipes, train
 
 RUNS = {"diffu_grpo": ("diffu_grpo", False), "dispo": ("dispo", False), "trace": ("trace", False),
         "control": ("diffu_grpo", True)}   # name -> (method, shuffled rewards)
 
 def config(name):
-    c = sudoku_config.get_config("tiny")
+    c = recipes.task_config("sudoku", "tiny")
     c.method, c.shuffle_rewards = RUNS[name]
     if SMOKE:
         c.model.overrides.d_model, c.model.overrides.n_layers = 32, 1

@@ -24,8 +24,8 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def _config(checkpoint_dir):
-  from configs import eval as eval_config
-  c = eval_config.get_config("tiny")
+  from dispo_jax import recipes
+  c = recipes.eval_config("tiny")
   c.checkpoint = checkpoint_dir
   c.limit = 6
   c.batch_size = 4
@@ -137,3 +137,35 @@ def test_a_damaged_fingerprint_file_is_named(tmp_path, content):
   (tmp_path / "g.jsonl.fingerprint.json").write_text(content)
   with pytest.raises(evaluate.GenerationsFileError, match=r"g\.jsonl\.fingerprint\.json: "):
     evaluate.check_fingerprint(str(out), {"model": "m"})
+
+
+def test_a_tiny_runs_export_scores_as_the_run_scored_it(tmp_path):
+  """``evaluate`` on a tiny run's export reads the export's record (compact prompts, held-out
+  rows, the run's sampler shape) and reproduces the run's own final held-out accuracy; with d1's
+  protocol forced it asks d1's prompts instead, which the tiny model was never taught."""
+  from dispo_jax import recipes, train as train_lib
+  from tests.test_train import small_config
+  workdir = str(tmp_path / "run")
+  train_lib.train(small_config(export_hf=True, eval_every=2), workdir)
+  final = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))
+           if "eval/accuracy" in line][-1]
+  assert final["step"] == 4
+  c = recipes.eval_config("tiny")
+  c.checkpoint, c.batch_size, c.mesh.data, c.limit = os.path.join(workdir, "export"), 8, 1, 0
+  out = evaluate.run(c, str(tmp_path / "eval"))
+  assert list(out) == ["sudoku"] and list(out["sudoku"]) == [24]  # the run's gen_length
+  assert out["sudoku"][24]["n"] == 8  # the run's eval_rows
+  assert out["sudoku"][24]["accuracy"] == final["eval/accuracy"]
+  c.prompt_format, c.limit = "d1", 8
+  out = evaluate.run(c, str(tmp_path / "eval_d1"))
+  assert list(out["sudoku"]) == [32] and out["sudoku"][32]["n"] == 8
+
+
+def test_prompt_format_tiny_needs_a_tiny_export(tiny_checkpoint, tmp_path):
+  c = _config(tiny_checkpoint)
+  c.prompt_format = "tiny"
+  with pytest.raises(ValueError, match="needs a tiny run's export"):
+    evaluate.run(c, str(tmp_path / "e"))
+  c.prompt_format = "chat"
+  with pytest.raises(ValueError, match="config.prompt_format='chat' is invalid"):
+    evaluate.run(c, str(tmp_path / "e2"))

@@ -1,0 +1,113 @@
+"""The command line as a newcomer meets it, run from a folder outside the clone: recipes by name,
+one-line errors, --print_config, warnings once, and where the results are."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from dispo_jax import config_lib, recipes
+from tests.test_train import REPO, _flags
+
+
+def _cli(module, args, cwd, timeout=300):
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_error(result) -> str:
+  assert result.returncode != 0
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+  return lines[0]
+
+
+@pytest.mark.parametrize("task", sorted(recipes.TASKS))
+@pytest.mark.parametrize("variants", ["", "tiny", "tiny,dispo_spg", "spg,spg_repo"])
+def test_config_files_are_the_recipes(task, variants):
+  from_file = config_lib.resolve_config(os.path.join(REPO, "configs", f"{task}.py:{variants}"))
+  assert from_file.to_dict() == recipes.get_config(task, variants).to_dict()
+  assert from_file.to_dict() == config_lib.resolve_config(f"{task}:{variants}").to_dict()
+
+
+def test_recipes_keep_each_tasks_schedule():
+  """The per-task numbers of d1's runs (num_steps, μ) and the SPG step counts, as configured."""
+  assert [(recipes.get_config(t).num_steps, recipes.get_config(t).rl.num_iterations)
+          for t in ("sudoku", "countdown", "gsm8k", "math500")] == [
+              (3800, 12), (5000, 8), (7700, 12), (6600, 12)]
+  assert recipes.get_config("sudoku", "dispo_spg").num_steps == 4000
+  assert recipes.get_config("sudoku", "dispo_spg,spg_repo").sampler.temperature == 0.3
+  assert recipes.get_config("sudoku", "3shot").data.few_shot == 3
+  assert recipes.get_config("eval", "tiny").gen_lengths == (32,)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--config=configs/nope.py"], "configs/nope.py does not exist"),
+    (["--config=sudoku:tny"], "unknown config variant 'tny'"),
+    (["--config=sudok"], "sudok does not exist (give a config file"),
+    (["--config.rl.num_iteratons=3"], "the config has no key 'num_iteratons' (did you mean"),
+    (["--config.rl.num_iterations=0"], "config.rl.num_iterations=0 is invalid: must be >= 1"),
+    (["--config.base.steps=0"], "config.base.steps=0 is invalid with model.preset='tiny'"),
+    (["--config=sudoku", "--config.rl.beta=inf"], "config.model.checkpoint is empty"),
+])
+def test_training_errors_are_one_line(args, match, tmp_path):
+  line = _one_line_error(_cli("dispo_jax.train", [*args, f"--workdir={tmp_path}/w"], tmp_path))
+  assert match in line
+  assert not os.path.exists(tmp_path / "w")  # nothing written before the config is sound
+
+
+def test_weights_and_biases_without_wandb_is_one_line(tmp_path):
+  import importlib.util
+  if importlib.util.find_spec("wandb") is not None:
+    pytest.skip("wandb is installed")
+  line = _one_line_error(_cli("dispo_jax.train", ["--config.wandb_project=dispo",
+                                                  f"--workdir={tmp_path}/w"], tmp_path))
+  assert "config.wandb_project='dispo' needs Weights & Biases" in line
+
+
+def test_a_held_folder_is_one_line(tmp_path):
+  workdir = tmp_path / "held"
+  workdir.mkdir()
+  (workdir / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+  line = _one_line_error(_cli("dispo_jax.train", [f"--workdir={workdir}"], tmp_path))
+  assert f"{workdir} is in use by another run" in line
+
+
+def test_evaluate_errors_are_one_line(tmp_path):
+  assert "config.checkpoint is empty" in _one_line_error(
+      _cli("dispo_jax.evaluate", [f"--workdir={tmp_path}/e"], tmp_path))
+  assert f"{tmp_path}/none/config.json" in _one_line_error(_cli(
+      "dispo_jax.evaluate", [f"--workdir={tmp_path}/e", f"--config.checkpoint={tmp_path}/none"],
+      tmp_path))
+
+
+def test_print_config_prints_the_resolved_config_and_folder(tmp_path):
+  out = _cli("dispo_jax.train", ["--print_config", "--config=countdown:tiny",
+                                 "--config.rl.beta=0.02"], tmp_path)
+  assert out.returncode == 0, out.stderr[-2000:]
+  text, folder = out.stdout.rsplit("work folder: ", 1)
+  config = json.loads(text)
+  assert config["task"] == "countdown" and config["rl"]["beta"] == 0.02
+  assert config["model"]["preset"] == "tiny"
+  assert os.path.basename(folder.strip()).startswith("countdown-trace-")
+  assert not os.path.exists(folder.strip())
+
+
+def test_a_warning_is_printed_once(tmp_path):
+  """A fresh run that finds another program's metrics.jsonl sets it aside, with one warning."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "metrics.jsonl").write_text('{"step": 7}\n')
+  flags = {**_flags(), "num_steps": 2, "rl.num_iterations": 1}
+  out = _cli("dispo_jax.train", [f"--workdir={workdir}"]
+             + [f"--config.{k}={v}" for k, v in flags.items()], tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  both = out.stdout + out.stderr
+  assert both.count("kept as") == 1, both[-3000:]
+  assert os.path.exists(workdir / "metrics.jsonl.before-1")
+  assert f"work folder: {workdir}" in out.stdout and f"run folder:  {workdir}" in out.stdout
+  assert f"metrics:     {workdir}/metrics.jsonl" in out.stdout
