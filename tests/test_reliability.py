@@ -63,7 +63,7 @@ def test_a_run_recorded_before_a_key_existed_resumes_and_the_key_is_named(tmp_pa
     wd.record_or_check_config(workdir, small_config())
 
 
-def test_a_second_writer_stops_and_a_stale_lock_is_taken_over(tmp_path, capsys):
+def test_a_second_writer_stops_and_a_stale_lock_is_taken_over(tmp_path, caplog):
   workdir = str(tmp_path / "locked")
   os.makedirs(workdir)
   with wd.WorkdirLock(workdir):
@@ -75,7 +75,7 @@ def test_a_second_writer_stops_and_a_stale_lock_is_taken_over(tmp_path, capsys):
     json.dump({"host": wd.socket.gethostname(), "pid": dead.pid}, f)
   lock = wd.WorkdirLock(workdir)
   lock.acquire()
-  assert "taking over a stale lock" in capsys.readouterr().out
+  assert "taking over a stale lock" in caplog.text
   assert json.load(open(lock.path))["pid"] == os.getpid()
   lock.release()
   assert not os.path.exists(lock.path)
@@ -100,13 +100,13 @@ def test_a_corrupt_run_record_stops_on_one_line_and_touches_nothing(tmp_path, co
   assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
 
 
-def test_an_empty_lock_left_by_a_failed_start_is_taken_over(tmp_path, capsys):
+def test_an_empty_lock_left_by_a_failed_start_is_taken_over(tmp_path, caplog):
   workdir = tmp_path / "run"
   workdir.mkdir()
   (workdir / "lock").write_bytes(b"")  # a start that hit a full disk while writing it
   lock = wd.WorkdirLock(str(workdir))
   lock.acquire()
-  assert "taking over an empty lock" in capsys.readouterr().out
+  assert "taking over an empty lock" in caplog.text
   assert json.load(open(lock.path))["pid"] == os.getpid()
   lock.release()
 
@@ -383,7 +383,7 @@ def test_a_corrupt_metrics_line_is_skipped_not_the_rest_and_nan_is_null(tmp_path
   assert "NaN" not in path.read_text()
 
 
-def test_a_fresh_run_keeps_a_metrics_file_it_finds_beside_its_own(tmp_path, capsys):
+def test_a_fresh_run_keeps_a_metrics_file_it_finds_beside_its_own(tmp_path, caplog):
   theirs = '{"step": 0, "theirs": 1}\n'
   for n in (1, 2):
     (tmp_path / "metrics.jsonl").write_text(theirs)
@@ -391,7 +391,8 @@ def test_a_fresh_run_keeps_a_metrics_file_it_finds_beside_its_own(tmp_path, caps
     writer.write(0, {"loss": 1.0})
     writer.close()
     assert (tmp_path / f"metrics.jsonl.before-{n}").read_text() == theirs
-    assert "kept as" in capsys.readouterr().out
+    assert "kept as" in caplog.text
+    caplog.clear()
   assert [json.loads(l) for l in open(tmp_path / "metrics.jsonl")] == [{"step": 0, "loss": 1.0}]
 
 
