@@ -4,8 +4,8 @@
 
 For each SFT length, trains the base of ``configs/sudoku.py:tiny`` (reused from ``{root}/base_{n}``
 if it exists) and reports, on the grid-disjoint held-out puzzles, the greedy cell accuracy and the
-mean reward of τ = 0.9 samples (what RL rollouts see) at each number of denoising steps. The demo
-issue asks for a base whose accuracy under the RL decoding settings is roughly 30–60 %.
+mean reward of τ = 0.9 samples (what RL rollouts see) at each number of denoising steps. The target is
+a base whose accuracy under the RL decoding settings is roughly 30–60 %.
 """
 
 from __future__ import annotations

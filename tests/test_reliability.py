@@ -1,8 +1,7 @@
-"""A work folder cannot silently mix, lose or misreport a run (one test per fault of the probe).
-
-Item numbers follow the reliability issue: 1 a folder belongs to one run, 3 nothing non-finite is
-trained on or saved, 4 damaged checkpoints, 5 logs and signals, 6 data files, 7 bounded parsers,
-8 small ones. (Item 2, evaluation fingerprints, is in tests/test_evaluate.py.)
+"""A work folder cannot silently mix, lose or misreport a run (one test per fault of a fault
+probe): a folder belongs to one run, nothing non-finite is trained on or saved, damaged
+checkpoints, logs and signals, data files, bounded parsers. (Evaluation fingerprints are in
+tests/test_evaluate.py.)
 """
 
 import json
