@@ -69,3 +69,32 @@ def test_console_scripts_train_and_evaluate_from_any_folder(installed, tmp_path)
                                 f"--config.checkpoint={workdir}/export"], tmp_path)
   assert evaluation.returncode == 0, evaluation.stderr[-3000:]
   assert "sudoku" in evaluation.stdout and (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_readme_commands_use_the_tested_set_and_ci_runs_the_test_command():
+  readme = open(os.path.join(REPO, "README.md")).read()
+  ci = open(os.path.join(REPO, ".ci", "run")).read()
+  assert "pip install -c constraints.txt -e . && python -m dispo_jax.train" in readme
+  test_command = "pip install -c constraints.txt -e '.[test,torch]' && python -m pytest -q"
+  assert test_command in readme
+  assert "-c constraints.txt -e '.[test,torch]' && python -m pytest -q" in ci
+
+
+def test_the_constraints_satisfy_the_declared_ranges():
+  """Every exact version in constraints.txt lies inside pyproject.toml's range for it, so the
+  tested set is one of the sets the package declares it works with."""
+  import tomllib
+  from packaging.requirements import Requirement
+  project = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"]
+  declared = {}
+  for spec in project["dependencies"] + sum(project["optional-dependencies"].values(), []):
+    req = Requirement(spec)
+    declared.setdefault(req.name.lower().replace("_", "-"), []).append(req.specifier)
+  pins = [line.split("==") for line in open(os.path.join(REPO, "constraints.txt"))
+          if line.strip() and not line.startswith("#")]
+  assert len(pins) > 20
+  for name, version in pins:
+    key = name.strip().lower().replace("_", "-")
+    assert key in declared, f"constraints.txt pins {name}, which pyproject.toml never names"
+    for specifier in declared[key]:
+      assert specifier.contains(version.strip()), (name, version, str(specifier))
