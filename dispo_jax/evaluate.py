@@ -28,14 +28,15 @@ from absl import app, flags, logging
 from etils import epath
 from tqdm import tqdm
 
-from dispo_jax import config_lib
+from dispo_jax.run import config as config_lib
 from dispo_jax.model import checkpoint, sharding, tokenizer as tok
 from dispo_jax.model.sharding import to_host
 from dispo_jax.pipeline.rollout import row_placer
 from dispo_jax.sampling import SamplerSettings, decode_completions, generate
 from dispo_jax.tasks import DataSettings, Task, data as data_lib, get_task, metric, sudoku
 from dispo_jax.tasks.base import Score
-from dispo_jax.workdir import WorkdirError, WorkdirLock, is_object_store
+from dispo_jax.run.storage import is_object_store, local_copy
+from dispo_jax.run.workdir import WorkdirError, WorkdirLock
 
 
 def generate_texts(graphdef, state, tokenizer, prompts: Sequence[str], settings: SamplerSettings,
@@ -128,18 +129,6 @@ def folder_fingerprint(folder: str) -> dict:
         st = os.stat(item)
         out[item.name] = [st.st_size, st.st_mtime_ns]
   return out
-
-
-def local_copy(folder: str, scratch: str) -> str:
-  """``folder`` itself when local; an object-store folder (``gs://``) copied into ``scratch``
-  (safetensors are memory-mapped from local files)."""
-  if not is_object_store(folder):
-    return folder
-  target = epath.Path(scratch) / folder.replace("://", "_").replace("/", "_")
-  target.mkdir(parents=True, exist_ok=True)
-  for item in epath.Path(folder).iterdir():
-    item.copy(target / item.name, overwrite=True)
-  return str(target)
 
 
 def check_fingerprint(out_path: str, fingerprint: dict) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from dispo_jax.config_lib import ConfigError
+from dispo_jax.run.config import ConfigError
 from dispo_jax.model import checkpoint, llada, tokenizer as tok
 from dispo_jax.model.config import get_config
 from dispo_jax.pretrain import train_sft

@@ -17,25 +17,22 @@ import dataclasses
 import errno
 import importlib.util
 import os
-import signal
 import sys
-import tempfile
-import threading
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from etils import epath
-from flax import nnx
 from tqdm import tqdm
 
-from dispo_jax import checkpoints, config_lib, evaluate as eval_lib, tiny as tiny_lib
-from dispo_jax import workdir as workdir_lib
-from dispo_jax.config_lib import ConfigError, settings_from
-from dispo_jax.metrics import MetricWriter
-from dispo_jax.model import checkpoint as hf_io, llada, sharding, tokenizer as tok
+from dispo_jax import evaluate as eval_lib, tiny as tiny_lib
+from dispo_jax.run import checkpoints, config as config_lib, export as export_lib
+from dispo_jax.run.distributed import Preemption, initialize_distributed
+from dispo_jax.run import workdir as workdir_lib
+from dispo_jax.run.config import ConfigError, settings_from
+from dispo_jax.run.metrics import MetricWriter
+from dispo_jax.model import checkpoint as hf_io, sharding, tokenizer as tok
 from dispo_jax.model.config import LLADA_MASK_ID, LoRAConfig
 from dispo_jax.pipeline.rollout import row_placer
 from dispo_jax.pipeline import (CollectSettings, RolloutSettings, StepFunctions, TrainState,
@@ -170,28 +167,6 @@ def _validate_data(c, data: DataSettings) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def initialize_distributed(timeout_s: int = 300) -> None:
-  """``jax.distributed.initialize()`` on TPU pods, SLURM GPU clusters or an explicit coordinator;
-  a no-op on one host. Says what it waits for; gives up after ``timeout_s``."""
-  if jax.distributed.is_initialized():
-    return
-  env = os.environ
-  multi_slurm = int(env.get("SLURM_NTASKS", "1")) > 1
-  tpu_pod = len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    if env.get("JAX_PLATFORMS", "cpu") == "cpu":  # CPU processes talk through gloo
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    print(f"waiting for the coordinator {env['JAX_COORDINATOR_ADDRESS']} "
-          f"({env['JAX_NUM_PROCESSES']} processes; timeout {timeout_s} s)", flush=True)
-    jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                               num_processes=int(env["JAX_NUM_PROCESSES"]),
-                               process_id=int(env["JAX_PROCESS_ID"]),
-                               initialization_timeout=timeout_s)
-  elif multi_slurm or tpu_pod:
-    print(f"waiting for the cluster's coordinator (timeout {timeout_s} s)", flush=True)
-    jax.distributed.initialize(initialization_timeout=timeout_s)
-
-
 @dataclasses.dataclass
 class ModelAndData:
   """What :func:`load_model_and_data` returns."""
@@ -303,38 +278,6 @@ def setup(c, workdir: str, preempted: "Preemption | None" = None) -> tuple[Run, 
 # ----------------------------------------------------------------------------------------------
 
 
-class Preemption:
-  """SIGTERM or a first Ctrl-C: finish the rollout batch, save, exit. A second Ctrl-C aborts."""
-
-  def __init__(self):
-    self.flag = False
-    self.previous = {}
-    if threading.current_thread() is threading.main_thread():  # signals reach the main thread
-      for signum in (signal.SIGTERM, signal.SIGINT):
-        self.previous[signum] = signal.signal(signum, self._handler)
-
-  def agreed(self) -> bool:
-    """Whether any process was asked to stop (a collective: every process calls it once per
-    rollout batch), so hosts never leave the loop at different steps."""
-    if jax.process_count() == 1:
-      return self.flag
-    from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.array([self.flag], np.int32))
-    return bool(np.any(flags))
-
-  def restore(self) -> None:
-    """Puts back the handlers that were installed before (in-process callers, tests)."""
-    for signum, handler in self.previous.items():
-      signal.signal(signum, handler)
-
-  def _handler(self, signum, frame):
-    if self.flag and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    print(f"\n{signal.Signals(signum).name}: finishing the rollout batch, saving, exiting "
-          f"(Ctrl-C again aborts without saving)", file=sys.stderr, flush=True)
-    self.flag = True
-
-
 def evaluate(run: Run, state: TrainState, step: int) -> float:
   c, md = run.c, run.md
   result = eval_lib.evaluate_task(
@@ -426,25 +369,9 @@ def finish(run: Run, state: TrainState, before: float | None, start_step: int,
     print(summary_table(c, before, metrics["eval/accuracy"], start_step, state.step,
                         len(run.md.eval_rows)))
   if c.export_hf and state.step >= c.num_steps and not preempted:
-    export(run, state, epath.Path(run.workdir) / "export")
-
-
-def export(run: Run, state: TrainState, folder: epath.Path) -> None:
-  """The trained model (LoRA folded in) and tokenizer as an HF folder; object-store folders are
-  written locally first, then copied."""
-  merged = llada.merge_model(run.fns.policy.graphdef, run.fns.policy.model_state(state.params))
-  with tempfile.TemporaryDirectory() as local:
-    target = local if workdir_lib.is_object_store(folder) else str(folder)
-    hf_io.export_hf_checkpoint(run.md.cfg, merged_base_state(merged), target,
-                               dtype=run.md.cfg.param_dtype)
-    if jax.process_index() != 0:
-      return
-    run.md.tokenizer.save_pretrained(target)
-    hf_io.write_export_record(target, export_record(run.c, state.step))
-    if target == local:
-      folder.mkdir(parents=True, exist_ok=True)
-      for name in os.listdir(local):
-        epath.Path(local, name).copy(folder / name, overwrite=True)
+    export_lib.export_model(
+        run.md.cfg, run.fns.policy.graphdef, run.fns.policy.model_state(state.params),
+        run.md.tokenizer, export_record(c, state.step), epath.Path(run.workdir) / "export")
 
 
 def export_record(c, step: int) -> dict[str, Any]:
@@ -485,17 +412,6 @@ def summary_table(c, before: float | None, after: float, first: int, last: int, 
           f"{c.sampler.steps} steps)\n"
           f"  {'before RL (step ' + str(first) + ')':28s} {before_text}\n"
           f"  {'after RL (step ' + str(last) + ')':28s} {after:.3f}\n")
-
-
-def merged_base_state(model: llada.LLaDA) -> nnx.State:
-  """Base weights with LoRA folded in: ``W + scale · A @ B`` for every adapted projection."""
-  for _, module in nnx.iter_modules(model):
-    if isinstance(module, llada.Linear) and module.has_lora:
-      delta = module.lora_scale * (module.lora_a[...] @ module.lora_b[...])
-      module.kernel[...] = (module.kernel[...].astype(jnp.float32) + delta).astype(
-          module.kernel[...].dtype)
-  _, _, base = nnx.split(model, llada.LoRAParam, ...)
-  return base
 
 
 FLAGS = flags.FLAGS

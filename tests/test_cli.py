@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from dispo_jax import config_lib, recipes
+from dispo_jax import recipes
+from dispo_jax.run import config as config_lib
 from tests.test_train import REPO, _flags
 
 

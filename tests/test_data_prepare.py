@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from dispo_jax import metrics
+from dispo_jax.run import metrics
 from dispo_jax.data import prepare
 from dispo_jax.tasks import data as data_lib
 from tests.helpers import COUNTDOWN_ROWS, MATH_ROWS

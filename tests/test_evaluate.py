@@ -94,7 +94,7 @@ def test_an_evaluation_folder_in_use_stops_before_anything_is_loaded(tmp_path):
   """Two evaluations into one folder would both append to its generations files: the second
   stops on the training runs' lock, naming the folder, and leaves the lock alone."""
   import socket
-  from dispo_jax.workdir import WorkdirError
+  from dispo_jax.run.workdir import WorkdirError
   owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
   (tmp_path / "lock").write_text(owner)
   with pytest.raises(WorkdirError, match=f"{tmp_path} is in use by another run"):

@@ -47,7 +47,7 @@ def _collect(setup, key, objective=None, rs=None):
   cfg, policy, trainable, frozen, sampler, setup_objective, setup_rs, prompts, lengths = setup
   settings = pipeline.CollectSettings(sampler, objective or setup_objective, rs or setup_rs,
                                       cfg.eos_token_id)
-  batch, metrics, _ = pipeline.collect(key, policy.graphdef,
+  batch, metrics = pipeline.collect(key, policy.graphdef,
                                        policy.model_state((trainable, frozen)), prompts, lengths,
                                        reward_fn, settings)
   return batch, metrics

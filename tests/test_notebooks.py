@@ -30,7 +30,7 @@ def test_notebooks_open_in_colab_and_say_their_run_time():
   for name in ("sampler_visualised.ipynb", "dispo_vs_diffu_grpo.ipynb"):
     nb = nbformat.read(os.path.join(REPO, "notebooks", name), as_version=4)
     first = nb.cells[0].source
-    assert f"colab.research.google.com/github/" in first and f"notebooks/{name}" in first
+    assert "colab.research.google.com/github/" in first and f"notebooks/{name}" in first
     assert "**Run time**" in first and "Restart" in nb.cells[1].source
 
 

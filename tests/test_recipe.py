@@ -158,7 +158,7 @@ def test_recipe_on_two_processes(recipe_inputs, tmp_path):
 
 LOAD_PROBE = """
 import json, os, sys
-from dispo_jax.train import initialize_distributed
+from dispo_jax.run.distributed import initialize_distributed
 initialize_distributed(60)
 import jax
 from flax import nnx

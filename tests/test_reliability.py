@@ -19,8 +19,9 @@ import numpy as np
 import optax
 import pytest
 
-from dispo_jax import checkpoints, metrics as metrics_lib, tiny, train as train_lib, workdir as wd
-from dispo_jax.config_lib import ConfigError
+from dispo_jax import tiny, train as train_lib
+from dispo_jax.run import checkpoints, distributed, metrics as metrics_lib, workdir as wd
+from dispo_jax.run.config import ConfigError
 from dispo_jax.tasks import data, get_task, gsm8k
 from dispo_jax.tasks.base import find_delimited
 from tests.test_train import (REPO, _metrics, _trainable_leaves, _workdir, base_dir,  # noqa: F401
@@ -112,7 +113,7 @@ def test_an_empty_lock_left_by_a_failed_start_is_taken_over(tmp_path, caplog):
 
 TAKE_LOCK = """
 import sys, time
-from dispo_jax import workdir as wd
+from dispo_jax.run import workdir as wd
 try:
   wd.WorkdirLock(sys.argv[1]).acquire()
 except wd.WorkdirError:
@@ -406,7 +407,7 @@ def test_metrics_rows_without_an_integer_step_are_skipped(tmp_path):
 
 
 def test_ctrl_c_asks_for_a_clean_stop_and_a_second_one_aborts():
-  preempted = train_lib.Preemption()
+  preempted = distributed.Preemption()
   try:
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.1)

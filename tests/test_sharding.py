@@ -40,7 +40,7 @@ def test_indivisible_dimension_is_replicated():
 def test_sharded_init_and_forward_match_single_device(shape):
   cfg = get_config("tiny")
   mesh = sharding.make_mesh(*shape)
-  graphdef, sharded_state = sharding.init_sharded(cfg, mesh, seed=5)
+  graphdef, sharded_state = llada.init_sharded(cfg, mesh, seed=5)
   _, single_state = llada.init_model(cfg, seed=5)
   # every parameter follows the rules table
   q = sharded_state["blocks"][0]["attn"]["q_proj"]["kernel"][...]

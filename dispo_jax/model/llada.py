@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dispo_jax.model.config import LLaDAConfig, LoRAConfig
+from dispo_jax.model import sharding
 from dispo_jax.model.sharding import constrain
 
 Array = jax.Array
@@ -346,6 +347,18 @@ def merge_model(graphdef: nnx.GraphDef, state) -> "LLaDA":
   return nnx.merge(graphdef, *(jax.tree.map(lambda x: x, s) for s in states))
 
 
+def fold_lora(model: "LLaDA") -> nnx.State:
+  """The base weights with every adapter folded in (``W + scale · A @ B`` for each adapted
+  projection, in fp32, cast back to the kernel's dtype); ``model`` is changed in place."""
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, Linear) and module.has_lora:
+      delta = module.lora_scale * (module.lora_a[...] @ module.lora_b[...])
+      module.kernel[...] = (module.kernel[...].astype(jnp.float32) + delta).astype(
+          module.kernel[...].dtype)
+  _, _, base = nnx.split(model, LoRAParam, ...)
+  return base
+
+
 def add_lora(cfg: LLaDAConfig, base_state: nnx.State, lora: LoRAConfig, seed: int = 0
              ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
   """``(graphdef, lora_state, base_state)`` for a base model (e.g. a loaded checkpoint) plus fresh
@@ -379,3 +392,19 @@ def lm_head(graphdef: nnx.GraphDef, state: nnx.State, hidden: Array) -> Array:
 def count_params(state: Any) -> int:
   """Number of scalar parameters in a state (concrete or abstract)."""
   return sum(int(x.size) for x in jax.tree.leaves(state))
+
+
+def init_sharded(cfg, mesh: jax.sharding.Mesh, seed: int = 0, rules=sharding.LOGICAL_AXIS_RULES,
+                 lora=None):
+  """Initialises the model directly into its sharding: no device ever holds all the weights.
+
+  Returns ``(graphdef, state)`` with every parameter a global ``jax.Array`` sharded per the rules.
+  """
+  graphdef, abstract_state = abstract_model(cfg, lora)
+  shardings = sharding.state_shardings(abstract_state, mesh, rules)
+
+  def init():
+    return nnx.split(LLaDA(cfg, rngs=model_rngs(seed), lora=lora))[1]
+
+  state = jax.jit(init, out_shardings=shardings)()
+  return graphdef, state

@@ -173,30 +173,3 @@ def logical_sharding(mesh: Mesh, *logical_axes: str | None,
                      rules=LOGICAL_AXIS_RULES) -> NamedSharding:
   """``NamedSharding`` for an activation or batch with the given logical axes."""
   return NamedSharding(mesh, logical_to_mesh_axes(logical_axes, rules))
-
-
-def init_sharded(cfg, mesh: Mesh, seed: int = 0, rules=LOGICAL_AXIS_RULES, lora=None):
-  """Initialises the model directly into its sharding: no device ever holds all the weights.
-
-  Returns ``(graphdef, state)`` with every parameter a global ``jax.Array`` sharded per the rules.
-  """
-  from dispo_jax.model.llada import LLaDA, abstract_model, model_rngs  # llada imports this module
-
-  graphdef, abstract_state = abstract_model(cfg, lora)
-  shardings = state_shardings(abstract_state, mesh, rules)
-
-  def init():
-    return nnx.split(LLaDA(cfg, rngs=model_rngs(seed), lora=lora))[1]
-
-  state = jax.jit(init, out_shardings=shardings)()
-  return graphdef, state
-
-
-def describe_shardings(state: nnx.State) -> dict[str, str]:
-  """``{'blocks.0.attn.q_proj.kernel': 'PartitionSpec(...) [shape]'}`` for logging and tests."""
-  out = {}
-  for path, var in nnx.to_flat_state(state):
-    value = var.get_value() if _is_variable(var) else var
-    spec = getattr(getattr(value, "sharding", None), "spec", None)
-    out[".".join(map(str, path))] = f"{spec} {tuple(np.shape(value))}"
-  return out

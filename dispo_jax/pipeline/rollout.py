@@ -89,21 +89,6 @@ class CollectSettings:
   eos_id: int
 
 
-@dataclasses.dataclass
-class RolloutExtras:
-  """Host-side by-products of :func:`collect` (for studies and notebooks, not the update).
-
-  Attributes:
-    rollout: the sampler's :class:`dispo_jax.sampling.sampler.Rollout`.
-    rewards: ``[N]`` float32 terminal rewards.
-    branch_rewards: ``[N, S, Z]`` float32 (DiSPO methods) or None.
-  """
-
-  rollout: Rollout
-  rewards: np.ndarray
-  branch_rewards: np.ndarray | None = None
-
-
 def row_placer(row_sharding) -> Callable[[Any], jax.Array]:
   """Host array -> global array with rows sharded over the data axes (identity without a mesh).
 
@@ -134,7 +119,7 @@ def checked_rewards(values, expected: int, what: str) -> np.ndarray:
 def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
             prompt_lengths: np.ndarray, reward_fn: RewardFn, settings: CollectSettings,
             row_offset: int = 0, row_sharding=None
-            ) -> tuple[RLBatch, Dict[str, float], RolloutExtras]:
+            ) -> tuple[RLBatch, Dict[str, float]]:
   """Runs the rollout for ``n`` prompts × K and returns the batch (without replay log-probs).
 
   Args:
@@ -142,7 +127,7 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
     row_offset: global index of this batch's first row (for per-row prompt masks across hosts).
     row_sharding: optional ``NamedSharding`` of ``[rows, length]`` arrays (rows over the data axes).
   Returns:
-    ``(batch, metrics, extras)``: metrics are host floats.
+    ``(batch, metrics)``: metrics are host floats.
   """
   step_key, sample_key, branch_key = jax.random.split(key, 3)
   place = row_placer(row_sharding)
@@ -158,19 +143,19 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
         settings.rollout.timestep_degree))
   result = generate(graphdef, params, place(host_prompts), place(host_lengths), sample_key,
                     settings.sampler, None if host_steps is None else place(host_steps))
-  batch, metrics, extras = _terminal_part(result, host_prompts, host_lengths, prompt_index,
-                                          reward_fn, settings, row_offset, place)
+  batch, metrics = _terminal_part(result, host_prompts, host_lengths, prompt_index,
+                                  reward_fn, settings, row_offset, place)
   if host_steps is not None:
-    batch, branch_metrics, extras.branch_rewards = _branch_part(
+    batch, branch_metrics, _ = _branch_part(
         branch_key, batch, result, host_steps, prompt_index, reward_fn, settings, place)
     metrics.update(branch_metrics)
   batch.check_shapes()
-  return batch, metrics, extras
+  return batch, metrics
 
 
 def _terminal_part(result: Rollout, host_prompts: np.ndarray, host_lengths: np.ndarray,
                    prompt_index: np.ndarray, reward_fn: RewardFn, settings: CollectSettings,
-                   row_offset: int, place) -> tuple[RLBatch, Dict[str, float], RolloutExtras]:
+                   row_offset: int, place) -> tuple[RLBatch, Dict[str, float]]:
   """Rewards, group advantages and the base term's weights of the K completions per prompt."""
   k, rows = settings.rollout.group_size, host_prompts.shape[0]
   rewards = checked_rewards(reward_fn(to_host(result.completion), prompt_index), rows,
@@ -193,7 +178,7 @@ def _terminal_part(result: Rollout, host_prompts: np.ndarray, host_lengths: np.n
   else:
     batch = batch.replace(base_row_weights=base_row_weights(
         done, k, settings.objective.base_normaliser))
-  return batch, metrics, RolloutExtras(rollout=result, rewards=rewards)
+  return batch, metrics
 
 
 def _branch_part(key: jax.Array, batch: RLBatch, result: Rollout, host_steps: np.ndarray,

@@ -17,33 +17,12 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from flax import struct
 
 from dispo_jax.pipeline.rewards import RewardFn
 from dispo_jax.pipeline.rollout import CollectSettings, collect
 from dispo_jax.rl import learner
 from dispo_jax.rl.policy import Policy
-
-
-@struct.dataclass
-class TrainState:
-  """Everything a run updates, as one pytree.
-
-  Attributes:
-    trainable: the parameters being trained (LoRA adapters, or every weight).
-    frozen: the parameters that stay fixed (the base under LoRA; the KL reference copy otherwise).
-    opt_state: the optimizer's state over ``trainable``.
-    step: optimizer updates done (a host int, static).
-  """
-
-  trainable: Any
-  frozen: Any
-  opt_state: Any
-  step: int = struct.field(pytree_node=False, default=0)
-
-  @property
-  def params(self) -> tuple[Any, Any]:
-    return self.trainable, self.frozen
+from dispo_jax.rl.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +79,7 @@ def rl_step(fns: StepFunctions, state: TrainState, prompt_tokens: np.ndarray,
   start = time.perf_counter()
   mu = fns.settings.objective.num_iterations
   roll_key, mask_key, dropout_key = jax.random.split(key, 3)
-  batch, rollout_metrics, _ = collect(
+  batch, rollout_metrics = collect(
       roll_key, fns.policy.graphdef, fns.policy.model_state(state.params), prompt_tokens,
       prompt_lengths, reward_fn, fns.settings, row_sharding=fns.row_sharding)
   mask_keys = jax.random.split(mask_key, mu)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,8 +37,3 @@ def decode_completions(tokenizer, completions: Array | np.ndarray, eos_id: int,
     texts.append(tokenizer.decode(row, skip_special_tokens=True))
   return texts
 
-
-def decode_completion(tokenizer, tokens: Sequence[int], eos_id: int,
-                      text: str = "first_eos") -> str:
-  """One row of :func:`decode_completions`."""
-  return decode_completions(tokenizer, np.asarray([list(tokens)]), eos_id, text)[0]

@@ -20,8 +20,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from dispo_jax.pipeline.step import TrainState
-from dispo_jax.workdir import is_object_store, warn
+from dispo_jax.rl.state import TrainState
+from dispo_jax.run.storage import is_object_store, move_folder
+from dispo_jax.run.workdir import warn
 
 
 def checkpoint_folder(workdir: str) -> epath.Path:
@@ -185,21 +186,6 @@ def _unlisted_step_folders(workdir: str, mgr) -> list[int]:
                 if p.name.isdigit() and int(p.name) not in listed)
 
 
-def _move_folder(src: epath.Path, dst: epath.Path) -> None:
-  """Renames a local folder; on object stores (no folders, no renames) copies each object and
-  deletes it: the source prefix is gone once it holds no objects."""
-  if not is_object_store(src):
-    src.rename(dst)
-    return
-  bucket_path = str(src).split("://", 1)[1]  # walk yields folders without the scheme
-  for folder, _, files in src.walk():  # one listing of the prefix (no recursive glob on gcs)
-    relative = os.path.relpath(str(folder).split("://")[-1], bucket_path)
-    for name in files:
-      item = src / relative / name
-      item.copy(dst / relative / name, overwrite=True)
-      item.unlink()
-
-
 def _move_aside(mgr, workdir: str, step: int, error: Exception) -> None:
   folder = checkpoint_folder(workdir)
   bad, n = folder / f"damaged-{step}", 1
@@ -212,7 +198,7 @@ def _move_aside(mgr, workdir: str, step: int, error: Exception) -> None:
   warn(message)
   mgr.close()
   if jax.process_index() == 0:
-    _move_folder(folder / str(step), bad)
+    move_folder(folder / str(step), bad)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"checkpoint-fallback-{step}")

@@ -23,7 +23,8 @@ import subprocess
 from absl import logging
 from etils import epath
 
-from dispo_jax.config_lib import ConfigError
+from dispo_jax.run.config import ConfigError
+from dispo_jax.run.storage import is_object_store, replace_text
 
 # Keys that may differ between a run and its resumption: they do not change what is trained.
 MAY_CHANGE_ON_RESUME = ("max_steps", "eval_every", "eval_rows", "checkpoint_every",
@@ -52,22 +53,6 @@ def run_identity(c) -> dict:
 def config_hash(c) -> str:
   blob = json.dumps(run_identity(c), sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:8]
-
-
-def is_object_store(path) -> bool:
-  """Whether ``path`` is on an object store (``gs://``…): no folders, no renames, no appends."""
-  return "://" in str(path)
-
-
-def replace_text(path: epath.Path, text: str) -> None:
-  """Replaces a file's whole content: through a rename locally; in one upload on an object store
-  (an object is replaced atomically, and renames there are copies)."""
-  if is_object_store(path):
-    path.write_text(text)
-    return
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
 
 
 def default_workdir(c) -> str:

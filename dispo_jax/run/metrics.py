@@ -18,7 +18,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from dispo_jax.workdir import is_object_store, replace_text, warn
+from dispo_jax.run.storage import is_object_store, replace_text
+from dispo_jax.run.workdir import warn
 
 
 def _logged_before(row: dict, resume_step: int) -> bool:
