@@ -390,6 +390,7 @@ def train(c, workdir: str | None = None) -> dict[str, Any]:
   validate_config(c)
   initialize_distributed(c.distributed_timeout_s)  # before anything that starts the backend
   workdir = str(workdir or workdir_lib.default_workdir(c))
+  print_run_paths(workdir, finished=False)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lock = workdir_lib.WorkdirLock(workdir)
   if jax.process_index() == 0:
@@ -458,7 +459,6 @@ def main(argv):
     print(FLAGS.config.to_json_best_effort(indent=2, sort_keys=True))
     print(f"work folder: {workdir}")
     return
-  print_run_paths(workdir, finished=False)
   try:
     train(FLAGS.config, workdir)
   except Exception as e:  # noqa: BLE001 - re-raised unless it has a one-line explanation

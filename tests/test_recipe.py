@@ -92,7 +92,7 @@ def test_recipe_without_a_checkpoint_says_what_it_needs(task):
   message = str(error.value)
   assert "\n" not in message and message.startswith("config.model.checkpoint is empty")
   assert "hf download GSAI-ML/LLaDA-8B-Instruct --local-dir" in message
-  assert f"--config=configs/{task}.py:tiny" in message
+  assert f"--config={task}:tiny" in message
   c.model.checkpoint = "/nonexistent/LLaDA-8B-Instruct"
   with pytest.raises(train.ConfigError, match=r"is not an HF LLaDA folder: it has no config\.json"):
     train.validate_config(c)

@@ -47,7 +47,7 @@ def test_resume_with_another_method_stops_naming_the_key(tmp_path):
   assert recorded["package_version"] and recorded["config"]["method"] == "dispo"
 
 
-def test_a_run_recorded_before_a_key_existed_resumes_and_the_key_is_named(tmp_path, capsys):
+def test_a_run_recorded_before_a_key_existed_resumes_and_the_key_is_named(tmp_path, caplog):
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
   wd.record_or_check_config(workdir, small_config())
@@ -56,7 +56,7 @@ def test_a_run_recorded_before_a_key_existed_resumes_and_the_key_is_named(tmp_pa
   del record["config"]["data.unique_solutions"]  # as written by a version without the key
   json.dump(record, open(path, "w"))
   assert wd.record_or_check_config(workdir, small_config())
-  assert "added since this run began" in capsys.readouterr().out
+  assert "added since this run began" in caplog.text
   record["config"]["seed"] = 7  # a recorded key that differs still stops the run
   json.dump(record, open(path, "w"))
   with pytest.raises(ConfigError, match=r"seed: 7 -> 0"):
@@ -256,7 +256,7 @@ def _array_files(step_dir):
 
 @pytest.mark.parametrize("damage", ["truncate", "overwrite", "empty_folder"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, finished_run, damage,
-                                                                    capsys):
+                                                                    capsys, caplog):
   workdir = str(tmp_path / "run")
   shutil.copytree(finished_run, workdir)
   newest = os.path.join(workdir, "checkpoints", "4")
@@ -275,7 +275,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, fi
   c = small_config(num_steps=4, checkpoint_every=2)
   run, state = train_lib.setup(c, workdir)
   assert state.step == 2, "did not fall back to step 2"
-  assert "falling back to the previous checkpoint" in capsys.readouterr().out
+  assert "falling back to the previous checkpoint" in caplog.text
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged-4"))
   run.manager.close()
   run.preempted.restore()
@@ -353,7 +353,7 @@ def test_fingerprints_tell_a_changed_array_from_a_resharded_one():
 # 5. Logs and signals -----------------------------------------------------------------------
 
 
-def test_a_symlinked_metrics_file_is_replaced_never_written_through(tmp_path, capsys):
+def test_a_symlinked_metrics_file_is_replaced_never_written_through(tmp_path, caplog):
   outside = tmp_path / "elsewhere.jsonl"
   outside.write_text('{"step": 0, "theirs": 1}\n')
   workdir = tmp_path / "run"
@@ -362,7 +362,7 @@ def test_a_symlinked_metrics_file_is_replaced_never_written_through(tmp_path, ca
   writer = metrics_lib.MetricWriter(str(workdir), resume_step=0)
   writer.write(0, {"loss": 1.0})
   writer.close()
-  assert "is a symbolic link" in capsys.readouterr().out
+  assert "is a symbolic link" in caplog.text
   assert outside.read_text() == '{"step": 0, "theirs": 1}\n'
   assert not os.path.islink(workdir / "metrics.jsonl")
   assert [json.loads(l) for l in open(workdir / "metrics.jsonl")] == [{"step": 0, "loss": 1.0}]
@@ -407,6 +407,7 @@ def test_metrics_rows_without_an_integer_step_are_skipped(tmp_path):
 
 
 def test_ctrl_c_asks_for_a_clean_stop_and_a_second_one_aborts():
+  before = signal.getsignal(signal.SIGINT)
   preempted = distributed.Preemption()
   try:
     os.kill(os.getpid(), signal.SIGINT)
@@ -417,7 +418,7 @@ def test_ctrl_c_asks_for_a_clean_stop_and_a_second_one_aborts():
       time.sleep(0.1)
   finally:
     preempted.restore()
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 # 6. Data files -----------------------------------------------------------------------------
