@@ -104,7 +104,7 @@ def _setup_batch(method: str, policies, cfg):
   lengths = np.full((2,), 3, np.int32)
   policy, trainable, frozen = policies[True]
   reward = lambda completions, _: (np.asarray(completions) % 3 == 0).mean(-1)
-  batch, _, _ = pipeline.collect(
+  batch, _ = pipeline.collect(
       jax.random.key(0), policy.graphdef, policy.model_state((trainable, frozen)), prompts,
       lengths, reward, pipeline.CollectSettings(sampler, objective, rollout, cfg.eos_token_id))
   return objective, batch
