@@ -35,7 +35,7 @@ from dispo_jax.pipeline.rollout import row_placer
 from dispo_jax.sampling import SamplerSettings, decode_completions, generate
 from dispo_jax.tasks import DataSettings, Task, data as data_lib, get_task, metric, sudoku
 from dispo_jax.tasks.base import Score
-from dispo_jax.run.storage import is_object_store, local_copy
+from dispo_jax.run.storage import LineFile, is_object_store, local_copy
 from dispo_jax.run.workdir import WorkdirError, WorkdirLock
 
 
@@ -92,24 +92,6 @@ def _read_done(path: str, num_rows: int) -> list[dict]:
   return done
 
 
-class GenerationsWriter:
-  """Appends records to a generations file after every batch: a local file is appended to; an
-  object-store file (``gs://``, no appends there) is rewritten whole."""
-
-  def __init__(self, path: str):
-    self.path = epath.Path(path)
-    self.remote = is_object_store(path)
-    self.text = self.path.read_text() if self.remote and self.path.exists() else ""
-
-  def append(self, lines: list[str]) -> None:
-    if self.remote:
-      self.text += "".join(lines)
-      self.path.write_text(self.text)
-    else:
-      with self.path.open("a", encoding="utf-8") as f:
-        f.writelines(lines)
-
-
 class FingerprintMismatch(ValueError):
   """Generations in an output file came from another checkpoint, tokenizer or protocol."""
 
@@ -150,7 +132,7 @@ def check_fingerprint(out_path: str, fingerprint: dict) -> None:
       raise FingerprintMismatch(
           f"{out_path} holds generations of another evaluation (different {', '.join(changed)}); "
           f"use another --workdir, or delete {out_path} and {path} to re-evaluate")
-  elif epath.Path(out_path).exists() and epath.Path(out_path).read_bytes():
+  elif epath.Path(out_path).exists() and epath.Path(out_path).stat().length:
     raise FingerprintMismatch(f"{out_path} has generations but no {path}: their source is "
                               f"unknown; delete it to re-evaluate")
   else:
@@ -182,7 +164,7 @@ def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, g
   done = _read_done(out_path, len(rows)) if out_path else []
   scores = [Score(d["correct"], d["total"]) for d in done]
   start = len(done)
-  out = GenerationsWriter(out_path) if out_path else None
+  out = LineFile(out_path) if out_path else None
   for lo in tqdm(range(start, len(rows), batch_size), disable=not progress,
                  desc=f"{task.name}@{gen_length}"):
     batch = rows[lo:lo + batch_size]

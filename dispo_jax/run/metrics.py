@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from dispo_jax.run.storage import is_object_store, replace_text
+from dispo_jax.run.storage import LineFile, is_object_store, replace_text
 from dispo_jax.run.workdir import warn
 
 
@@ -70,7 +70,6 @@ class MetricWriter:
                record: dict | None = None):
     self.enabled = jax.process_index() == 0
     self.path = epath.Path(workdir) / "metrics.jsonl"
-    self.rows = []
     self.wandb = None
     if not self.enabled:
       return
@@ -83,10 +82,12 @@ class MetricWriter:
       os.unlink(self.path)
     if local and not resume_step and os.path.isfile(self.path) and os.path.getsize(self.path):
       self._set_aside()
+    kept = ""
     if self.path.exists():
-      self.rows = [json.dumps(r) + "\n" for r in read_rows(self.path)
-                   if _logged_before(r, resume_step)]
-      self._flush()
+      kept = "".join(json.dumps(r) + "\n" for r in read_rows(self.path)
+                     if _logged_before(r, resume_step))
+      replace_text(self.path, kept)
+    self.file = LineFile(self.path, kept)
     from tensorboardX import SummaryWriter
     self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"),
                             purge_step=resume_step if resume_step else None)
@@ -102,9 +103,6 @@ class MetricWriter:
          f"metrics start afresh")
     os.rename(self.path, aside)
 
-  def _flush(self) -> None:
-    replace_text(self.path, "".join(self.rows))
-
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
@@ -113,13 +111,7 @@ class MetricWriter:
       if np.ndim(v) == 0:
         v = int(v) if k == "rollout" else float(v)
         clean[k] = v if math.isfinite(v) else None
-    line = json.dumps({"step": step, **clean}) + "\n"
-    self.rows.append(line)
-    if not is_object_store(self.path):  # a local file: append
-      with self.path.open("a") as f:
-        f.write(line)
-    else:
-      self._flush()
+    self.file.append([json.dumps({"step": step, **clean}) + "\n"])
     for k, v in clean.items():
       if v is not None:
         self.tb.add_scalar(k, v, step)

@@ -61,3 +61,28 @@ def copy_folder_into(local: str, folder: epath.Path) -> None:
   folder.mkdir(parents=True, exist_ok=True)
   for name in os.listdir(local):
     epath.Path(local, name).copy(folder / name, overwrite=True)
+
+
+class LineFile:
+  """A text file that grows by whole lines: a local file is appended to; an object-store file
+  (no appends there) is rewritten whole from the text kept here.
+
+  Args:
+    path: the file (local or ``gs://``).
+    text: its current content on an object store (None: read it, "" when it does not exist).
+  """
+
+  def __init__(self, path, text: str | None = None):
+    self.path = epath.Path(path)
+    self.remote = is_object_store(path)
+    if self.remote and text is None:
+      text = self.path.read_text() if self.path.exists() else ""
+    self.text = text if self.remote else ""
+
+  def append(self, lines: list[str]) -> None:
+    if self.remote:
+      self.text += "".join(lines)
+      self.path.write_text(self.text)
+    else:
+      with self.path.open("a", encoding="utf-8") as f:
+        f.writelines(lines)
