@@ -351,6 +351,7 @@ def train_loop(run: Run, state: TrainState) -> dict[str, Any]:
     stop = run.preempted.agreed()  # every process saves the same step and leaves together
     if state.step % c.checkpoint_every == 0 or stop or state.step == run.end_step:
       rollouts_done = -(-state.step // mu)
+      run.writer.flush()
       checkpoints.save(run.manager, state, {
           "step": state.step, "rollout": rollouts_done, "seed": c.seed,
           "data_position": rollouts_done * c.rollout.prompts_per_step})

@@ -100,6 +100,44 @@ def test_a_corrupt_run_record_stops_on_one_line_and_touches_nothing(tmp_path, co
   assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
 
 
+def test_another_hosts_lock_is_taken_over_only_once_its_heartbeat_stopped(tmp_path, caplog):
+  """A run restarted on a new VM after a preemption finds the old VM's lock: refused while its
+  heartbeat is fresh, taken over once it is ``stale_after_s`` old; a lock without a heartbeat
+  (cannot be judged) stays refused."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  lock_file = workdir / "lock"
+  old_vm = {"host": "preempted-vm", "pid": 4242}
+  lock_file.write_text(json.dumps({**old_vm, "heartbeat": time.time() - 30}))
+  with pytest.raises(wd.WorkdirError, match=r"host preempted-vm, pid 4242; its heartbeat is "
+                     r"3\d s old, taken over at 600 s"):
+    wd.WorkdirLock(str(workdir)).acquire()
+  lock_file.write_text(json.dumps(old_vm))
+  with pytest.raises(wd.WorkdirError, match=r"in use by another run \(host preempted-vm, pid 4242\)"):
+    wd.WorkdirLock(str(workdir)).acquire()
+  lock_file.write_text(json.dumps({**old_vm, "heartbeat": time.time() - 601}))
+  lock = wd.WorkdirLock(str(workdir))
+  lock.acquire()
+  assert "taking over the lock of host preempted-vm (pid 4242): no heartbeat for 601 s" in caplog.text
+  assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+  lock.release()
+  assert not lock_file.exists()
+
+
+def test_a_held_lock_keeps_its_heartbeat_fresh_until_released(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  lock = wd.WorkdirLock(str(workdir), heartbeat_every_s=0.05)
+  lock.acquire()
+  first = json.loads((workdir / "lock").read_text())["heartbeat"]
+  time.sleep(0.5)
+  later = json.loads((workdir / "lock").read_text())
+  assert later["heartbeat"] > first and later["pid"] == os.getpid()
+  lock.release()
+  time.sleep(0.2)  # a heartbeat thread left running would write the lock again
+  assert not (workdir / "lock").exists() and not (workdir / "lock.tmp").exists()
+
+
 def test_an_empty_lock_left_by_a_failed_start_is_taken_over(tmp_path, caplog):
   workdir = tmp_path / "run"
   workdir.mkdir()
@@ -366,6 +404,34 @@ def test_a_symlinked_metrics_file_is_replaced_never_written_through(tmp_path, ca
   assert outside.read_text() == '{"step": 0, "theirs": 1}\n'
   assert not os.path.islink(workdir / "metrics.jsonl")
   assert [json.loads(l) for l in open(workdir / "metrics.jsonl")] == [{"step": 0, "loss": 1.0}]
+
+
+def test_object_store_metrics_are_uploaded_at_most_once_a_minute_and_whole_at_a_flush(
+    tmp_path, monkeypatch):
+  """An object-store ``metrics.jsonl`` is rewritten whole (no appends there): once every
+  ``UPLOAD_EVERY_S``, not per row, and completely at the flush before a checkpoint and at close."""
+  from dispo_jax.run import storage
+  for module in (storage, metrics_lib):  # this folder behaves as a gs:// one
+    monkeypatch.setattr(module, "is_object_store", lambda path: True)
+  now = [1000.0]
+  monkeypatch.setattr(storage.time, "monotonic", lambda: now[0])
+  writer = metrics_lib.MetricWriter(str(tmp_path), resume_step=0)
+  steps_uploaded = lambda: [r["step"] for r in metrics_lib.read_rows(str(tmp_path / "metrics.jsonl"))]
+  writer.write(0, {"loss": 1.0})
+  assert steps_uploaded() == [0]  # the first row goes out at once
+  for step in (1, 2):
+    now[0] += 20
+    writer.write(step, {"loss": 1.0})
+  assert steps_uploaded() == [0]
+  now[0] += metrics_lib.UPLOAD_EVERY_S
+  writer.write(3, {"loss": 1.0})
+  assert steps_uploaded() == [0, 1, 2, 3]
+  writer.write(4, {"loss": 1.0})
+  writer.flush()
+  assert steps_uploaded() == [0, 1, 2, 3, 4]
+  writer.write(5, {"loss": 1.0})
+  writer.close()
+  assert steps_uploaded() == [0, 1, 2, 3, 4, 5]
 
 
 def test_a_corrupt_metrics_line_is_skipped_not_the_rest_and_nan_is_null(tmp_path):

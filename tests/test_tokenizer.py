@@ -78,3 +78,24 @@ def test_corrupt_tokenizer_json_is_reported(tmp_path, folder):
   with pytest.raises(tok.TokenizerError, match="bad"):
     tok.load_tokenizer(str(bad))
 
+
+
+@pytest.mark.parametrize("template, match", [
+    ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+     r"did not finish rendering a prompt in 1 s"),
+    ("{% for a in range(100000) %}{{ messages[0]['content'] }}{% endfor %}",
+     r"renders a one-line prompt into 1,400,000 characters \(more than 100,000\)"),
+    ("{{ messages[0]['content'] | no_such_filter }}",
+     r"its chat template fails on a user turn \(TemplateAssertionError"),
+])
+def test_a_hostile_chat_template_is_refused_at_load_on_one_line(folder, tmp_path, monkeypatch,
+                                                                template, match):
+  monkeypatch.setattr(tok, "CHAT_TEMPLATE_LIMIT_S", 1.0)
+  t = tok.load_tokenizer(folder)
+  t.chat_template = template
+  hostile = str(tmp_path / "hostile")
+  t.save_pretrained(hostile)
+  with pytest.raises(tok.TokenizerError, match=match):
+    tok.load_tokenizer(hostile)
+  assert tok.render_prompt(tok.load_tokenizer(folder), "Hi?").endswith(  # the timer is gone
+      "<|start_header_id|>assistant<|end_header_id|>\n\n")

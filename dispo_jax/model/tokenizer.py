@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
+import threading
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -54,14 +56,66 @@ def render_chat(user_content: str, system_prompt: str | None = None) -> str:
   return "".join(parts)
 
 
+# The longest a tokenizer's chat template may take to render one prompt, and the most characters it
+# may make of a one-line probe: a hostile or broken template fails with a line, it never hangs.
+CHAT_TEMPLATE_LIMIT_S = 10.0
+CHAT_TEMPLATE_PROBE_MAX_CHARS = 100_000
+
+
+class _RenderTimeout(Exception):
+  pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+  """Raises :class:`_RenderTimeout` in the block after ``seconds`` (SIGALRM): only on the main
+  thread and when no other real-time timer is running (a test runner's timeout keeps its own)."""
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getitimer(signal.ITIMER_REAL)[0] > 0):
+    yield
+    return
+
+  def stop(signum, frame):
+    raise _RenderTimeout
+
+  previous = signal.signal(signal.SIGALRM, stop)
+  signal.setitimer(signal.ITIMER_REAL, seconds)
+  try:
+    yield
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+
+
 def render_prompt(tokenizer, user_content: str) -> str:
   """The prompt text for one user turn: the tokenizer's own chat template
   (``apply_chat_template(..., add_generation_prompt=True)``, as d1 renders LLaDA's prompts) when it
-  has one, else :func:`render_chat`."""
-  if getattr(tokenizer, "chat_template", None):
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_content}],
-                                         tokenize=False, add_generation_prompt=True)
-  return render_chat(user_content)
+  has one, else :func:`render_chat`. A template that takes over :data:`CHAT_TEMPLATE_LIMIT_S`, or
+  fails, raises :class:`TokenizerError`."""
+  if not getattr(tokenizer, "chat_template", None):
+    return render_chat(user_content)
+  name = getattr(tokenizer, "name_or_path", "") or "tokenizer"
+  try:
+    with _time_limit(CHAT_TEMPLATE_LIMIT_S):
+      return tokenizer.apply_chat_template([{"role": "user", "content": user_content}],
+                                           tokenize=False, add_generation_prompt=True)
+  except _RenderTimeout:
+    raise TokenizerError(f"{name}: its chat template did not finish rendering a prompt in "
+                         f"{CHAT_TEMPLATE_LIMIT_S:g} s (tokenizer_config.json 'chat_template')"
+                         ) from None
+  except Exception as e:  # jinja2's TemplateError, SecurityError, a TypeError in a filter
+    raise TokenizerError(f"{name}: its chat template fails on a user turn "
+                         f"({type(e).__name__}: {e})") from e
+
+
+def check_chat_template(tokenizer) -> None:
+  """Renders a one-line probe prompt: a template that hangs, fails or blows up (over
+  :data:`CHAT_TEMPLATE_PROBE_MAX_CHARS`) is refused at load, before any compute."""
+  text = render_prompt(tokenizer, "What is 1 + 1?")
+  if len(text) > CHAT_TEMPLATE_PROBE_MAX_CHARS:
+    raise TokenizerError(f"{getattr(tokenizer, 'name_or_path', '')}: its chat template renders a "
+                         f"one-line prompt into {len(text):,} characters (more than "
+                         f"{CHAT_TEMPLATE_PROBE_MAX_CHARS:,})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +168,7 @@ def load_tokenizer(folder: str):
   except (OSError, ValueError, KeyError) as e:
     raise TokenizerError(f"{folder}: cannot load a tokenizer: {e}") from e
   special_ids(tokenizer)  # validate now, not in the middle of a run
+  check_chat_template(tokenizer)
   return tokenizer
 
 

@@ -62,6 +62,10 @@ def start_wandb(project: str, workdir: str, record: dict | None):
                     resume="allow", config=record or {})
 
 
+# The least seconds between two uploads of ``metrics.jsonl`` on an object store (rewritten whole).
+UPLOAD_EVERY_S = 60.0
+
+
 class MetricWriter:
   """JSONL + TensorBoard (+ Weights & Biases with ``wandb_project``); on resume, keeps exactly
   what was logged up to the checkpoint."""
@@ -87,7 +91,7 @@ class MetricWriter:
       kept = "".join(json.dumps(r) + "\n" for r in read_rows(self.path)
                      if _logged_before(r, resume_step))
       replace_text(self.path, kept)
-    self.file = LineFile(self.path, kept)
+    self.file = LineFile(self.path, kept, upload_every_s=UPLOAD_EVERY_S)
     from tensorboardX import SummaryWriter
     self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"),
                             purge_step=resume_step if resume_step else None)
@@ -119,8 +123,16 @@ class MetricWriter:
     if self.wandb is not None:
       self.wandb.log({k: v for k, v in clean.items() if v is not None}, step=step)
 
+  def flush(self) -> None:
+    """Writes out every row logged so far (an object-store file is uploaded at most once every
+    :data:`UPLOAD_EVERY_S`; the trainer flushes before each checkpoint so that a resumed run finds
+    every row up to its step)."""
+    if self.enabled:
+      self.file.flush()
+
   def close(self):
     if self.enabled:
+      self.file.flush()
       self.tb.close()
       if self.wandb is not None:
         self.wandb.finish()

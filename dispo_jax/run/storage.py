@@ -8,7 +8,9 @@ memory-maps) is copied to a scratch folder first.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 
 from etils import epath
 
@@ -65,24 +67,40 @@ def copy_folder_into(local: str, folder: epath.Path) -> None:
 
 class LineFile:
   """A text file that grows by whole lines: a local file is appended to; an object-store file
-  (no appends there) is rewritten whole from the text kept here.
+  (no appends there) is rewritten whole from the text kept here, at most once every
+  ``upload_every_s`` seconds (and on :meth:`flush`), so a long run does not upload its whole
+  history with every line.
 
   Args:
     path: the file (local or ``gs://``).
     text: its current content on an object store (None: read it, "" when it does not exist).
+    upload_every_s: the least time between two uploads of an object-store file; 0 uploads on
+      every append.
   """
 
-  def __init__(self, path, text: str | None = None):
+  def __init__(self, path, text: str | None = None, upload_every_s: float = 0.0):
     self.path = epath.Path(path)
     self.remote = is_object_store(path)
     if self.remote and text is None:
       text = self.path.read_text() if self.path.exists() else ""
     self.text = text if self.remote else ""
+    self.upload_every_s = upload_every_s
+    self.uploaded_at = -math.inf
+    self.pending = False
 
   def append(self, lines: list[str]) -> None:
-    if self.remote:
-      self.text += "".join(lines)
-      self.path.write_text(self.text)
-    else:
+    if not self.remote:
       with self.path.open("a", encoding="utf-8") as f:
         f.writelines(lines)
+      return
+    self.text += "".join(lines)
+    self.pending = True
+    if time.monotonic() - self.uploaded_at >= self.upload_every_s:
+      self.flush()
+
+  def flush(self) -> None:
+    """Uploads what was appended since the last upload (an object store; a local file has
+    nothing pending)."""
+    if self.pending:
+      self.path.write_text(self.text)
+      self.uploaded_at, self.pending = time.monotonic(), False

@@ -4,8 +4,9 @@
   commit); a rerun in the same folder must have the same config except for the keys in
   :data:`MAY_CHANGE_ON_RESUME` (cadence, caps, paths, the mesh), else it stops before any compute
   naming every changed key.
-* ``lock`` holds the owner's host and pid: a second writer stops; a lock whose process is gone (same
-  host) is taken over with a warning.
+* ``lock`` holds the owner's host, pid and heartbeat (refreshed every minute while the run lives): a
+  second writer stops; a lock whose process is gone (same host), or whose heartbeat stopped long
+  ago (another host: a preempted or moved run), is taken over with a warning.
 * :func:`default_workdir` names a folder by task, method and a short hash of the config, so two
   different runs never share a folder by accident.
 """
@@ -16,9 +17,12 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import socket
 import subprocess
+import threading
+import time
 
 from absl import logging
 from etils import epath
@@ -163,6 +167,12 @@ def _recorded_config(path: epath.Path) -> dict:
   raise ConfigError(f"{path}: {what}; use another --workdir")
 
 
+# A held lock's heartbeat period, and the silence after which another host's lock is taken over
+# (a run restarted elsewhere after a preemption); both in seconds.
+HEARTBEAT_EVERY_S = 60.0
+STALE_AFTER_S = 600.0
+
+
 class WorkdirError(RuntimeError):
   """A work folder that a run may not write now (held lock, unreadable lock); names the file."""
 
@@ -176,58 +186,82 @@ def _pid_alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-  """``<workdir>/lock`` = ``{"host", "pid"}`` while a run writes the folder (a context manager).
+  """``<workdir>/lock`` = ``{"host", "pid", "heartbeat"}`` while a run writes the folder (a context
+  manager); ``heartbeat`` (unix seconds) is rewritten every ``heartbeat_every_s`` by a thread.
 
   On a local folder the lock is created atomically (``O_EXCL``) while the folder itself is held
   with ``flock``, so taking over a stale lock (its process gone, or an empty file left by a start
   that could not write it) and creating the new one is one step no other start can interleave
   with. On an object store (``gs://``) it is checked, then written: a guard against mistakes, not
   against two runs started in the same second.
+
+  A lock of another host cannot be checked by its pid: it is taken over once its heartbeat is
+  ``stale_after_s`` old (a run restarted on a new VM after a preemption), and refused before that.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, heartbeat_every_s: float = HEARTBEAT_EVERY_S,
+               stale_after_s: float = STALE_AFTER_S):
     self.local = not is_object_store(workdir)
     self.path = os.path.join(workdir, "lock") if self.local else epath.Path(workdir) / "lock"
     self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    self.heartbeat_every_s, self.stale_after_s = heartbeat_every_s, stale_after_s
     self.held = False
+    self._stop = threading.Event()
+    self._beats = None
 
   def acquire(self) -> None:
     if not self.local:
       if self.path.exists():
         self._take_over_if_stale()
-      self.path.write_text(json.dumps(self.owner))
-      self.held = True
-      return
-    folder = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-    try:
-      fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor is closed
-      if os.path.exists(self.path):
-        self._take_over_if_stale()
-      self._create()
-    finally:
-      os.close(folder)
+      self.path.write_text(self._record())
+    else:
+      folder = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+      try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor is closed
+        if os.path.exists(self.path):
+          self._take_over_if_stale()
+        self._create()
+      finally:
+        os.close(folder)
     self.held = True
+    self._stop.clear()
+    self._beats = threading.Thread(target=self._beat, name="workdir-lock-heartbeat", daemon=True)
+    self._beats.start()
+
+  def _record(self) -> str:
+    return json.dumps({**self.owner, "heartbeat": time.time()})
+
+  def _beat(self) -> None:
+    """Rewrites the lock with a fresh heartbeat until released (a failed write is retried)."""
+    while not self._stop.wait(self.heartbeat_every_s):
+      try:
+        replace_text(epath.Path(self.path), self._record())
+      except OSError as e:
+        logging.warning("%s: heartbeat not written (%s)", self.path, e)
 
   def _create(self) -> None:
     """Writes the lock with ``O_EXCL``; a lock that cannot be written whole is removed again."""
     fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     try:
       with os.fdopen(fd, "w") as f:
-        json.dump(self.owner, f)
+        f.write(self._record())
     except BaseException:
       os.unlink(self.path)
       raise
 
   def _read_owner(self) -> dict | None:
-    """The lock's ``{"host", "pid"}``, or None when the file is not such a record."""
+    """The lock's ``{"host", "pid"[, "heartbeat"]}``, or None when the file is not such a record."""
     try:
       owner = json.loads(epath.Path(self.path).read_text())
     except (OSError, ValueError):  # JSONDecodeError, UnicodeDecodeError
       return None
-    if (isinstance(owner, dict) and isinstance(owner.get("host"), str)
-        and type(owner.get("pid")) is int):  # noqa: E721 - not a bool, a float or a string
-      return owner
-    return None
+    if not (isinstance(owner, dict) and isinstance(owner.get("host"), str)
+            and type(owner.get("pid")) is int):  # noqa: E721 - not a bool, a float or a string
+      return None
+    beat = owner.get("heartbeat")  # absent in locks written before heartbeats
+    if beat is not None and (type(beat) not in (int, float) or not math.isfinite(beat)):
+      return None
+    return owner
 
   def _take_over_if_stale(self) -> None:
     if self.local and os.path.getsize(self.path) == 0:  # a start that could not write its lock
@@ -243,11 +277,24 @@ class WorkdirLock:
       warn(f"{self.path}: taking over a stale lock (pid {owner['pid']} is gone)")
       epath.Path(self.path).unlink(missing_ok=True)
       return
+    silent_s = time.time() - owner["heartbeat"] if "heartbeat" in owner else None
+    if owner["host"] != self.owner["host"] and silent_s is not None and (
+        silent_s >= self.stale_after_s):
+      warn(f"{self.path}: taking over the lock of host {owner['host']} (pid {owner['pid']}): no "
+           f"heartbeat for {silent_s:.0f} s, its run is gone (preempted or moved)")
+      epath.Path(self.path).unlink(missing_ok=True)
+      return
+    alive = (f"; its heartbeat is {silent_s:.0f} s old, taken over at {self.stale_after_s:.0f} s"
+             if silent_s is not None and owner["host"] != self.owner["host"] else "")
     raise WorkdirError(f"{epath.Path(self.path).parent} is in use by another run (host "
-                       f"{owner['host']}, pid {owner['pid']}); wait for it, use another "
+                       f"{owner['host']}, pid {owner['pid']}{alive}); wait for it, use another "
                        f"--workdir, or delete {self.path} if that run is gone")
 
   def release(self) -> None:
+    self._stop.set()
+    if self._beats is not None:
+      self._beats.join()
+      self._beats = None
     if self.held:
       epath.Path(self.path).unlink(missing_ok=True)
       self.held = False
