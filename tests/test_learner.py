@@ -79,9 +79,14 @@ def test_first_inner_update_has_ratio_exactly_one(method):
       np.testing.assert_allclose([float(diag[prefix + "ratio_min"]),
                                   float(diag[prefix + "ratio_max"])], 1.0, atol=1e-6)
       assert float(diag[prefix + "kl"]) < 1e-10  # full fine-tuning: reference == initial policy
+  done, adv = np.asarray(batch.completion_mask), np.asarray(batch.advantages)
+  assert metrics["base/credited_tokens"] == done[adv != 0].sum()
+  assert metrics["sampler/denoising_steps"] == 4  # the sampler's steps, no threshold
   if objective.use_step:
     assert batch.actions.shape == (16, 1, 2, 8)
     assert 0.0 <= metrics["step/distinguishable_frac"] <= 1.0
+    actions, branch_adv = np.asarray(batch.action_mask), np.asarray(batch.branch_advantages)
+    assert metrics["step/credited_tokens"] == actions[branch_adv != 0].sum()
 
 
 def test_each_inner_iteration_has_its_own_masks_and_updates_move_the_ratio():

@@ -403,6 +403,14 @@ def test_branch_diagnostics_by_bin():
   assert int(d["step/states_late"]) == 1
 
 
+def test_credited_tokens_count_scored_tokens_with_a_non_zero_advantage():
+  from dispo_jax.rl.diagnostics import credited_tokens
+  mask = jnp.asarray([[True, True, False], [True, True, True], [True, False, False]])
+  assert float(credited_tokens(mask, jnp.asarray([0.5, 0.0, -1.0]))) == 3.0  # rows 0 and 2
+  fillings = jnp.ones((2, 1, 2, 4), bool).at[0, 0, 1, 2:].set(False)  # [N, S, Z, G]
+  assert float(credited_tokens(fillings, jnp.asarray([[[1.0, -1.0]], [[0.0, 0.0]]]))) == 6.0
+
+
 def test_prompt_masks_are_per_row_and_independent_of_batch_split():
   key = jax.random.key(0)
   full = np.asarray(rl.prompt_mask(key, jnp.arange(64), 200, 0.15))

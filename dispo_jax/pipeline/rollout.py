@@ -21,7 +21,7 @@ from dispo_jax.model.sharding import to_host
 from dispo_jax.pipeline.rewards import RewardFn
 from dispo_jax.rl import timesteps
 from dispo_jax.rl.advantages import ADVANTAGES, get_advantage, group_advantages
-from dispo_jax.rl.diagnostics import branch_diagnostics, group_diagnostics
+from dispo_jax.rl.diagnostics import branch_diagnostics, credited_tokens, group_diagnostics
 from dispo_jax.rl.learner import ObjectiveSettings, RLBatch
 from dispo_jax.rl.losses import base_row_weights, step_row_weights, step_token_mask
 from dispo_jax.rl.spg import sequence_weights as spg_sequence_weights
@@ -168,6 +168,8 @@ def _terminal_part(result: Rollout, host_prompts: np.ndarray, host_lengths: np.n
     width = host_prompts.shape[1]
     key_mask = place(np.arange(width)[None] >= (width - host_lengths)[:, None])
   done = completion_mask(result.completion, settings.eos_id)
+  metrics["base/credited_tokens"] = float(credited_tokens(to_host(done), advantages))
+  metrics["sampler/denoising_steps"] = float(to_host(result.commit_step).max() + 1)
   batch = RLBatch(prompt_tokens=place(host_prompts), prompt_key_mask=key_mask,
                   completion=result.completion, completion_mask=done,
                   advantages=place(to_host(advantages)), commit_step=result.commit_step,
@@ -207,4 +209,5 @@ def _branch_part(key: jax.Array, batch: RLBatch, result: Rollout, host_steps: np
     batch = batch.replace(step_row_weights=step_row_weights(action_mask, rollout.group_size))
   metrics = branch_diagnostics(jnp.asarray(branch_rewards), jnp.asarray(branch_adv),
                                jnp.asarray(host_steps), sampler.steps)
+  metrics["step/credited_tokens"] = credited_tokens(to_host(action_mask), jnp.asarray(branch_adv))
   return batch, {name: float(v) for name, v in metrics.items()}, branch_rewards

@@ -29,6 +29,17 @@ def group_diagnostics(rewards: Array, advantages: Array, group_size: int) -> Dic
   return out
 
 
+def credited_tokens(token_mask: Array, advantages: Array) -> Array:
+  """How many scored tokens get a non-zero advantage (float32 scalar): the credit a term hands out.
+
+  Args:
+    token_mask: ``[..., G]`` bool, the tokens a term scores (a completion up to its EOS; a branch
+      filling's action tokens).
+    advantages: ``[...]``, one advantage per completion or filling.
+  """
+  return jnp.sum(token_mask & (advantages != 0)[..., None]).astype(jnp.float32)
+
+
 def branch_diagnostics(branch_rewards: Array, branch_advantages: Array, branch_steps: Array,
                        num_steps: int) -> Dict[str, Array]:
   """Branch-state diagnostics.
