@@ -33,3 +33,13 @@ def tiny_cfg():
 def tiny_model(tiny_cfg):
   from dispo_jax.model.llada import init_model
   return init_model(tiny_cfg, seed=0)
+
+
+@pytest.fixture(scope="session")
+def base_dir():
+  """The cached folder of ``helpers.small_config()``'s SFT'd base (the session's
+  ``$DISPO_JAX_CACHE``); tests that train request it so the base is built once."""
+  from dispo_jax import tiny
+  from tests.helpers import small_config
+  tiny.prepare_base(small_config(), progress=False)
+  return tiny.base_folder(small_config())

@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny HF-format LLaDA folders written from torch/numpy weights."""
+"""Shared test helpers: the tests' shrunk tiny run config, run-folder readers, and tiny HF-format
+LLaDA folders written from torch/numpy weights."""
 
 from __future__ import annotations
 
@@ -10,6 +11,61 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from dispo_jax.model.checkpoint import config_to_hf, hf_name_map
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_flags() -> dict:
+  """The shrunk tiny config as overrides of ``sudoku:tiny`` (:func:`small_config` adds a
+  checkpoint every 2 updates; the command-line runs keep the config's cadence)."""
+  return {"method": "dispo",  # the tests exercise DiSPO's whole path (branches and the step term)
+          "model.overrides.d_model": 32, "model.overrides.n_layers": 1,
+          "model.overrides.n_heads": 2, "model.overrides.mlp_hidden_size": 64,
+          "base.steps": 150, "base.learning_rate": 0.01, "rollout.prompts_per_step": 2,
+          "rollout.group_size": 4, "rl.num_iterations": 2, "data.num_train": 200,
+          "data.num_test": 16, "eval_rows": 8, "eval_every": 0, "num_steps": 4,
+          "export_hf": False,
+          "mesh.data": 1}  # the same single device in-process (8 fake devices) and in subprocesses
+
+
+def small_config(**changes):
+  """The tiny Sudoku config shrunk further for tests (the base SFT takes seconds)."""
+  from dispo_jax import recipes
+  c = recipes.task_config("sudoku", "tiny")
+  for key, value in {**tiny_flags(), "checkpoint_every": 2, **changes}.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def fresh_workdir(tmp_path, name: str) -> str:
+  """A new empty work folder ``tmp_path/name``."""
+  path = tmp_path / name
+  path.mkdir()
+  return str(path)
+
+
+def read_metrics(workdir) -> list[dict]:
+  """Every row of a run's ``metrics.jsonl``."""
+  return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def trainable_leaves(workdir):
+  """``(step, leaves)``: the latest checkpoint's trainable arrays on this process's first device
+  (whatever mesh and process count saved them)."""
+  import jax
+  import orbax.checkpoint as ocp
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  step = manager.latest_step()
+  path = os.path.join(workdir, "checkpoints", str(step), "trainable")
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), tree)
+  return step, jax.tree.leaves(checkpointer.restore(path, target))
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dispo_jax.model import checkpoint, llada, sharding
+from dispo_jax.model import checkpoint, sharding
 from dispo_jax.model.checkpoint import CheckpointError
 from dispo_jax.model.config import get_config
 from tests.helpers import SafetensorsReadSpy, random_hf_tensors, write_hf_folder

@@ -11,7 +11,7 @@ import pytest
 
 from dispo_jax import recipes
 from dispo_jax.run import config as config_lib
-from tests.test_train import REPO, _flags
+from tests.helpers import REPO, tiny_flags
 
 
 def _cli(module, args, cwd, timeout=300):
@@ -103,7 +103,7 @@ def test_a_warning_is_printed_once(tmp_path):
   workdir = tmp_path / "w"
   workdir.mkdir()
   (workdir / "metrics.jsonl").write_text('{"step": 7}\n')
-  flags = {**_flags(), "num_steps": 2, "rl.num_iterations": 1}
+  flags = {**tiny_flags(), "num_steps": 2, "rl.num_iterations": 1}
   out = _cli("dispo_jax.train", [f"--workdir={workdir}"]
              + [f"--config.{k}={v}" for k, v in flags.items()], tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]

@@ -144,7 +144,7 @@ def test_a_tiny_runs_export_scores_as_the_run_scored_it(tmp_path):
   rows, the run's sampler shape) and reproduces the run's own final held-out accuracy; with d1's
   protocol forced it asks d1's prompts instead, which the tiny model was never taught."""
   from dispo_jax import recipes, train as train_lib
-  from tests.test_train import small_config
+  from tests.helpers import small_config
   workdir = str(tmp_path / "run")
   train_lib.train(small_config(export_hf=True, eval_every=2), workdir)
   final = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))

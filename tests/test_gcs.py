@@ -21,12 +21,12 @@ import pytest
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("gcsfs")
 
-from tests.test_train import REPO, _flags  # noqa: E402
+from tests.helpers import REPO, tiny_flags  # noqa: E402
 
 BUCKET = "test-bucket"
 # The tests' shrunk tiny config, with a checkpoint every 2 updates (the kill comes after the
 # first) and the HF export the evaluation reads back.
-FLAGS = {**_flags(), "checkpoint_every": 2, "export_hf": True}
+FLAGS = {**tiny_flags(), "checkpoint_every": 2, "export_hf": True}
 
 
 def _free_port() -> int:

@@ -9,7 +9,7 @@ import sysconfig
 
 import pytest
 
-from tests.test_train import REPO, _flags
+from tests.helpers import REPO, tiny_flags
 
 # What a wheel is built from (the package and its metadata; nothing else of the clone).
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "dispo_jax")
@@ -57,7 +57,7 @@ def test_console_scripts_train_and_evaluate_from_any_folder(installed, tmp_path)
   assert "--config" in help_text.stdout and "dispo_jax.train" in help_text.stdout  # absl exits 1
   assert "sections: base, data" in " ".join(help_text.stdout.split())
   workdir = tmp_path / "run"
-  flags = {**_flags(), "num_steps": 2, "rl.num_iterations": 1, "export_hf": True,
+  flags = {**tiny_flags(), "num_steps": 2, "rl.num_iterations": 1, "export_hf": True,
            "eval_every": 2}
   train = _run(installed, ["dispo-train", "--config=sudoku:tiny", f"--workdir={workdir}"]
                + [f"--config.{k}={v}" for k, v in flags.items()], tmp_path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dispo_jax.model import checkpoint, llada
-from dispo_jax.model.config import LLaDAConfig, get_config
+from dispo_jax.model.config import get_config
 from tests.helpers import random_hf_tensors, write_hf_folder
 
 

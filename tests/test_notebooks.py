@@ -8,7 +8,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
 
 
 @pytest.mark.parametrize("name", ["sampler_visualised.ipynb", "dispo_vs_diffu_grpo.ipynb"])

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.test_train import REPO
+from tests.helpers import REPO
 
 
 def test_plan_scale_reads_train_config_and_its_mesh_overrides():

@@ -16,9 +16,8 @@ import sys
 
 import pytest
 
-from tests.helpers import cached_llada_folder, free_port, write_task_files
+from tests.helpers import REPO, cached_llada_folder, free_port, read_metrics, write_task_files
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"sampler.gen_length": 32, "sampler.block_length": 16, "sampler.steps": 8,
          "rollout.prompts_per_step": 2, "rollout.group_size": 2,
          "rollout.max_prompt_length": 64, "eval_rows": 2}
@@ -49,10 +48,6 @@ def _run(cmd, env=None, timeout=600):
   assert result.returncode == 0, f"{' '.join(cmd[:4])} exited {result.returncode}:\n" + (
       result.stderr[-3000:])
   return result
-
-
-def _metrics(workdir):
-  return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
 def _checkpoints(workdir):
@@ -107,14 +102,14 @@ def test_recipe_trains_resumes_exports_and_evaluates(task, recipe_inputs, tmp_pa
   assert f"resuming {workdir} from step {mu} of {2 * mu}" in second.stdout
   for output in (first, second):
     assert "to instantiate a model of type" not in output.stderr  # transformers' notice is quiet
-  rows = [r for r in _metrics(workdir) if "loss" in r]
+  rows = [r for r in read_metrics(workdir) if "loss" in r]
   assert [r["step"] for r in rows] == list(range(2 * mu))
   assert [r["rollout"] for r in rows] == [0] * mu + [1] * mu
   assert all(r["skipped"] == 0 and r["grad_norm"] >= 0 for r in rows)
   if task == "sudoku":  # the folder's SFT'd answers earn per-cell rewards that differ
     assert all(r["grad_norm"] > 1e-6 for r in rows) and max(r["reward_mean"] for r in rows) > 0
   assert "step/ratio_min" in rows[0]  # DiSPO's state term ran
-  assert [r["step"] for r in _metrics(workdir) if "eval/accuracy" in r] == [0, 2 * mu]
+  assert [r["step"] for r in read_metrics(workdir) if "eval/accuracy" in r] == [0, 2 * mu]
   assert _checkpoints(workdir) == [mu, 2 * mu]
   _check_recorded_recipe(workdir, task)
   _evaluate(task, os.path.join(workdir, "export"), recipe_inputs, str(tmp_path / "eval"))
@@ -152,7 +147,7 @@ def test_recipe_on_two_processes(recipe_inputs, tmp_path):
   _two_processes(_train_cmd(task, workdir, recipe_inputs, **{"mesh.data": 1, "mesh.fsdp": 2}))
   updates = 2 * _mu(task)
   assert _checkpoints(workdir) == [updates]
-  assert [r["step"] for r in _metrics(workdir) if "loss" in r] == list(range(updates))
+  assert [r["step"] for r in read_metrics(workdir) if "loss" in r] == list(range(updates))
   _evaluate(task, os.path.join(workdir, "export"), recipe_inputs, str(tmp_path / "eval"))
 
 

@@ -24,8 +24,7 @@ from dispo_jax.run import checkpoints, distributed, metrics as metrics_lib, work
 from dispo_jax.run.config import ConfigError
 from dispo_jax.tasks import data, get_task, gsm8k
 from dispo_jax.tasks.base import find_delimited
-from tests.test_train import (REPO, _metrics, _trainable_leaves, _workdir, base_dir,  # noqa: F401
-                              small_config)
+from tests.helpers import REPO, fresh_workdir, read_metrics, small_config, trainable_leaves
 
 
 # 1. A work folder belongs to one run ---------------------------------------------------------
@@ -231,15 +230,15 @@ def test_default_workdir_and_base_cache_are_keyed_on_the_config():
 
 
 def test_max_steps_caps_the_step_reached_and_a_resume_announces_itself(tmp_path, base_dir, capsys):  # noqa: F811
-  workdir = _workdir(tmp_path, base_dir, "capped")
+  workdir = fresh_workdir(tmp_path, "capped")
   c = small_config(num_steps=4, max_steps=2)
   train_lib.train(c, workdir)
   capsys.readouterr()
   train_lib.train(c, workdir)  # the same command again: the run is already at its cap
   out = capsys.readouterr().out
   assert f"resuming {workdir} from step 2 of 2" in out
-  assert _trainable_leaves(workdir)[0] == 2
-  assert [r["step"] for r in _metrics(workdir) if "loss" in r] == [0, 1]
+  assert trainable_leaves(workdir)[0] == 2
+  assert [r["step"] for r in read_metrics(workdir) if "loss" in r] == [0, 1]
 
 
 # 3. Nothing non-finite is trained on or saved -----------------------------------------------
@@ -519,7 +518,7 @@ def test_bad_data_files_name_file_and_line(tmp_path):
 def test_the_tiny_setting_rejects_data_files_and_truncation_is_counted(finished_run):
   with pytest.raises(ConfigError, match=r"data\.train_file / eval_file are set but the tiny"):
     train_lib.validate_config(small_config(**{"data.train_file": "/tmp/x.jsonl"}))
-  rows = [r for r in _metrics(finished_run) if "loss" in r]
+  rows = [r for r in read_metrics(finished_run) if "loss" in r]
   assert rows and all(r["prompts_truncated"] == 0 for r in rows)  # counted on every update
   from dispo_jax.model import tokenizer as tok
   tokenizer = tok.load_tokenizer(os.path.join(tiny.base_folder(small_config()), "tokenizer"))

@@ -1,6 +1,5 @@
 """The training program: config guards, a short tiny run, resume exactness, SIGTERM, sharding."""
 
-import json
 import os
 import signal
 import subprocess
@@ -14,39 +13,8 @@ import pytest
 from configs import sudoku as sudoku_config
 from dispo_jax import train as train_lib
 from dispo_jax.rl import learner
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def small_config(**changes):
-  """The tiny Sudoku config shrunk further for tests (the base SFT takes seconds)."""
-  c = sudoku_config.get_config("tiny")
-  for key, value in {**_flags(), "checkpoint_every": 2, **changes}.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
-
-
-@pytest.fixture(scope="module")
-def base_dir():
-  """The cached folder of small_config()'s SFT'd base (the session's $DISPO_JAX_CACHE)."""
-  train_lib.tiny_lib.prepare_base(small_config(), progress=False)
-  return train_lib.tiny_lib.base_folder(small_config())
-
-
-def _workdir(tmp_path, base_dir, name):
-  """A fresh work folder; the base comes from the cache that ``base_dir`` filled."""
-  path = tmp_path / name
-  path.mkdir()
-  return str(path)
-
-
-def _metrics(workdir):
-  return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-
+from tests.helpers import (REPO, fresh_workdir, read_metrics, small_config, tiny_flags,
+                           trainable_leaves)
 
 @pytest.mark.parametrize("key, value, match", [
     ("rl.alpha_step", -0.5, r"config\.rl: alpha_step=-0\.5 must be >= 0"),
@@ -115,10 +83,10 @@ def test_unknown_config_key_is_named_on_one_line(tmp_path, flag, line):
 
 
 def test_tiny_run_logs_checkpoints_and_exports(tmp_path, base_dir):
-  workdir = _workdir(tmp_path, base_dir, "run")
+  workdir = fresh_workdir(tmp_path, "run")
   c = small_config(export_hf=True, eval_every=2)
   final = train_lib.train(c, workdir)
-  rows = _metrics(workdir)
+  rows = read_metrics(workdir)
   assert [r["step"] for r in rows if "reward_mean" in r] == [0, 1, 2, 3]
   assert [r["rollout"] for r in rows if "reward_mean" in r] == [0, 0, 1, 1]  # μ = 2
   assert any("eval/accuracy" in r for r in rows)
@@ -133,31 +101,17 @@ def test_tiny_run_logs_checkpoints_and_exports(tmp_path, base_dir):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 
-def _trainable_leaves(workdir):
-  """The latest checkpoint's trainable arrays on this process's first device (whatever mesh and
-  process count saved them)."""
-  import orbax.checkpoint as ocp
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = manager.latest_step()
-  path = os.path.join(workdir, "checkpoints", str(step), "trainable")
-  checkpointer = ocp.StandardCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata
-  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), tree)
-  return step, jax.tree.leaves(checkpointer.restore(path, target))
-
-
 def _cli(workdir):
   return [sys.executable, "-m", "dispo_jax.train", "--config=configs/sudoku.py:tiny",
-          f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in _flags().items()]
+          f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in tiny_flags().items()]
 
 
 def test_resume_after_kill_9_repeats_the_straight_run(tmp_path, base_dir):
   """All runs are subprocesses: the same XLA environment (threads, devices) for every one."""
-  straight = _workdir(tmp_path, base_dir, "straight")
+  straight = fresh_workdir(tmp_path, "straight")
   subprocess.run(_cli(straight), cwd=REPO, check=True, capture_output=True, timeout=600)
 
-  resumed = _workdir(tmp_path, base_dir, "resumed")
+  resumed = fresh_workdir(tmp_path, "resumed")
   proc = subprocess.Popen(_cli(resumed) + ["--config.checkpoint_every=2"], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
@@ -169,33 +123,21 @@ def test_resume_after_kill_9_repeats_the_straight_run(tmp_path, base_dir):
   assert os.path.isdir(ckpt), "no checkpoint at step 2 before the kill"
   subprocess.run(_cli(resumed), cwd=REPO, check=True, capture_output=True, timeout=600)
 
-  a_step, a = _trainable_leaves(straight)
-  b_step, b = _trainable_leaves(resumed)
+  a_step, a = trainable_leaves(straight)
+  b_step, b = trainable_leaves(resumed)
   assert a_step == b_step == 4
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
-  ma = {r["step"]: r for r in _metrics(straight) if "reward_mean" in r}
-  mb = {r["step"]: r for r in _metrics(resumed) if "reward_mean" in r}
+  ma = {r["step"]: r for r in read_metrics(straight) if "reward_mean" in r}
+  mb = {r["step"]: r for r in read_metrics(resumed) if "reward_mean" in r}
   assert sorted(ma) == sorted(mb) == [0, 1, 2, 3]
   for step in ma:
     for key in ("reward_mean", "loss", "base/kl"):
       assert ma[step][key] == mb[step][key], (step, key)
 
 
-def _flags():
-  """The shrunk tiny config as overrides of configs/sudoku.py:tiny (small_config() adds a
-  checkpoint every 2 updates; the command-line runs keep the config's cadence)."""
-  return {"method": "dispo",  # the tests exercise DiSPO's whole path (branches and the step term)
-          "model.overrides.d_model": 32, "model.overrides.n_layers": 1,
-          "model.overrides.n_heads": 2, "model.overrides.mlp_hidden_size": 64,
-          "base.steps": 150, "base.learning_rate": 0.01, "rollout.prompts_per_step": 2, "rollout.group_size": 4,
-          "rl.num_iterations": 2, "data.num_train": 200, "data.num_test": 16, "eval_rows": 8,
-          "eval_every": 0, "num_steps": 4, "export_hf": False,
-          "mesh.data": 1}  # the same single device in-process (8 fake devices) and in subprocesses
-
-
 def test_sigterm_saves_a_usable_checkpoint(tmp_path, base_dir):
-  workdir = _workdir(tmp_path, base_dir, "term")
+  workdir = fresh_workdir(tmp_path, "term")
   proc = subprocess.Popen(_cli(workdir) + ["--config.num_steps=1000", "--config.checkpoint_every=1000"],
                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   metrics = os.path.join(workdir, "metrics.jsonl")
@@ -205,16 +147,16 @@ def test_sigterm_saves_a_usable_checkpoint(tmp_path, base_dir):
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-2000:]
-  step, leaves = _trainable_leaves(workdir)
+  step, leaves = trainable_leaves(workdir)
   assert 1 <= step < 1000 and leaves
   assert step % 2 == 0  # SIGTERM finishes the rollout batch (μ = 2) before saving
   c = small_config(num_steps=1000, max_steps=step + 2)  # resumes from it, runs to step + 2
   train_lib.train(c, workdir)
-  assert _trainable_leaves(workdir)[0] == step + 2
+  assert trainable_leaves(workdir)[0] == step + 2
 
 
 def test_non_finite_updates_stop_the_run_with_the_checkpoint_intact(tmp_path, base_dir, monkeypatch):
-  workdir = _workdir(tmp_path, base_dir, "nan")
+  workdir = fresh_workdir(tmp_path, "nan")
   train_lib.train(small_config(num_steps=10, max_steps=2), workdir)  # a good checkpoint at 2
   real = learner.make_update_fn
 
@@ -229,8 +171,8 @@ def test_non_finite_updates_stop_the_run_with_the_checkpoint_intact(tmp_path, ba
   with pytest.raises(RuntimeError, match=r"2 consecutive steps had non-finite losses.*last good "
                      r"checkpoint \(step 2\) is intact"):
     train_lib.train(small_config(num_steps=10, max_bad_steps=2), workdir)
-  assert _trainable_leaves(workdir)[0] == 2
-  rows = [r for r in _metrics(workdir) if "skipped_updates" in r]
+  assert trainable_leaves(workdir)[0] == 2
+  rows = [r for r in read_metrics(workdir) if "skipped_updates" in r]
   assert [r["skipped_updates"] for r in rows[-2:]] == [1.0, 1.0]
 
 
@@ -238,11 +180,11 @@ def test_non_finite_updates_stop_the_run_with_the_checkpoint_intact(tmp_path, ba
 def test_sharded_training_matches_one_device(tmp_path, base_dir, mesh):
   results = {}
   for name, shape in (("one", (1, 1, 1)), ("many", mesh)):
-    workdir = _workdir(tmp_path, base_dir, name)
+    workdir = fresh_workdir(tmp_path, name)
     c = small_config(num_steps=2)
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = shape
     train_lib.train(c, workdir)
-    results[name] = ([r for r in _metrics(workdir) if "loss" in r], _trainable_leaves(workdir)[1])
+    results[name] = ([r for r in read_metrics(workdir) if "loss" in r], trainable_leaves(workdir)[1])
   (m1, p1), (m8, p8) = results["one"], results["many"]
   for a, b in zip(m1, m8):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
@@ -276,10 +218,10 @@ def test_tiny_config_reward_rises(tmp_path, base_dir, monkeypatch):
   real_get_task = train_lib.get_task
   monkeypatch.setattr(train_lib, "get_task", lambda name, d1_compat=False: dataclasses.replace(
       real_get_task(name, d1_compat), reward_terms={"ones": ones}))
-  workdir = _workdir(tmp_path, base_dir, "rise")
+  workdir = fresh_workdir(tmp_path, "rise")
   train_lib.train(small_config(**{"num_steps": 16, "optim.learning_rate": 1e-3,
                                   "rollout.prompts_per_step": 4}), workdir)
-  per_rollout = {r["rollout"]: r["reward_mean"] for r in _metrics(workdir) if "reward_mean" in r}
+  per_rollout = {r["rollout"]: r["reward_mean"] for r in read_metrics(workdir) if "reward_mean" in r}
   rewards = [per_rollout[i] for i in sorted(per_rollout)]
   assert len(rewards) == 8
   assert np.mean(rewards[-3:]) > np.mean(rewards[:2]) + 0.1, rewards
@@ -291,7 +233,7 @@ def test_spg_variants_of_the_tiny_config_train(tmp_path, base_dir, variant, meth
   assert c.method == method and c.rl.beta == 0.0 and c.rl.num_iterations == 4
   assert c.sampler.gen_length == 24 and c.optim.learning_rate == 1.5e-4  # tiny rollout kept
   small = small_config(method=method, **{"rl.beta": 0.0, "num_steps": 2})
-  workdir = _workdir(tmp_path, base_dir, method)
+  workdir = fresh_workdir(tmp_path, method)
   final = train_lib.train(small, workdir)
   assert final["skipped_updates"] == 0 and np.isfinite(final["loss"])
   assert "base/elbo" in final and ("step/loss" in final) == (method == "dispo_spg")
@@ -299,7 +241,7 @@ def test_spg_variants_of_the_tiny_config_train(tmp_path, base_dir, variant, meth
 
 @pytest.mark.parametrize("method, segments", [("trace", 2), ("dispo_trace", 6)])
 def test_trace_methods_train_the_tiny_config(tmp_path, base_dir, method, segments):
-  workdir = _workdir(tmp_path, base_dir, method)
+  workdir = fresh_workdir(tmp_path, method)
   final = train_lib.train(small_config(method=method, **{"rl.trace.segments": segments}), workdir)
   assert final["skipped_updates"] == 0 and np.isfinite(final["loss"])
   assert ("step/loss" in final) == (method == "dispo_trace") and "base/kl" in final
@@ -342,10 +284,10 @@ def test_recipe_configs_train_with_d1s_rewards_and_normaliser():
 
 def test_num_steps_counts_optimizer_updates(tmp_path, base_dir):
   """8 updates at μ = 4: a checkpoint at step 8 and metrics from exactly 2 rollout batches."""
-  workdir = _workdir(tmp_path, base_dir, "updates")
+  workdir = fresh_workdir(tmp_path, "updates")
   train_lib.train(small_config(**{"num_steps": 8, "rl.num_iterations": 4,
                                   "checkpoint_every": 4}), workdir)
-  rows = [r for r in _metrics(workdir) if "loss" in r]
+  rows = [r for r in read_metrics(workdir) if "loss" in r]
   assert [r["step"] for r in rows] == list(range(8))
   assert [r["rollout"] for r in rows] == [0] * 4 + [1] * 4
   assert len({r["reward_mean"] for r in rows[:4]}) == 1  # one rollout batch replayed μ times
@@ -374,7 +316,7 @@ def test_every_update_uses_its_own_replayed_mask_key(tmp_path, base_dir, monkeyp
 
   monkeypatch.setattr(train_lib, "make_step_functions", recording(train_lib.make_step_functions))
   train_lib.train(small_config(**{"num_steps": 6, "rl.num_iterations": 3, "checkpoint_every": 3,
-                                  "method": "dispo"}), workdir=_workdir(tmp_path, base_dir, "keys"))
+                                  "method": "dispo"}), workdir=fresh_workdir(tmp_path, "keys"))
   assert len(replayed) == 2 and len(used) == 6
   for index, (iteration, key) in enumerate(used):
     assert iteration == index % 3
@@ -385,12 +327,12 @@ def test_every_update_uses_its_own_replayed_mask_key(tmp_path, base_dir, monkeyp
 def test_a_cached_run_logs_its_mismatch_and_weights_its_tokens(tmp_path, base_dir):
   """``sampler.kv_cache=dual`` turns the importance weight on (``auto``) and every update's
   metrics row carries the sampler-vs-old-policy mismatch of its rollout batch."""
-  workdir = _workdir(tmp_path, base_dir, "cached")
+  workdir = fresh_workdir(tmp_path, "cached")
   c = small_config(**{"num_steps": 2, "rl.num_iterations": 2, "sampler.kv_cache": "dual",
                       "sampler.block_length": 8, "sampler.steps": 6})
   assert train_lib.run_settings(c).objective.importance_weight == "token"
   train_lib.train(c, workdir)
-  rows = [r for r in _metrics(workdir) if "loss" in r]
+  rows = [r for r in read_metrics(workdir) if "loss" in r]
   for name in ("behaviour/abs_log_ratio_mean", "behaviour/abs_log_ratio_max",
                "behaviour/truncated_frac", "behaviour/kl"):
     assert all(np.isfinite(r[name]) for r in rows), name
@@ -413,10 +355,10 @@ def test_shuffled_rewards_keep_each_prompts_values():
 
 
 def test_resuming_a_finished_run_keeps_its_final_evaluation(tmp_path, base_dir):
-  workdir = _workdir(tmp_path, base_dir, "finished")
+  workdir = fresh_workdir(tmp_path, "finished")
   c = small_config(num_steps=2, eval_every=2, checkpoint_every=2)
   train_lib.train(c, workdir)
-  before = _metrics(workdir)
+  before = read_metrics(workdir)
   assert [r["step"] for r in before if "eval/accuracy" in r] == [0, 2]
   train_lib.train(c, workdir)  # resumes at step 2: nothing to train, nothing to drop
-  assert _metrics(workdir) == before
+  assert read_metrics(workdir) == before
