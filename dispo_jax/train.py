@@ -31,7 +31,7 @@ from dispo_jax.run import checkpoints, config as config_lib, export as export_li
 from dispo_jax.run.distributed import Preemption, initialize_distributed
 from dispo_jax.run import workdir as workdir_lib
 from dispo_jax.run.config import ConfigError, settings_from
-from dispo_jax.run.metrics import MetricWriter
+from dispo_jax.run.metrics import MetricWriter, read_rows
 from dispo_jax.model import checkpoint as hf_io, sharding, tokenizer as tok
 from dispo_jax.model.config import LLADA_MASK_ID, LoRAConfig
 from dispo_jax.pipeline.rollout import row_placer
@@ -369,6 +369,9 @@ def finish(run: Run, state: TrainState, before: float | None, start_step: int,
   if jax.process_index() == 0 and "eval/accuracy" in metrics:
     print(summary_table(c, before, metrics["eval/accuracy"], start_step, state.step,
                         len(run.md.eval_rows)))
+    line = credit_line(read_rows(epath.Path(run.workdir) / "metrics.jsonl"))
+    if line:
+      print(line + "\n")
   if c.export_hf and state.step >= c.num_steps and not preempted:
     export_lib.export_model(
         run.md.cfg, run.fns.policy.graphdef, run.fns.policy.model_state(state.params),
@@ -414,6 +417,31 @@ def summary_table(c, before: float | None, after: float, first: int, last: int, 
           f"{c.sampler.steps} steps)\n"
           f"  {'before RL (step ' + str(first) + ')':28s} {before_text}\n"
           f"  {'after RL (step ' + str(last) + ')':28s} {after:.3f}\n")
+
+
+def credit_line(rows: list[dict]) -> str | None:
+  """Where the run's credit came from, averaged over its rollout batches (``metrics.jsonl`` rows):
+  prompt groups whose K rewards tie (no signal for the terminal term), tokens credited by the
+  terminal term, and, with DiSPO's state term, reward-distinguishable branch states and the tokens
+  that term credits. None when no rollout batch was logged."""
+  batches = {}
+  for r in rows:
+    if "rollout" in r and "group_zero_adv_frac" in r:
+      batches.setdefault(r["rollout"], r)
+  if not batches:
+    return None
+  def mean(key: str) -> float:
+    values = [b[key] for b in batches.values() if b.get(key) is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+  line = (f"credit per rollout batch (mean of {len(batches)}): "
+          f"{100 * mean('group_zero_adv_frac'):.1f}% of prompt groups tied (no terminal signal), "
+          f"{mean('base/credited_tokens'):,.0f} tokens credited by the terminal term")
+  if any("step/credited_tokens" in b for b in batches.values()):
+    line += (f"; {100 * mean('step/distinguishable_frac'):.1f}% of branch states "
+             f"reward-distinguishable, {mean('step/credited_tokens'):,.0f} tokens credited by the "
+             f"state term")
+  return line
 
 
 FLAGS = flags.FLAGS

@@ -46,6 +46,12 @@ COLORS = {"diffu_grpo": "tab:gray", "dispo": "tab:blue", "trace": "tab:orange",
           "dispo_spg": "tab:purple"}
 
 
+# Where credit comes from, per rollout batch: groups whose K rewards tie, tokens the terminal term
+# credits, reward-distinguishable branch states, tokens the state term credits.
+CREDIT_KEYS = ("group_zero_adv_frac", "base/credited_tokens", "step/distinguishable_frac",
+               "step/credited_tokens")
+
+
 def make_config(args, name: str, seed: int):
   variant, method, alpha, shuffled = METHODS[name]
   c = sudoku_config.get_config(variant)
@@ -123,6 +129,9 @@ def summarise(runs: dict, args, mu: int) -> dict:
       if other != name and len(paired) > 1:
         m, se = mean_se(paired)
         entry[f"minus_{other}"] = (m, se, m / se if se > 0 else float("inf"))
+    entry["credit"] = {key: float(np.mean([np.mean(list(per_rollout(runs[(name, s)], key).values())
+                                                   or [np.nan]) for s in have]))
+                       for key in CREDIT_KEYS}
     bins = {}
     for b in ("early", "mid", "late"):
       vals = [r[f"step/distinguishable_{b}"] for s in have for r in runs[(name, s)]
@@ -147,6 +156,14 @@ def print_table(summary: dict, args) -> None:
           f"{paired('minus_control')} | {paired('minus_diffu_grpo')} | "
           f"{f(e['reward_first5'])} → {f(e['reward_2nd_half'])} | "
           f"{e['seconds_per_rollout']:.1f} |")
+  print("\ncredit per rollout batch (means over batches and seeds)")
+  print("| method | groups tied | tokens credited, terminal term | branch states distinguishable | "
+        "tokens credited, state term |")
+  print("|---|---|---|---|---|")
+  for name, e in summary.items():
+    cr = e["credit"]
+    print(f"| {name} | {100 * cr['group_zero_adv_frac']:.1f}% | {cr['base/credited_tokens']:.0f} | "
+          f"{100 * cr['step/distinguishable_frac']:.1f}% | {cr['step/credited_tokens']:.0f} |")
   for name, e in summary.items():
     d = e["distinguishable"]
     if any(v is not None for v in d.values()):

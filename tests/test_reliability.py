@@ -27,7 +27,7 @@ from dispo_jax.tasks.base import find_delimited
 from tests.helpers import REPO, fresh_workdir, read_metrics, small_config, trainable_leaves
 
 
-# 1. A work folder belongs to one run ---------------------------------------------------------
+# A work folder belongs to one run ----
 
 
 def test_resume_with_another_method_stops_naming_the_key(tmp_path):
@@ -241,7 +241,7 @@ def test_max_steps_caps_the_step_reached_and_a_resume_announces_itself(tmp_path,
   assert [r["step"] for r in read_metrics(workdir) if "loss" in r] == [0, 1]
 
 
-# 3. Nothing non-finite is trained on or saved -----------------------------------------------
+# Nothing non-finite is trained on or saved ----
 
 
 def test_a_diverging_base_sft_stops_naming_the_key_and_caches_nothing(tmp_path):
@@ -274,7 +274,7 @@ def test_an_update_with_non_finite_new_parameters_is_skipped():
     np.testing.assert_array_equal(a, b)
 
 
-# 4. Damaged checkpoints --------------------------------------------------------------------
+# Damaged checkpoints ----
 
 
 @pytest.fixture(scope="module")
@@ -387,7 +387,7 @@ def test_fingerprints_tell_a_changed_array_from_a_resharded_one():
   assert not checkpoints.fingerprints_match(saved, checkpoints.fingerprint(tree))
 
 
-# 5. Logs and signals -----------------------------------------------------------------------
+# Logs and signals ----
 
 
 def test_a_symlinked_metrics_file_is_replaced_never_written_through(tmp_path, caplog):
@@ -486,7 +486,7 @@ def test_ctrl_c_asks_for_a_clean_stop_and_a_second_one_aborts():
   assert signal.getsignal(signal.SIGINT) is before
 
 
-# 6. Data files -----------------------------------------------------------------------------
+# Data files ----
 
 
 def test_bad_data_files_name_file_and_line(tmp_path):
@@ -528,7 +528,7 @@ def test_the_tiny_setting_rejects_data_files_and_truncation_is_counted(finished_
   assert truncated == 1 and lengths[0] == full - 1
 
 
-# 7. Bounded parsers ------------------------------------------------------------------------
+# Bounded parsers ----
 
 
 PIECES = ["<answer>", "</answer>", "<answer>\n", "\\boxed{", "<reasoning>", "</reasoning>",
@@ -574,7 +574,7 @@ def test_linear_parsers_agree_with_the_regexes_they_replace():
       assert gsm8k.strict_format_match(text, dotall) == bool(re.match(gsm8k._STRICT, text, flags))
 
 
-# 8. Small ones -----------------------------------------------------------------------------
+# The launcher, export permissions, a full disk ----
 
 
 def test_configuration_errors_print_one_line_without_a_traceback(tmp_path):

@@ -362,3 +362,28 @@ def test_resuming_a_finished_run_keeps_its_final_evaluation(tmp_path, base_dir):
   assert [r["step"] for r in before if "eval/accuracy" in r] == [0, 2]
   train_lib.train(c, workdir)  # resumes at step 2: nothing to train, nothing to drop
   assert read_metrics(workdir) == before
+
+
+def test_credit_line_averages_each_rollout_batch_once():
+  rows = [{"step": 0, "eval/accuracy": 0.5},
+          {"step": 0, "rollout": 0, "group_zero_adv_frac": 0.5, "base/credited_tokens": 100.0,
+           "step/distinguishable_frac": 0.25, "step/credited_tokens": 30.0},
+          {"step": 1, "rollout": 0, "loss": 1.0},  # the batch's second update
+          {"step": 2, "rollout": 1, "group_zero_adv_frac": 0.0, "base/credited_tokens": 200.0,
+           "step/distinguishable_frac": 0.75, "step/credited_tokens": 10.0}]
+  assert train_lib.credit_line(rows) == (
+      "credit per rollout batch (mean of 2): 25.0% of prompt groups tied (no terminal signal), "
+      "150 tokens credited by the terminal term; 50.0% of branch states reward-distinguishable, "
+      "20 tokens credited by the state term")
+  terminal_only = [{k: v for k, v in r.items() if not k.startswith("step/")} for r in rows]
+  assert train_lib.credit_line(terminal_only).endswith("150 tokens credited by the terminal term")
+  assert train_lib.credit_line(rows[:1]) is None
+
+
+def test_a_finished_run_prints_its_table_and_credit_line(tmp_path, base_dir, capsys):
+  workdir = fresh_workdir(tmp_path, "table")
+  train_lib.train(small_config(eval_every=4), workdir)
+  out = capsys.readouterr().out
+  assert "dispo on sudoku: held-out cell accuracy over 8 rows" in out
+  assert train_lib.credit_line(read_metrics(workdir)) in out
+  assert "reward-distinguishable" in out  # DiSPO: the state term's part too
