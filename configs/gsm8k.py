@@ -1,5 +1,5 @@
 """gsm8k: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). `--config=configs/gsm8k.py:tiny` (or `--config=gsm8k:tiny`) runs on a CPU
-(synthetic arithmetic rows with the task's fields and reward; see dispo_jax/tiny.py).
+(synthetic arithmetic rows with the task's fields and reward; see dispo_jax/tasks/tiny.py).
 
   python -m dispo_jax.train --config=configs/gsm8k.py --workdir=/tmp/gsm8k \\
       --config.model.checkpoint=/path/to/LLaDA-8B-Instruct --config.method=dispo

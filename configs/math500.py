@@ -1,5 +1,5 @@
 """math500: the paper's LLaDA-8B recipe (d1 diffu-GRPO + DiSPO). `--config=configs/math500.py:tiny` (or `--config=math500:tiny`) runs on a CPU
-(synthetic arithmetic rows with the task's fields and reward; see dispo_jax/tiny.py).
+(synthetic arithmetic rows with the task's fields and reward; see dispo_jax/tasks/tiny.py).
 
   python -m dispo_jax.train --config=configs/math500.py --workdir=/tmp/math500 \\
       --config.model.checkpoint=/path/to/LLaDA-8B-Instruct --config.method=dispo

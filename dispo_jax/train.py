@@ -26,7 +26,7 @@ from absl import app, flags, logging
 from etils import epath
 from tqdm import tqdm
 
-from dispo_jax import evaluate as eval_lib, tiny as tiny_lib
+from dispo_jax import evaluate as eval_lib, tiny_base as tiny_lib
 from dispo_jax.run import checkpoints, config as config_lib, export as export_lib
 from dispo_jax.run.distributed import Preemption, initialize_distributed
 from dispo_jax.run import workdir as workdir_lib

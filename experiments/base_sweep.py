@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import sudoku as sudoku_config  # noqa: E402
 from experiments import tiny_data_flags  # noqa: E402
-from dispo_jax import tiny  # noqa: E402
+from dispo_jax import tiny_base as tiny  # noqa: E402
 from dispo_jax.evaluate import evaluate_task, generate_texts  # noqa: E402
 from dispo_jax.model import tokenizer as tok  # noqa: E402
 from dispo_jax.sampling import SamplerSettings  # noqa: E402

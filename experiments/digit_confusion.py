@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dispo_jax import tiny  # noqa: E402
+from dispo_jax import tiny_base as tiny  # noqa: E402
 from dispo_jax.evaluate import generate_texts  # noqa: E402
 from dispo_jax.model import checkpoint, tokenizer as tok  # noqa: E402
 from dispo_jax.sampling import SamplerSettings  # noqa: E402

@@ -222,7 +222,7 @@ def write_llada_folder(folder: str, seed: int = 0, d_model: int = 32, n_layers: 
   model's own ids fails here."""
   from dispo_jax.model import checkpoint, llada, tokenizer as tok
   from dispo_jax.model.config import get_config
-  from dispo_jax.pretrain import train_sft
+  from dispo_jax.tiny_base import train_sft
   from dispo_jax.tasks import sudoku
   corpus = ([r["question"] + r["answer"] for r in GSM8K_ROWS] + [r["problem"] + r["solution"]
             for r in MATH_ROWS] + [f"Using {r['nums']} make {r['target']} <answer>(3+5)*2</answer>"
