@@ -238,7 +238,8 @@ class Job:
 def tiny_jobs(record: dict, limit: int) -> list[Job]:
   """A tiny run's export evaluated as the run evaluated it: its compact prompts, held-out rows
   and sampler shape (``record``: the export's ``dispo_jax_export.json``)."""
-  task = get_task(record["task"], d1_compat=record["d1_compat"])
+  task = get_task(record["task"], d1_compat=record["d1_compat"],
+                  reward=record.get("reward", "default"))  # absent in records before rewards
   rows = task.tiny.rows(DataSettings(**{k: tuple(v) if isinstance(v, list) else v
                                         for k, v in record["data"].items()}))[1]
   rows = rows[:record["eval_rows"]][: limit if limit > 0 else None]

@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = "sudoku"
   c.method = "dispo"             # diffu_grpo | dispo | spg | dispo_spg | trace | dispo_trace
   c.d1_compat = True             # d1's reward functions exactly (App. D.1); False: corrected rewards
+  c.reward = "default"           # d1's reward | sudoku: solved (1 only for a solved puzzle; metric: puzzles solved)
   c.seed = 0
   c.num_steps = 3800             # optimizer updates (d1: Sudoku 3800, Countdown 5000, GSM8K 7700, MATH 6600);
                                  # a new rollout batch every rl.num_iterations updates, as d1 (TRL)

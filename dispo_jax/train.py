@@ -42,7 +42,7 @@ from dispo_jax.rl import learner
 from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
 from dispo_jax.rl.policy import Policy, make_policy
 from dispo_jax.sampling import SamplerSettings, decode_completions
-from dispo_jax.tasks import TASK_NAMES, DataSettings, Task, data as data_lib, get_task, sudoku
+from dispo_jax.tasks import TASK_NAMES, TASK_REWARDS, DataSettings, Task, data as data_lib, get_task, sudoku
 
 __all__ = ["Run", "RunSettings", "TrainState", "run_settings", "setup", "shuffle_within_groups",
            "train", "train_loop", "validate_config"]
@@ -93,6 +93,8 @@ def validate_config(c) -> RunSettings:
   mu = c.rl.num_iterations
   checks = [
       ("task", c.task in TASK_NAMES, f"one of {list(TASK_NAMES)}"),
+      ("reward", c.reward == "default" or c.reward in TASK_REWARDS.get(c.task, ()),
+       f"'default' or one of {list(TASK_REWARDS.get(c.task, ()))} for task {c.task}"),
       ("seed", c.seed >= 0, ">= 0"),
       ("num_steps", c.num_steps > 0, "> 0"),
       ("max_bad_steps", c.max_bad_steps >= 1, ">= 1"),
@@ -249,7 +251,7 @@ def setup(c, workdir: str, preempted: "Preemption | None" = None) -> tuple[Run, 
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   resuming = workdir_lib.record_or_check_config(workdir, c, write=jax.process_index() == 0)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
-  task = get_task(c.task, c.d1_compat)
+  task = get_task(c.task, c.d1_compat, c.reward)
   md = load_model_and_data(c, task, s.data, mesh)
   s = run_settings(c, mask_id=md.cfg.mask_token_id)
   ids = tok.special_ids(md.tokenizer)
@@ -382,7 +384,8 @@ def export_record(c, step: int) -> dict[str, Any]:
   """How the exported model was trained and is decoded (``python -m dispo_jax.evaluate`` reads
   it to evaluate a tiny run's export on its own prompts, rows and sampler shape)."""
   return {"prompt_format": "chat" if c.model.checkpoint else "tiny", "task": c.task,
-          "method": c.method, "step": step, "d1_compat": c.d1_compat, "data": c.data.to_dict(),
+          "method": c.method, "step": step, "d1_compat": c.d1_compat, "reward": c.reward,
+          "data": c.data.to_dict(),
           "eval_rows": c.eval_rows, "max_prompt_length": c.rollout.max_prompt_length,
           "sampler": {k: c.sampler[k] for k in ("gen_length", "block_length", "steps",
                                                 "mask_padding")}}
@@ -411,7 +414,8 @@ def train(c, workdir: str | None = None) -> dict[str, Any]:
 
 
 def summary_table(c, before: float | None, after: float, first: int, last: int, n: int) -> str:
-  metric = "cell accuracy" if c.task == "sudoku" else "accuracy"
+  metric = {"default": "cell accuracy", "solved": "puzzles solved"}[c.reward] if (
+      c.task == "sudoku") else "accuracy"
   before_text = "n/a (resumed)" if before is None else f"{before:.3f}"
   return (f"\n{c.method} on {c.task}: held-out {metric} over {n} rows (greedy, "
           f"{c.sampler.steps} steps)\n"

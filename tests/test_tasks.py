@@ -54,6 +54,28 @@ def test_sudoku_metric_is_cell_accuracy_over_all_blanks():
   assert metric(scores) == pytest.approx(8 / 9)
 
 
+@pytest.mark.parametrize("text, cells, solved", [
+    ("<answer>3142243142131324</answer>", 1.0, 1.0),
+    ("<answer>3112243142131324</answer>", 7 / 8, 0.0),  # one wrong blank: nothing
+    ("<answer>31422431</answer>", 4 / 8, 0.0),
+    ("no answer at all", 0.0, 0.0),
+])
+def test_the_sparse_sudoku_reward_pays_only_for_a_solved_puzzle(text, cells, solved):
+  sparse = get_task("sudoku", reward="solved")
+  assert get_task("sudoku").reward(text, SUDOKU_ROW) == pytest.approx(cells)
+  assert sparse.reward(text, SUDOKU_ROW) == solved
+  assert sparse.score(text, SUDOKU_ROW) == Score(solved, 1.0)  # the metric: puzzles solved
+
+
+def test_a_reward_a_task_does_not_offer_is_named():
+  with pytest.raises(KeyError, match=r"unknown reward 'solved' for task countdown; choose one of "
+                     r"\['default'\]"):
+    get_task("countdown", reward="solved")
+  with pytest.raises(KeyError, match=r"unknown reward 'cell' for task sudoku; choose one of "
+                     r"\['default', 'cells', 'solved'\]"):
+    get_task("sudoku", reward="cell")
+
+
 def test_sudoku_grids_generator_and_split():
   grids = sudoku.all_grids()
   assert len(grids) == 288 and len(set(grids)) == 288

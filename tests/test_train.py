@@ -1,5 +1,6 @@
 """The training program: config guards, a short tiny run, resume exactness, SIGTERM, sharding."""
 
+import json
 import os
 import signal
 import subprocess
@@ -59,6 +60,8 @@ from tests.helpers import (REPO, fresh_workdir, read_metrics, small_config, tiny
     ("base.learning_rate", float("inf"), r"config\.base: learning_rate=inf must be finite"),
     ("rl.spg.eubo_beta", float("inf"), r"config\.rl\.spg: eubo_beta=inf must be finite"),
     ("distributed_timeout_s", -5, r"config\.distributed_timeout_s=-5 is invalid: must be > 0"),
+    ("reward", "sparse", r"config\.reward='sparse' is invalid: must be 'default' or one of "
+     r"\['cells', 'solved'\] for task sudoku"),
 ])
 def test_bad_config_values_fail_before_compute(key, value, match):
   c = small_config(**{key: value})
@@ -387,3 +390,14 @@ def test_a_finished_run_prints_its_table_and_credit_line(tmp_path, base_dir, cap
   assert "dispo on sudoku: held-out cell accuracy over 8 rows" in out
   assert train_lib.credit_line(read_metrics(workdir)) in out
   assert "reward-distinguishable" in out  # DiSPO: the state term's part too
+
+
+def test_a_sparse_reward_run_trains_on_it_and_reports_puzzles_solved(tmp_path, base_dir, capsys):
+  workdir = fresh_workdir(tmp_path, "sparse")
+  train_lib.train(small_config(reward="solved", eval_every=4), workdir)
+  rows = read_metrics(workdir)
+  rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
+  group = small_config().rollout.group_size * small_config().rollout.prompts_per_step
+  assert all(abs(r * group - round(r * group)) < 1e-4 for r in rewards)  # each completion 0 or 1
+  assert "held-out puzzles solved over 8 rows" in capsys.readouterr().out
+  assert json.load(open(os.path.join(workdir, "config.json")))["config"]["reward"] == "solved"

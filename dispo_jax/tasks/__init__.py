@@ -18,12 +18,23 @@ _FACTORIES = {
 TASK_NAMES = tuple(_FACTORIES)
 
 
-def get_task(name: str, d1_compat: bool = False) -> Task:
+# Rewards a task offers besides its default (d1's): config key ``reward``.
+TASK_REWARDS = {"sudoku": sudoku.REWARDS}
+
+
+def get_task(name: str, d1_compat: bool = False, reward: str = "default") -> Task:
   """The task ``name`` with its tiny setting; ``d1_compat=True`` reproduces d1's reward bugs
-  exactly (see each module)."""
+  exactly (see each module); ``reward`` picks one of :data:`TASK_REWARDS` (``"default"``: d1's)."""
   if name not in _FACTORIES:
     raise KeyError(f"unknown task {name!r}; choose one of {list(TASK_NAMES)}")
-  return dataclasses.replace(_FACTORIES[name](d1_compat), tiny=TINY_SETTINGS.get(name))
+  if reward == "default":
+    task = _FACTORIES[name](d1_compat)
+  elif reward in TASK_REWARDS.get(name, ()):
+    task = _FACTORIES[name](d1_compat, reward_name=reward)
+  else:
+    raise KeyError(f"unknown reward {reward!r} for task {name}; choose one of "
+                   f"{['default', *TASK_REWARDS.get(name, ())]}")
+  return dataclasses.replace(task, tiny=TINY_SETTINGS.get(name))
 
 
-__all__ = ["DataSettings", "Score", "TASK_NAMES", "Task", "TinySetting", "get_task", "metric"]
+__all__ = ["DataSettings", "Score", "TASK_NAMES", "TASK_REWARDS", "Task", "TinySetting", "get_task", "metric"]

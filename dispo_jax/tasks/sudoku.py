@@ -141,10 +141,27 @@ def reward(text: str, row: Example, d1_compat: bool = False) -> float:
   return s.correct / s.total if s.total else 0.0
 
 
-def make_task(d1_compat: bool = False) -> Task:
+def solved_score(text: str, row: Example, d1_compat: bool = False) -> Score:
+  """1 of 1 when every blank cell is right (the puzzle is solved), else 0 of 1."""
+  cells = cell_score(text, row, d1_compat)
+  return Score(float(cells.total > 0 and cells.correct == cells.total), 1.0)
+
+
+# reward -> (reward terms, evaluation metric): d1's dense cell reward, or a sparse one that pays only
+# for a solved puzzle (terminal credit is coarse there: one bit per completion).
+REWARDS = ("cells", "solved")
+
+
+def make_task(d1_compat: bool = False, reward_name: str = "cells") -> Task:
+  if reward_name == "cells":
+    terms, score = {"cells": lambda t, r: reward(t, r, d1_compat)}, cell_score
+  elif reward_name == "solved":
+    terms = {"solved": lambda t, r: solved_score(t, r, d1_compat).correct}
+    score = solved_score
+  else:
+    raise ValueError(f"unknown sudoku reward {reward_name!r}; choose one of {list(REWARDS)}")
   return Task(name="sudoku", train_prompt=train_prompt, eval_prompt=eval_prompt,
-              reward_terms={"cells": lambda t, r: reward(t, r, d1_compat)}, score=cell_score,
-              max_reward=1.0, eval_size=256)
+              reward_terms=terms, score=score, max_reward=1.0, eval_size=256)
 
 
 TASK = make_task()
