@@ -120,11 +120,11 @@ def kv_cache_speed(repeats: int, batch: int = 4, prompt: int = 64, gen: int = 25
 def kv_cache_accuracy() -> None:
   """(e) the accuracy cost of each option on the main command's tiny Sudoku base."""
   from configs import sudoku as sudoku_config
-  from dispo_jax import tiny_base as tiny
+  from dispo_jax import tiny_base as tiny, train
   from dispo_jax.model import tokenizer as tok
   from dispo_jax.tasks import DataSettings, get_task, metric
   c = sudoku_config.get_config("tiny")
-  tokenizer, cfg, graphdef, state = tiny.prepare_base(c)
+  tokenizer, cfg, graphdef, state = tiny.prepare_base(train.base_spec(c))
   task = get_task("sudoku")
   rows = task.tiny.rows(DataSettings(**c.data.to_dict()))[1][:c.eval_rows]
   texts = [tok.render_prompt(tokenizer, task.tiny.prompt(r)) for r in rows]

@@ -68,23 +68,45 @@ def cache_root(base: BaseSettings) -> str:
   return os.path.join(base.cache_dir or default, "tiny_base")
 
 
-def base_key(c) -> dict:
-  """Everything that determines the tiny base of config ``c`` (its cache key, as a dict)."""
-  # where RL and test prompts come from never changes the SFT rows
-  rl_prompts_only = ("train_file", "eval_file", "few_shot", "rl_grid_fraction",
-                     "rl_on_test_grids", "num_test_grids")
-  data = {k: v for k, v in c.data.to_dict().items() if k not in rl_prompts_only}
-  base = {k: v for k, v in c.base.to_dict().items() if k != "cache_dir"}
-  return {"format": FORMAT_VERSION, "task": c.task, "data": data, "base": base,
-          "preset": c.model.preset, "overrides": c.model.overrides.to_dict(),
-          "max_prompt_length": c.rollout.max_prompt_length,
-          "gen_length": c.sampler.gen_length}
+@dataclasses.dataclass(frozen=True)
+class BaseSpec:
+  """Everything that determines a tiny base: its cache key.
+
+  Attributes:
+    task: the task name (its tiny setting makes the SFT rows).
+    data: the data settings (where RL and test prompts come from does not enter the key).
+    base: the SFT settings (``cache_dir`` does not enter the key).
+    preset, overrides: the model preset and its field overrides.
+    max_prompt_length, gen_length: the SFT rows' prompt and completion lengths (tokens).
+  """
+
+  task: str
+  data: DataSettings
+  base: BaseSettings
+  preset: str
+  overrides: dict
+  max_prompt_length: int
+  gen_length: int
 
 
-def base_folder(c) -> str:
-  key = json.dumps(base_key(c), sort_keys=True, default=list)
+# Data settings that choose RL and test prompts only: they never change the SFT rows.
+_RL_PROMPTS_ONLY = ("train_file", "eval_file", "few_shot", "rl_grid_fraction", "rl_on_test_grids",
+                    "num_test_grids")
+
+
+def base_key(spec: BaseSpec) -> dict:
+  """The cache key of ``spec``'s base, as a dict (written to the base folder's ``key.json``)."""
+  data = {k: v for k, v in dataclasses.asdict(spec.data).items() if k not in _RL_PROMPTS_ONLY}
+  base = {k: v for k, v in dataclasses.asdict(spec.base).items() if k != "cache_dir"}
+  return {"format": FORMAT_VERSION, "task": spec.task, "data": data, "base": base,
+          "preset": spec.preset, "overrides": dict(spec.overrides),
+          "max_prompt_length": spec.max_prompt_length, "gen_length": spec.gen_length}
+
+
+def base_folder(spec: BaseSpec) -> str:
+  key = json.dumps(base_key(spec), sort_keys=True, default=list)
   digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-  return os.path.join(cache_root(BaseSettings(**c.base.to_dict())), f"{c.task}-{digest}")
+  return os.path.join(cache_root(spec.base), f"{spec.task}-{digest}")
 
 
 def build_tokenizer(folder: str, task: Task, rows: list[dict]):
@@ -106,24 +128,23 @@ def encode_pairs(tokenizer, task: Task, rows: list[dict], prompt_length: int, ge
   return prompts, lengths, completions
 
 
-def prepare_base(c, progress: bool = True):
-  """``(tokenizer, cfg, graphdef, state)`` of the tiny setting of config ``c``: loaded from the
-  cache when a base with the same settings exists, else SFT'd (with a progress bar) and cached."""
-  folder = base_folder(c)
+def prepare_base(spec: BaseSpec, progress: bool = True):
+  """``(tokenizer, cfg, graphdef, state)`` of the tiny base ``spec``: loaded from the cache when a
+  base with the same settings exists, else SFT'd (with a progress bar) and cached."""
+  folder = base_folder(spec)
   if os.path.exists(os.path.join(folder, "model", "config.json")):
     tokenizer = tok.load_tokenizer(os.path.join(folder, "tokenizer"))
     return (tokenizer, *checkpoint.load_hf_checkpoint(os.path.join(folder, "model")))
-  task = get_task(c.task)
-  data = DataSettings(**c.data.to_dict())
-  rows = task.tiny.base_rows(data)
+  task = get_task(spec.task)
+  rows = task.tiny.base_rows(spec.data)
   os.makedirs(os.path.dirname(folder), exist_ok=True)
   staging = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(folder))
   try:
     tokenizer = build_tokenizer(os.path.join(staging, "tokenizer"), task, rows)
-    cfg, graphdef, state = _sft_base(c, task, tokenizer, rows, progress)
+    cfg, graphdef, state = _sft_base(spec, task, tokenizer, rows, progress)
     checkpoint.export_hf_checkpoint(cfg, state, os.path.join(staging, "model"), dtype="float32")
     with open(os.path.join(staging, "key.json"), "w") as f:
-      json.dump(base_key(c), f, indent=1, sort_keys=True, default=list)
+      json.dump(base_key(spec), f, indent=1, sort_keys=True, default=list)
     try:
       os.rename(staging, folder)  # atomic: a concurrent builder of the same base loses the race
     except OSError:
@@ -134,30 +155,31 @@ def prepare_base(c, progress: bool = True):
   return tokenizer, cfg, graphdef, state
 
 
-def _sft_base(c, task: Task, tokenizer, rows: list[dict], progress: bool):
+def _sft_base(spec: BaseSpec, task: Task, tokenizer, rows: list[dict], progress: bool):
   ids = tok.special_ids(tokenizer)
-  cfg = get_config(c.model.preset, vocab_size=len(tokenizer), bos_token_id=ids.bos,
+  cfg = get_config(spec.preset, vocab_size=len(tokenizer), bos_token_id=ids.bos,
                    eos_token_id=ids.eos, pad_token_id=ids.pad, mask_token_id=ids.mask,
-                   **c.model.overrides.to_dict())
-  graphdef, state = llada.init_model(cfg, seed=c.data.seed)
-  prompts, lengths, completions = encode_pairs(tokenizer, task, rows,
-                                               c.rollout.max_prompt_length, c.sampler.gen_length)
+                   **spec.overrides)
+  graphdef, state = llada.init_model(cfg, seed=spec.data.seed)
+  prompts, lengths, completions = encode_pairs(tokenizer, task, rows, spec.max_prompt_length,
+                                               spec.gen_length)
+  sft = spec.base
   start = time.perf_counter()
-  bar = tqdm(total=c.base.steps, desc=f"base SFT ({c.task}, cached after)", disable=not progress)
+  bar = tqdm(total=sft.steps, desc=f"base SFT ({spec.task}, cached after)", disable=not progress)
 
   def report(i, loss):
     bar.update(1)
     if i % 10 == 0:
       bar.set_postfix(loss=f"{loss:.4f}")
   try:
-    state = train_sft(graphdef, state, prompts, lengths, completions, steps=c.base.steps,
-                      batch_size=c.base.batch_size, learning_rate=c.base.learning_rate,
-                      mask_id=cfg.mask_token_id, seed=c.data.seed, callback=report)
+    state = train_sft(graphdef, state, prompts, lengths, completions, steps=sft.steps,
+                      batch_size=sft.batch_size, learning_rate=sft.learning_rate,
+                      mask_id=cfg.mask_token_id, seed=spec.data.seed, callback=report)
   except FloatingPointError as e:
-    raise ConfigError(f"config.base.learning_rate={c.base.learning_rate!r}: the tiny base's SFT "
+    raise ConfigError(f"config.base.learning_rate={sft.learning_rate!r}: the tiny base's SFT "
                       f"diverged ({e}); lower it") from None
   bar.close()
-  logging.info("base SFT: %d steps in %.1fs", c.base.steps, time.perf_counter() - start)
+  logging.info("base SFT: %d steps in %.1fs", sft.steps, time.perf_counter() - start)
   return cfg, graphdef, state
 
 

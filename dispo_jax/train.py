@@ -85,6 +85,15 @@ def run_settings(c, mask_id: int = LLADA_MASK_ID) -> RunSettings:
       base=settings_from(tiny_lib.BaseSettings, c.base, "base"))
 
 
+def base_spec(c) -> tiny_lib.BaseSpec:
+  """The tiny base config ``c`` starts from: its task's SFT rows, model shape and SFT settings."""
+  return tiny_lib.BaseSpec(task=c.task, data=settings_from(DataSettings, c.data, "data"),
+                           base=settings_from(tiny_lib.BaseSettings, c.base, "base"),
+                           preset=c.model.preset, overrides=c.model.overrides.to_dict(),
+                           max_prompt_length=c.rollout.max_prompt_length,
+                           gen_length=c.sampler.gen_length)
+
+
 def validate_config(c) -> RunSettings:
   """Every check that needs no model or data; raises :class:`ConfigError` naming the key."""
   if not isinstance(c.rl.num_iterations, int) or c.rl.num_iterations < 1:
@@ -187,7 +196,7 @@ def load_model_and_data(c, task: Task, data: DataSettings, mesh) -> ModelAndData
   """An HF LLaDA checkpoint (read straight into its shardings on ``mesh``) with the task's real
   data, or the tiny setting's cached base."""
   if not c.model.checkpoint:
-    tokenizer, cfg, graphdef, state = tiny_lib.prepare_base(c)
+    tokenizer, cfg, graphdef, state = tiny_lib.prepare_base(base_spec(c))
     train_rows, eval_rows = task.tiny.rows(data)
     return ModelAndData(tokenizer, cfg, graphdef, state, train_rows, eval_rows[: c.eval_rows],
                         task.tiny.prompt, task.tiny.prompt)

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import sudoku as sudoku_config  # noqa: E402
 from experiments import tiny_data_flags  # noqa: E402
-from dispo_jax import tiny_base as tiny  # noqa: E402
+from dispo_jax import tiny_base as tiny, train  # noqa: E402
 from dispo_jax.evaluate import evaluate_task, generate_texts  # noqa: E402
 from dispo_jax.model import tokenizer as tok  # noqa: E402
 from dispo_jax.sampling import SamplerSettings  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> None:
     c.base.learning_rate = args.base_lr
     c.base.cache_dir = args.root
     tiny_data_flags.apply(c, args)
-    tokenizer, cfg, graphdef, state = tiny.prepare_base(c)
+    tokenizer, cfg, graphdef, state = tiny.prepare_base(train.base_spec(c))
     ids = tok.special_ids(tokenizer)
     _, eval_rows = task.tiny.rows(DataSettings(**c.data.to_dict()))
     eval_rows = eval_rows[: args.eval_rows]

@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dispo_jax import tiny_base as tiny  # noqa: E402
+from dispo_jax import tiny_base as tiny, train  # noqa: E402
 from dispo_jax.evaluate import generate_texts  # noqa: E402
 from dispo_jax.model import checkpoint, tokenizer as tok  # noqa: E402
 from dispo_jax.sampling import SamplerSettings  # noqa: E402
@@ -54,7 +54,7 @@ def main(_):
     tokenizer = tok.load_tokenizer(FLAGS.model)
     cfg, graphdef, state = checkpoint.load_hf_checkpoint(FLAGS.model)
   else:
-    tokenizer, cfg, graphdef, state = tiny.prepare_base(c)
+    tokenizer, cfg, graphdef, state = tiny.prepare_base(train.base_spec(c))
   task = get_task("sudoku")
   rows = task.tiny.rows(DataSettings(**c.data.to_dict()))[1][:FLAGS.rows]
   prompts = [tok.render_chat(task.tiny.prompt(r)) for r in rows]

@@ -50,7 +50,7 @@ SAMPLER_CELLS = [
     ("code", RUNTIME),
     ("code", """\
 import numpy as np, matplotlib.pyplot as plt, jax.numpy as jnp
-from dispo_jax import recipes, tiny
+from dispo_jax import recipes, tiny_base, train
 from dispo_jax.model import tokenizer as tok
 from dispo_jax.sampling import SamplerSettings, generate
 from dispo_jax.tasks import DataSettings, get_task
@@ -61,7 +61,7 @@ if SMOKE:
     c.model.overrides.d_model, c.model.overrides.n_layers = 32, 1
     c.data.num_train = 200
 task = get_task("sudoku")
-tokenizer, cfg, graphdef, state = tiny.prepare_base(c)  # trained once, cached by its settings
+tokenizer, cfg, graphdef, state = tiny_base.prepare_base(train.base_spec(c))  # cached by its settings
 train_rows, test_rows = task.tiny.rows(DataSettings(**c.data.to_dict()))
 print(cfg)"""),
     ("code", """\

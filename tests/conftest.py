@@ -39,7 +39,8 @@ def tiny_model(tiny_cfg):
 def base_dir():
   """The cached folder of ``helpers.small_config()``'s SFT'd base (the session's
   ``$DISPO_JAX_CACHE``); tests that train request it so the base is built once."""
-  from dispo_jax import tiny_base as tiny
+  from dispo_jax import tiny_base as tiny, train
   from tests.helpers import small_config
-  tiny.prepare_base(small_config(), progress=False)
-  return tiny.base_folder(small_config())
+  spec = train.base_spec(small_config())
+  tiny.prepare_base(spec, progress=False)
+  return tiny.base_folder(spec)

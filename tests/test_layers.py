@@ -54,3 +54,27 @@ def test_the_rule_check_sees_a_violation(tmp_path):
   bad.write_text("def f():\n  from dispo_jax.pipeline.step import rl_step\n"
                  "from dispo_jax.rl import learner\n")
   assert imported_modules(str(bad)) == {"dispo_jax.pipeline.step", "dispo_jax.rl.learner"}
+
+
+# The modules that read a run's ConfigDict: the CLIs, the recipes that build it, and the run
+# record (config.json, the folder's name). Everything else receives settings dataclasses.
+CONFIG_READERS = {"train.py", "evaluate.py", "plan_scale.py", "recipes.py",
+                  os.path.join("run", "workdir.py")}
+
+
+def test_nothing_below_the_clis_receives_a_config_dict():
+  """No function outside :data:`CONFIG_READERS` takes a parameter named ``c`` or an unannotated
+  ``config``, or one annotated as a ``ConfigDict``."""
+  offenders = []
+  for path in _files(""):
+    if os.path.relpath(path, ROOT) in CONFIG_READERS:
+      continue
+    for node in ast.walk(ast.parse(open(path).read())):
+      if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        continue
+      for arg in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
+        annotation = ast.unparse(arg.annotation) if arg.annotation else ""
+        if (arg.arg == "c" or (arg.arg == "config" and not annotation)
+            or "ConfigDict" in annotation):
+          offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name}({arg.arg})")
+  assert not offenders, offenders

@@ -223,10 +223,11 @@ def test_default_workdir_and_base_cache_are_keyed_on_the_config():
   assert wd.default_workdir(a) == wd.default_workdir(small_config())
   assert wd.default_workdir(a) != wd.default_workdir(b)
   assert wd.default_workdir(a) == wd.default_workdir(small_config(max_steps=2))  # same run
-  assert tiny_base.base_folder(a) == tiny_base.base_folder(b)  # the base does not depend on the method
+  folder = lambda c: tiny_base.base_folder(train_lib.base_spec(c))
+  assert folder(a) == folder(b)  # the base does not depend on the method
   for change in ({"model.overrides.d_model": 64}, {"base.steps": 151}, {"data.seed": 1},
                  {"sampler.gen_length": 32, "sampler.block_length": 32}):
-    assert tiny_base.base_folder(small_config(**change)) != tiny_base.base_folder(a), change
+    assert folder(small_config(**change)) != folder(a), change
 
 
 def test_max_steps_caps_the_step_reached_and_a_resume_announces_itself(tmp_path, base_dir, capsys):  # noqa: F811
@@ -248,7 +249,7 @@ def test_a_diverging_base_sft_stops_naming_the_key_and_caches_nothing(tmp_path):
   c = small_config(**{"base.learning_rate": 1e38, "base.cache_dir": str(tmp_path)})
   with pytest.raises(ConfigError, match=r"config\.base\.learning_rate=1e\+38: the tiny base's SFT "
                      r"diverged \(SFT step \d+: the loss is nan"):
-    tiny_base.prepare_base(c, progress=False)
+    tiny_base.prepare_base(train_lib.base_spec(c), progress=False)
   root = tmp_path / "tiny_base"
   assert not root.exists() or not any(root.iterdir())
 
@@ -521,7 +522,8 @@ def test_the_tiny_setting_rejects_data_files_and_truncation_is_counted(finished_
   rows = [r for r in read_metrics(finished_run) if "loss" in r]
   assert rows and all(r["prompts_truncated"] == 0 for r in rows)  # counted on every update
   from dispo_jax.model import tokenizer as tok
-  tokenizer = tok.load_tokenizer(os.path.join(tiny_base.base_folder(small_config()), "tokenizer"))
+  base = tiny_base.base_folder(train_lib.base_spec(small_config()))
+  tokenizer = tok.load_tokenizer(os.path.join(base, "tokenizer"))
   texts = [tok.render_chat("Sudoku 0200012413000001"), "short"]
   full = len(tokenizer(texts[0], add_special_tokens=False)["input_ids"])
   tokens, lengths, truncated = tok.encode_prompts(tokenizer, texts, full - 1, count_truncated=True)
