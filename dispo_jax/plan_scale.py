@@ -43,7 +43,6 @@ def abstract_state(cfg, lora, mesh, optimizer):
   the base weights under LoRA, the reference copy under full fine-tuning)."""
   import jax
   from flax import nnx
-  from jax.sharding import NamedSharding, PartitionSpec as P
 
   from dispo_jax.model import llada, sharding
 
@@ -61,11 +60,11 @@ def abstract_state(cfg, lora, mesh, optimizer):
     trainable = frozen = with_sharding(base_abs)
   else:
     trainable, frozen = with_sharding(lora_abs), with_sharding(base_abs)
-  opt_state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(
-          mesh, sharding.fit_spec_to_shape(sharding.logical_to_mesh_axes(
-              ("embed",) + (None,) * (len(x.shape) - 1)), x.shape, mesh) if x.ndim else P())),
-      jax.eval_shape(optimizer.init, trainable))
+  opt_abstract = jax.eval_shape(optimizer.init, trainable)
+  opt_shardings = sharding.optimizer_state_shardings(
+      opt_abstract, jax.tree.map(lambda x: x.sharding, trainable), mesh)
+  opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                           opt_abstract, opt_shardings)
   return graphdef, trainable, frozen, opt_state
 
 

@@ -245,11 +245,9 @@ def init_state(c, s: RunSettings, md: ModelAndData, mesh, optimizer) -> tuple[Po
                                           copy_reference=s.objective.beta > 0)
   trainable = sharding.place(trainable, sharding.state_shardings(trainable, mesh))
   frozen = sharding.place(frozen, sharding.state_shardings(frozen, mesh))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  opt_state = jax.jit(optimizer.init)(trainable)
-  opt_state = sharding.place(opt_state, [  # moments follow the params; counters are replicated
-      x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh
-      else replicated for x in jax.tree.leaves(opt_state)])
+  opt_shardings = sharding.optimizer_state_shardings(
+      jax.eval_shape(optimizer.init, trainable), jax.tree.map(lambda x: x.sharding, trainable), mesh)
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(trainable)
   return policy, TrainState(trainable, frozen, opt_state, step=0)
 
 

@@ -72,3 +72,33 @@ def test_block_boundaries_carry_activation_constraints_under_a_mesh():
   assert text.count("sharding_constraint") >= cfg.n_layers + 1, text.count("sharding_constraint")
   assert '[{"data", "fsdp"}, {}, {}]' in text  # rows over data × fsdp, width left to the weights
   np.testing.assert_allclose(out, llada.forward(graphdef, state, tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 8])  # full fine-tuning (tiny) and LoRA (the recipe)
+def test_optimizer_moments_follow_their_parameters_in_training_and_in_the_plan(lora_rank):
+  """train's step-0 state and plan_scale's abstract state place the optimizer state by the same
+  rule: Adam's moments sharded as their parameters, counters replicated."""
+  import types
+
+  from dispo_jax import plan_scale, train
+  from dispo_jax.model.config import LoRAConfig
+  from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
+  cfg, mesh = get_config("tiny"), sharding.make_mesh(2, 4, 1)
+  lora = LoRAConfig(rank=lora_rank, alpha=16.0) if lora_rank else None
+  optimizer = make_optimizer(OptimizerSettings())
+  graphdef, state = llada.init_model(cfg, seed=0)
+  settings = types.SimpleNamespace(lora=lora, objective=types.SimpleNamespace(beta=0.0))
+  md = types.SimpleNamespace(cfg=cfg, graphdef=graphdef, state=state)
+  _, real = train.init_state(types.SimpleNamespace(seed=0), settings, md, mesh, optimizer)
+  *_, planned = plan_scale.abstract_state(cfg, lora, mesh, optimizer)
+  real_leaves, planned_leaves = jax.tree.leaves(real.opt_state), jax.tree.leaves(planned)
+  assert len(real_leaves) == len(planned_leaves)
+  for a, b in zip(real_leaves, planned_leaves):
+    assert a.shape == b.shape and a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.shape,
+                                                                                   a.sharding)
+  params = [x.sharding.spec for x in jax.tree.leaves(real.trainable)]
+  moments = [x for x in real_leaves if x.ndim]  # mu, then nu, each in the parameters' order
+  assert len(moments) == 2 * len(params)
+  assert [x.sharding.spec for x in moments] == params + params
+  assert any(x.sharding.spec != P() for x in moments)  # sharded, not replicated
+  assert all(x.sharding.spec == P() for x in real_leaves if x.ndim == 0)

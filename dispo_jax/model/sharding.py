@@ -137,6 +137,29 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> n
                       is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def optimizer_state_shardings(opt_state: Any, param_shardings: Any, mesh: Mesh) -> Any:
+  """The one placement rule for an optimizer's state: every subtree shaped like the parameters
+  (Adam's moments, a weight-decay mask) takes the parameters' shardings; every other leaf (step
+  counters, scalars) is replicated.
+
+  Args:
+    opt_state: the state, or its ``jax.eval_shape`` (any pytree of arrays or shape structs).
+    param_shardings: the trainable parameters' ``NamedSharding`` tree.
+  Returns:
+    a ``NamedSharding`` tree with ``opt_state``'s structure.
+  """
+  param_tree = jax.tree.structure(param_shardings)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def like_params(x) -> bool:
+    structure = jax.tree.structure(x)
+    return structure == param_tree and not jax.tree_util.treedef_is_leaf(structure)
+
+  return jax.tree.map(
+      lambda sub: param_shardings if like_params(sub) else jax.tree.map(lambda _: replicated, sub),
+      opt_state, is_leaf=like_params)
+
+
 def place(tree: Any, shardings: Any) -> Any:
   """Puts every array of ``tree`` into the matching sharding of ``shardings`` (same leaf order, e.g.
   from :func:`state_shardings`), copying to each device only its slice of the host value.
