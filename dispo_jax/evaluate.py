@@ -30,8 +30,7 @@ from tqdm import tqdm
 
 from dispo_jax.run import config as config_lib
 from dispo_jax.model import checkpoint, sharding, tokenizer as tok
-from dispo_jax.model.sharding import to_host
-from dispo_jax.pipeline.rollout import row_placer
+from dispo_jax.model.sharding import row_placer, to_host
 from dispo_jax.sampling import SamplerSettings, decode_completions, generate
 from dispo_jax.tasks import DataSettings, Task, data as data_lib, get_task, metric, sudoku
 from dispo_jax.tasks.base import Score
@@ -44,7 +43,7 @@ def generate_texts(graphdef, state, tokenizer, prompts: Sequence[str], settings:
                    ) -> list[str]:
   """Completions (text up to EOS) for rendered chat prompts, as one batch.
 
-  ``place`` puts host rows on devices (``pipeline.rollout.row_placer``: rows sharded over the
+  ``place`` puts host rows on devices (``model.sharding.row_placer``: rows sharded over the
   data axes, as training batches, which a multi-host run needs); the completions are gathered back
   to every process."""
   tokens, lengths = tok.encode_prompts(tokenizer, prompts, max_prompt_length)

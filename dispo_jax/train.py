@@ -34,7 +34,6 @@ from dispo_jax.run.config import ConfigError, settings_from
 from dispo_jax.run.metrics import MetricWriter, read_rows
 from dispo_jax.model import checkpoint as hf_io, sharding, tokenizer as tok
 from dispo_jax.model.config import LLADA_MASK_ID, LoRAConfig
-from dispo_jax.pipeline.rollout import row_placer
 from dispo_jax.pipeline import (CollectSettings, RolloutSettings, StepFunctions, TrainState,
                                 make_reward_fn, make_step_functions, prompts_for_step, rl_step,
                                 shuffle_within_groups)
@@ -295,7 +294,7 @@ def evaluate(run: Run, state: TrainState, step: int) -> float:
       steps=c.sampler.steps, batch_size=max(1, min(64, len(md.eval_rows))),
       max_prompt_length=c.rollout.max_prompt_length, mask_id=md.cfg.mask_token_id,
       eos_id=run.ids.eos, mask_padding=c.sampler.mask_padding, progress=False,
-      prompt_fn=md.eval_prompt_fn, place=row_placer(run.fns.row_sharding))
+      prompt_fn=md.eval_prompt_fn, place=sharding.row_placer(run.fns.row_sharding))
   run.writer.write(step, {"eval/accuracy": result["accuracy"]})
   return result["accuracy"]
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from flax import nnx
@@ -182,6 +183,23 @@ def place(tree: Any, shardings: Any) -> Any:
                                         dtype=host.dtype)
 
   return treedef.unflatten([put(x, t) for x, t in zip(leaves, targets)])
+
+
+def row_placer(row_sharding) -> Callable[[Any], jax.Array]:
+  """Host array -> global array with rows sharded over the data axes (identity without a mesh).
+
+  Every process holds the same host rows; ``make_array_from_process_local_data`` hands each
+  device its slice, so the batch is sharded by process on multi-host meshes.
+  """
+  if row_sharding is None:
+    return jnp.asarray
+
+  def place(x):
+    x = np.asarray(x)
+    spec = jax.sharding.PartitionSpec(row_sharding.spec[0], *([None] * (x.ndim - 1)))
+    sharding = jax.sharding.NamedSharding(row_sharding.mesh, spec)
+    return jax.make_array_from_process_local_data(sharding, x, x.shape)
+  return place
 
 
 def to_host(x) -> np.ndarray:

@@ -10,14 +10,14 @@ caches logits only at those states. Rewards arrive as a plain host function (see
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dispo_jax.checks import require
-from dispo_jax.model.sharding import to_host
+from dispo_jax.model.sharding import row_placer, to_host
 from dispo_jax.pipeline.rewards import RewardFn
 from dispo_jax.rl import timesteps
 from dispo_jax.rl.advantages import ADVANTAGES, get_advantage, group_advantages
@@ -87,23 +87,6 @@ class CollectSettings:
   objective: ObjectiveSettings
   rollout: RolloutSettings
   eos_id: int
-
-
-def row_placer(row_sharding) -> Callable[[Any], jax.Array]:
-  """Host array -> global array with rows sharded over the data axes (identity without a mesh).
-
-  Every process holds the same host rows; ``make_array_from_process_local_data`` hands each
-  device its slice, so the batch is sharded by process on multi-host meshes.
-  """
-  if row_sharding is None:
-    return jnp.asarray
-
-  def place(x):
-    x = np.asarray(x)
-    spec = jax.sharding.PartitionSpec(row_sharding.spec[0], *([None] * (x.ndim - 1)))
-    sharding = jax.sharding.NamedSharding(row_sharding.mesh, spec)
-    return jax.make_array_from_process_local_data(sharding, x, x.shape)
-  return place
 
 
 def checked_rewards(values, expected: int, what: str) -> np.ndarray:
