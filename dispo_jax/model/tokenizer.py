@@ -238,6 +238,7 @@ def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, folder: str | No
   Returns the ``PreTrainedTokenizerFast``.
   """
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  _import_transformers_quietly()
   from transformers import PreTrainedTokenizerFast
 
   tok = Tokenizer(models.BPE())
