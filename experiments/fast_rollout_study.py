@@ -70,6 +70,16 @@ def per_rollout_mean(rows: list[dict], key: str) -> float:
   return float(np.mean(list(seen.values()))) if seen else float("nan")
 
 
+def seconds_per_rollout(rows: list[dict]) -> float:
+  """Seconds of a rollout batch (its rollout and μ updates), mean over batches after the first
+  (which compiles)."""
+  per_batch = {}
+  for r in rows:
+    if "rollout" in r and "step_seconds" in r:
+      per_batch[int(r["rollout"])] = per_batch.get(int(r["rollout"]), 0.0) + r["step_seconds"]
+  return float(np.mean([v for k, v in per_batch.items() if k > 0]))
+
+
 def summarise(runs: dict) -> dict:
   final = {k: [r["eval/accuracy"] for r in rows if "eval/accuracy" in r][-1]
            for k, rows in runs.items()}
@@ -86,8 +96,10 @@ def summarise(runs: dict) -> dict:
     if arm != "plain" and len(paired) > 1:
       m, se = mean_se(paired)
       entry["minus_plain"] = (m, se, m / se if se > 0 else float("inf"))
-    for key in MISMATCH + ("reward_mean", "sampler/steps", "step_seconds"):
+    for key in MISMATCH + ("reward_mean", "sampler/denoising_steps"):
       entry[key] = float(np.mean([per_rollout_mean(runs[(arm, s)], key) for s in seeds]))
+    entry["seconds_per_rollout"] = float(np.mean([seconds_per_rollout(runs[(arm, s)])
+                                                  for s in seeds]))
     summary[arm] = entry
   return summary
 
@@ -97,7 +109,7 @@ def print_table(summary: dict) -> None:
   print("\nheld-out greedy cell accuracy after 40 rollout batches (mean ± SE over seeds); paired "
         "difference to plain by seed (t); mismatch metrics averaged over rollout batches")
   print("| arm | seeds | base | after RL | − plain (t) | |log π_old − log π_b| mean / max | "
-        "truncated | KL | rollout reward | denoising steps | s / update |")
+        "truncated | KL | rollout reward | denoising steps | s / rollout batch |")
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   for arm, e in summary.items():
     paired = ("—" if "minus_plain" not in e else
@@ -105,7 +117,8 @@ def print_table(summary: dict) -> None:
     print(f"| {arm} | {len(e['seeds'])} | {f(e['base'])} | {f(e['accuracy'])} | {paired} | "
           f"{e['behaviour/abs_log_ratio_mean']:.3f} / {e['behaviour/abs_log_ratio_max']:.2f} | "
           f"{e['behaviour/truncated_frac']:.4f} | {e['behaviour/kl']:.4f} | "
-          f"{e['reward_mean']:.3f} | {e['sampler/steps']:.1f} | {e['step_seconds']:.2f} |")
+          f"{e['reward_mean']:.3f} | {e['sampler/denoising_steps']:.1f} | "
+          f"{e['seconds_per_rollout']:.1f} |")
 
 
 def main() -> None:
