@@ -219,8 +219,9 @@ def test_tiny_config_reward_rises(tmp_path, base_dir, monkeypatch):
   import dataclasses
   ones = lambda text, row: text.count("1") / 16.0
   real_get_task = train_lib.get_task
-  monkeypatch.setattr(train_lib, "get_task", lambda name, d1_compat=False: dataclasses.replace(
-      real_get_task(name, d1_compat), reward_terms={"ones": ones}))
+  monkeypatch.setattr(train_lib, "get_task", lambda name, d1_compat=False, reward="default":
+                      dataclasses.replace(real_get_task(name, d1_compat, reward),
+                                          reward_terms={"ones": ones}))
   workdir = fresh_workdir(tmp_path, "rise")
   train_lib.train(small_config(**{"num_steps": 16, "optim.learning_rate": 1e-3,
                                   "rollout.prompts_per_step": 4}), workdir)
