@@ -41,7 +41,8 @@ from dispo_jax.rl import learner
 from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
 from dispo_jax.rl.policy import Policy, make_policy
 from dispo_jax.sampling import SamplerSettings, decode_completions
-from dispo_jax.tasks import TASK_NAMES, TASK_REWARDS, DataSettings, Task, data as data_lib, get_task, sudoku
+from dispo_jax.tasks import (TASK_NAMES, TASK_REWARDS, DataSettings, Task, data as data_lib,
+                             get_task, sudoku)
 
 __all__ = ["Run", "RunSettings", "TrainState", "run_settings", "setup", "shuffle_within_groups",
            "train", "train_loop", "validate_config"]
@@ -375,8 +376,8 @@ def finish(run: Run, state: TrainState, before: float | None, start_step: int,
   run.manager.wait_until_finished()
   run.writer.close()
   if jax.process_index() == 0 and "eval/accuracy" in metrics:
-    print(summary_table(c, before, metrics["eval/accuracy"], start_step, state.step,
-                        len(run.md.eval_rows)))
+    print(summary_table(c, run.task.metric_name, before, metrics["eval/accuracy"], start_step,
+                        state.step, len(run.md.eval_rows)))
     line = credit_line(read_rows(epath.Path(run.workdir) / "metrics.jsonl"))
     if line:
       print(line + "\n")
@@ -419,9 +420,8 @@ def train(c, workdir: str | None = None) -> dict[str, Any]:
     lock.release()
 
 
-def summary_table(c, before: float | None, after: float, first: int, last: int, n: int) -> str:
-  metric = {"default": "cell accuracy", "solved": "puzzles solved"}[c.reward] if (
-      c.task == "sudoku") else "accuracy"
+def summary_table(c, metric: str, before: float | None, after: float, first: int, last: int,
+                  n: int) -> str:
   before_text = "n/a (resumed)" if before is None else f"{before:.3f}"
   return (f"\n{c.method} on {c.task}: held-out {metric} over {n} rows (greedy, "
           f"{c.sampler.steps} steps)\n"
@@ -440,6 +440,7 @@ def credit_line(rows: list[dict]) -> str | None:
       batches.setdefault(r["rollout"], r)
   if not batches:
     return None
+
   def mean(key: str) -> float:
     values = [b[key] for b in batches.values() if b.get(key) is not None]
     return float(np.mean(values)) if values else float("nan")

@@ -37,4 +37,5 @@ def get_task(name: str, d1_compat: bool = False, reward: str = "default") -> Tas
   return dataclasses.replace(task, tiny=TINY_SETTINGS.get(name))
 
 
-__all__ = ["DataSettings", "Score", "TASK_NAMES", "TASK_REWARDS", "Task", "TinySetting", "get_task", "metric"]
+__all__ = ["DataSettings", "Score", "TASK_NAMES", "TASK_REWARDS", "Task", "TinySetting", "get_task",
+           "metric"]

@@ -193,6 +193,7 @@ class Task:
     max_reward: the largest possible reward (for logging and range checks).
     eval_size: d1's evaluation set size (None = the whole test set).
     tiny: the task's CPU-scale setting (:class:`TinySetting`), or None.
+    metric_name: what ``score`` aggregates to, in words (printed with results).
   """
 
   name: str
@@ -203,6 +204,7 @@ class Task:
   max_reward: float
   eval_size: int | None = None
   tiny: TinySetting | None = None
+  metric_name: str = "accuracy"
 
   def reward(self, text: str, row: Example) -> float:
     return float(sum(fn(text, row) for fn in self.reward_terms.values()))

@@ -147,21 +147,23 @@ def solved_score(text: str, row: Example, d1_compat: bool = False) -> Score:
   return Score(float(cells.total > 0 and cells.correct == cells.total), 1.0)
 
 
-# reward -> (reward terms, evaluation metric): d1's dense cell reward, or a sparse one that pays only
-# for a solved puzzle (terminal credit is coarse there: one bit per completion).
+# The rewards of :func:`make_task`: d1's dense cell reward, or a sparse one that pays only for a
+# solved puzzle (terminal credit is coarse there: one bit per completion).
 REWARDS = ("cells", "solved")
 
 
 def make_task(d1_compat: bool = False, reward_name: str = "cells") -> Task:
   if reward_name == "cells":
     terms, score = {"cells": lambda t, r: reward(t, r, d1_compat)}, cell_score
+    metric_name = "cell accuracy"
   elif reward_name == "solved":
     terms = {"solved": lambda t, r: solved_score(t, r, d1_compat).correct}
-    score = solved_score
+    score, metric_name = solved_score, "puzzles solved"
   else:
     raise ValueError(f"unknown sudoku reward {reward_name!r}; choose one of {list(REWARDS)}")
   return Task(name="sudoku", train_prompt=train_prompt, eval_prompt=eval_prompt,
-              reward_terms=terms, score=score, max_reward=1.0, eval_size=256)
+              reward_terms=terms, score=score, max_reward=1.0, eval_size=256,
+              metric_name=metric_name)
 
 
 TASK = make_task()
