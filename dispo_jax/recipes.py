@@ -14,119 +14,161 @@ import dataclasses
 import ml_collections
 
 
+def _model_section() -> ml_collections.ConfigDict:
+  """The HF checkpoint (or the tiny preset), dtypes and rematerialisation."""
+  s = ml_collections.ConfigDict()
+  s.checkpoint = ""        # HF LLaDA folder (GSAI-ML/LLaDA-8B-Instruct); required here
+  s.tokenizer = ""         # default: the checkpoint folder
+  s.preset = ""            # "tiny": the CPU setting's model, SFT'd here (no checkpoint)
+  s.overrides = ml_collections.ConfigDict()
+  s.param_dtype = "bfloat16"
+  s.compute_dtype = "bfloat16"
+  s.remat = True
+  return s
+
+
+def _lora_section() -> ml_collections.ConfigDict:
+  """LoRA on q/k/v/up as separate parameters (d1's targets as matched in LLaDA)."""
+  s = ml_collections.ConfigDict()  # enabled + dispo_jax.model.config.LoRAConfig
+  s.enabled = True
+  s.rank = 128
+  s.alpha = 64.0
+  s.dropout = 0.05
+  s.targets = ("q_proj", "k_proj", "v_proj", "up_proj")
+  return s
+
+
+def _optim_section() -> ml_collections.ConfigDict:
+  """AdamW as d1 ran it."""
+  s = ml_collections.ConfigDict()  # dispo_jax.rl.optimizer.OptimizerSettings
+  s.learning_rate = 3e-6
+  s.b1 = 0.9
+  s.b2 = 0.99
+  s.weight_decay = 0.1
+  s.grad_clip = 0.2
+  s.warmup_steps = 0
+  return s
+
+
+def _sampler_section() -> ml_collections.ConfigDict:
+  """LLaDA's low-confidence remasking sampler; Fast-dLLM's cache and threshold as options."""
+  s = ml_collections.ConfigDict()  # dispo_jax.sampling.SamplerSettings (mask_id: the model's)
+  s.gen_length = 256
+  s.block_length = 32
+  s.steps = 128
+  s.temperature = 0.9
+  s.remasking = "low_confidence"
+  s.cfg_scale = 0.0
+  s.mask_padding = True
+  s.cache_top_k = ml_collections.config_dict.placeholder(int)  # None: full-vocabulary logits at branch states
+  s.allow_mask_action = False
+  s.kv_cache = "none"    # none | dual (Fast-dLLM's approximate block cache; rollouts only)
+  s.threshold = ml_collections.config_dict.placeholder(float)  # parallel decoding (None: off)
+  s.threshold_rule = "fast_dllm"  # fast_dllm (top-1 + all >= threshold) | schedule_plus (k_t + all above)
+  return s
+
+
+def _rollout_section() -> ml_collections.ConfigDict:
+  """Prompts and completions per rollout batch; DiSPO's branch states and their advantages."""
+  s = ml_collections.ConfigDict()  # dispo_jax.pipeline.RolloutSettings
+  s.prompts_per_step = 16
+  s.group_size = 6
+  s.max_prompt_length = 200
+  s.num_branches = 2     # Z
+  s.states_per_prompt = 1  # |T_sub|
+  s.timestep_schedule = "late"
+  s.timestep_degree = 4.0
+  s.branch_temperature = ml_collections.config_dict.placeholder(float)  # None: the sampler's
+  s.terminal_advantage = "mean"
+  s.branch_advantage = "mean"  # mean (paper) | leave_one_out (unbiased)
+  s.reward_text = "whole"  # whole (d1: every non-special token) | first_eos
+  return s
+
+
+def _rl_section() -> ml_collections.ConfigDict:
+  """The objective: clipping, KL, the two terms' weights and normalisers; SPG, trace and the
+  behaviour-policy weight."""
+  s = ml_collections.ConfigDict()  # dispo_jax.rl.learner.ObjectiveSettings (method: c.method)
+  s.num_iterations = 8        # μ: optimizer updates per rollout batch
+  s.num_microbatches = 1
+  s.base_loss = ""            # "" = the method's registered base loss
+  s.epsilon_low = 0.5
+  s.epsilon_high = 0.5
+  s.beta = 0.04
+  s.p_mask_prompt = 0.15
+  s.alpha_base = 1.0
+  s.alpha_step = 0.5
+  s.step_normaliser = "branch"  # branch (App. J) | group | tokens | nonzero_tokens | sum
+  s.base_normaliser = "group"  # group (d1 as run: token mean per prompt group, mean over groups) | batch
+  s.step_ratio = "token"      # token | branch (Eq. 5: one clipped ratio per branch)
+  s.step_tokens = "action"    # action (up to the branch's EOS) | action_with_tail | all (Table 3a ablation)
+  s.spg = ml_collections.ConfigDict()  # dispo_jax.rl.spg.SPGSettings (method spg | dispo_spg)
+  s.spg.num_masks = 2         # m, Monte Carlo mask samples per completion
+  s.spg.block_length = 32
+  s.spg.negative_bound = "mix"  # mix | eubo | elbo | none (negative-advantage completions)
+  s.spg.mix_weight = 0.5      # ω of mix = ω·EUBO + (1−ω)·ELBO
+  s.spg.eubo_beta = 1.5
+  s.spg.block_choice = "spg"  # spg (SPG's trainer: randperm(num_blocks) % covered) | cycled
+  s.trace = ml_collections.ConfigDict()  # dispo_jax.rl.trace.TraceSettings (trace | dispo_trace)
+  s.trace.segments = 16       # N segments of the T steps (N = T: each token on its step's logits; N = 1 = diffu-GRPO's)
+  s.trace.temperature = 1.0   # score log softmax(logits / τ): 1 = the model's; the sampler's τ = what the rollout drew from
+  s.behaviour = ml_collections.ConfigDict()  # dispo_jax.rl.behaviour.BehaviourSettings
+  s.behaviour.weight = "auto"  # auto (token with kv_cache=dual or a threshold, else none) | none | token | sequence
+  s.behaviour.cap = 2.0       # C of the truncated weight min(π_old / π_behaviour, C)
+  return s
+
+
+def _data_section() -> ml_collections.ConfigDict:
+  """Dataset files, or the tiny setting's generated rows."""
+  s = ml_collections.ConfigDict()
+  s.train_file = ""         # local HF-format file (GSM8K, MATH, Countdown); Sudoku: d1 CSV
+  s.eval_file = ""
+  s.num_train = 4000        # tiny setting: generated puzzles
+  s.num_test = 256
+  s.test_fraction = 0.2
+  s.rl_grid_fraction = 0.0  # tiny Sudoku: >0 sets this fraction of held-out grids aside for RL
+  s.num_test_grids = 0      # tiny Sudoku: >0 keeps this many test grids (random subset)
+  s.rl_on_test_grids = False  # tiny Sudoku: RL puzzles on the (never SFT'd) test grids, none a test puzzle
+  s.num_blanks = (6, 10)
+  s.unique_solutions = True  # tiny Sudoku: False admits puzzles with several solutions
+  s.sft_error = "next_digit"  # tiny Sudoku: the SFT demonstrator's error: next_digit | next_digit_per_answer | four_as_one
+  s.sft_error_rate = 0.0     # ... made at this rate (0: exact demonstrations)
+  s.seed = 0                # data generation and the grid split (independent of c.seed)
+  s.few_shot = 0            # Sudoku with a checkpoint: worked examples in the prompt (SPG: 3)
+  return s
+
+
+def _base_section() -> ml_collections.ConfigDict:
+  """The tiny setting's SFT'd base."""
+  s = ml_collections.ConfigDict()  # tiny setting: SFT of the base model
+  s.steps = 0
+  s.batch_size = 64
+  s.learning_rate = 3e-3
+  s.cache_dir = ""          # trained tiny bases, keyed by their settings ("" = ~/.cache/dispo_jax)
+  return s
+
+
 def base_config() -> ml_collections.ConfigDict:
+  """The LLaDA-8B recipe: run keys, then one section per settings dataclass."""
   c = ml_collections.ConfigDict()
   c.task = "sudoku"
   c.method = "dispo"             # diffu_grpo | dispo | spg | dispo_spg | trace | dispo_trace
   c.d1_compat = True             # d1's reward functions exactly (App. D.1); False: corrected rewards
-  c.reward = "default"           # d1's reward | sudoku: solved (1 only for a solved puzzle; metric: puzzles solved)
+  c.reward = "default"           # d1's reward | sudoku: solved (1 only for a solved puzzle)
   c.seed = 0
   c.num_steps = 3800             # optimizer updates (d1: Sudoku 3800, Countdown 5000, GSM8K 7700, MATH 6600);
                                  # a new rollout batch every rl.num_iterations updates, as d1 (TRL)
   c.max_steps = -1               # >0 caps this run, a multiple of rl.num_iterations (the schedule still uses num_steps)
 
-  c.model = ml_collections.ConfigDict()
-  c.model.checkpoint = ""        # HF LLaDA folder (GSAI-ML/LLaDA-8B-Instruct); required here
-  c.model.tokenizer = ""         # default: the checkpoint folder
-  c.model.preset = ""            # "tiny": the CPU setting's model, SFT'd here (no checkpoint)
-  c.model.overrides = ml_collections.ConfigDict()
-  c.model.param_dtype = "bfloat16"
-  c.model.compute_dtype = "bfloat16"
-  c.model.remat = True
-
-  c.lora = ml_collections.ConfigDict()  # enabled + dispo_jax.model.config.LoRAConfig
-  c.lora.enabled = True
-  c.lora.rank = 128
-  c.lora.alpha = 64.0
-  c.lora.dropout = 0.05
-  c.lora.targets = ("q_proj", "k_proj", "v_proj", "up_proj")
-
-  c.optim = ml_collections.ConfigDict()  # dispo_jax.rl.optimizer.OptimizerSettings
-  c.optim.learning_rate = 3e-6
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.99
-  c.optim.weight_decay = 0.1
-  c.optim.grad_clip = 0.2
-  c.optim.warmup_steps = 0
-
-  c.sampler = ml_collections.ConfigDict()  # dispo_jax.sampling.SamplerSettings (mask_id: the model's)
-  c.sampler.gen_length = 256
-  c.sampler.block_length = 32
-  c.sampler.steps = 128
-  c.sampler.temperature = 0.9
-  c.sampler.remasking = "low_confidence"
-  c.sampler.cfg_scale = 0.0
-  c.sampler.mask_padding = True
-  c.sampler.cache_top_k = ml_collections.config_dict.placeholder(int)  # None: full-vocabulary logits at branch states
-  c.sampler.allow_mask_action = False
-  c.sampler.kv_cache = "none"    # none | dual (Fast-dLLM's approximate block cache; rollouts only)
-  c.sampler.threshold = ml_collections.config_dict.placeholder(float)  # parallel decoding (None: off)
-  c.sampler.threshold_rule = "fast_dllm"  # fast_dllm (top-1 + all >= threshold) | schedule_plus (k_t + all above)
-
-  c.rollout = ml_collections.ConfigDict()  # dispo_jax.pipeline.RolloutSettings
-  c.rollout.prompts_per_step = 16
-  c.rollout.group_size = 6
-  c.rollout.max_prompt_length = 200
-  c.rollout.num_branches = 2     # Z
-  c.rollout.states_per_prompt = 1  # |T_sub|
-  c.rollout.timestep_schedule = "late"
-  c.rollout.timestep_degree = 4.0
-  c.rollout.branch_temperature = ml_collections.config_dict.placeholder(float)  # None: the sampler's
-  c.rollout.terminal_advantage = "mean"
-  c.rollout.branch_advantage = "mean"  # mean (paper) | leave_one_out (unbiased)
-  c.rollout.reward_text = "whole"  # whole (d1: every non-special token) | first_eos
-
-  c.rl = ml_collections.ConfigDict()  # dispo_jax.rl.learner.ObjectiveSettings (method: c.method)
-  c.rl.num_iterations = 8        # μ: optimizer updates per rollout batch
-  c.rl.num_microbatches = 1
-  c.rl.base_loss = ""            # "" = the method's registered base loss
-  c.rl.epsilon_low = 0.5
-  c.rl.epsilon_high = 0.5
-  c.rl.beta = 0.04
-  c.rl.p_mask_prompt = 0.15
-  c.rl.alpha_base = 1.0
-  c.rl.alpha_step = 0.5
-  c.rl.step_normaliser = "branch"  # branch (App. J) | group | tokens | nonzero_tokens | sum
-  c.rl.base_normaliser = "group"  # group (d1 as run: token mean per prompt group, mean over groups) | batch
-  c.rl.step_ratio = "token"      # token | branch (Eq. 5: one clipped ratio per branch)
-  c.rl.step_tokens = "action"    # action (up to the branch's EOS) | action_with_tail | all (Table 3a ablation)
-  c.rl.spg = ml_collections.ConfigDict()  # dispo_jax.rl.spg.SPGSettings (method spg | dispo_spg)
-  c.rl.spg.num_masks = 2         # m, Monte Carlo mask samples per completion
-  c.rl.spg.block_length = 32
-  c.rl.spg.negative_bound = "mix"  # mix | eubo | elbo | none (negative-advantage completions)
-  c.rl.spg.mix_weight = 0.5      # ω of mix = ω·EUBO + (1−ω)·ELBO
-  c.rl.spg.eubo_beta = 1.5
-  c.rl.spg.block_choice = "spg"  # spg (SPG's trainer: randperm(num_blocks) % covered) | cycled
-  c.rl.trace = ml_collections.ConfigDict()  # dispo_jax.rl.trace.TraceSettings (trace | dispo_trace)
-  c.rl.trace.segments = 16       # N segments of the T steps (N = T: each token on its step's logits; N = 1 = diffu-GRPO's)
-  c.rl.trace.temperature = 1.0   # score log softmax(logits / τ): 1 = the model's; the sampler's τ = what the rollout drew from
-  c.rl.behaviour = ml_collections.ConfigDict()  # dispo_jax.rl.behaviour.BehaviourSettings
-  c.rl.behaviour.weight = "auto"  # auto (token with kv_cache=dual or a threshold, else none) | none | token | sequence
-  c.rl.behaviour.cap = 2.0       # C of the truncated weight min(π_old / π_behaviour, C)
-
+  c.model = _model_section()
+  c.lora = _lora_section()
+  c.optim = _optim_section()
+  c.sampler = _sampler_section()
+  c.rollout = _rollout_section()
+  c.rl = _rl_section()
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-
-  c.data = ml_collections.ConfigDict()
-  c.data.train_file = ""         # local HF-format file (GSM8K, MATH, Countdown); Sudoku: d1 CSV
-  c.data.eval_file = ""
-  c.data.num_train = 4000        # tiny setting: generated puzzles
-  c.data.num_test = 256
-  c.data.test_fraction = 0.2
-  c.data.rl_grid_fraction = 0.0  # tiny Sudoku: >0 sets this fraction of held-out grids aside for RL
-  c.data.num_test_grids = 0      # tiny Sudoku: >0 keeps this many test grids (random subset)
-  c.data.rl_on_test_grids = False  # tiny Sudoku: RL puzzles on the (never SFT'd) test grids, none a test puzzle
-  c.data.num_blanks = (6, 10)
-  c.data.unique_solutions = True  # tiny Sudoku: False admits puzzles with several solutions
-  c.data.sft_error = "next_digit"  # tiny Sudoku: the SFT demonstrator's error: next_digit | next_digit_per_answer | four_as_one
-  c.data.sft_error_rate = 0.0     # ... made at this rate (0: exact demonstrations)
-  c.data.seed = 0                # data generation and the grid split (independent of c.seed)
-  c.data.few_shot = 0            # Sudoku with a checkpoint: worked examples in the prompt (SPG: 3)
-
-  c.base = ml_collections.ConfigDict()  # tiny setting: SFT of the base model
-  c.base.steps = 0
-  c.base.batch_size = 64
-  c.base.learning_rate = 3e-3
-  c.base.cache_dir = ""          # trained tiny bases, keyed by their settings ("" = ~/.cache/dispo_jax)
+  c.data = _data_section()
+  c.base = _base_section()
 
   c.checkpoint_every = 96         # optimizer updates; a multiple of rl.num_iterations (8 and 12)
   c.keep_checkpoints = 3
