@@ -28,21 +28,21 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import sudoku as sudoku_config  # noqa: E402
 from experiments import tiny_data_flags  # noqa: E402
-from dispo_jax import train  # noqa: E402
+from dispo_jax import recipes, train  # noqa: E402
 from dispo_jax.rl import learner  # noqa: E402
 
-# run name -> (config variant, method, α_step, shuffled-reward control)
-METHODS = {"diffu_grpo": ("tiny", "diffu_grpo", 0.0, False),
-           "dispo": ("tiny", "dispo", 0.5, False),
-           "trace": ("tiny", "trace", 0.0, False),
-           "dispo_trace": ("tiny", "dispo_trace", 0.5, False),
-           "control": ("tiny", "diffu_grpo", 0.0, True),
-           "spg": ("tiny,spg", "spg", 0.0, False),
-           "dispo_spg": ("tiny,dispo_spg", "dispo_spg", 0.5, False)}
+# run name -> (config variant, method, α_step, shuffled-reward control, Z fillings per branch state)
+METHODS = {"diffu_grpo": ("tiny", "diffu_grpo", 0.0, False, 2),
+           "dispo": ("tiny", "dispo", 0.5, False, 2),
+           "dispo_z4": ("tiny", "dispo", 0.5, False, 4),
+           "trace": ("tiny", "trace", 0.0, False, 2),
+           "dispo_trace": ("tiny", "dispo_trace", 0.5, False, 2),
+           "control": ("tiny", "diffu_grpo", 0.0, True, 2),
+           "spg": ("tiny,spg", "spg", 0.0, False, 2),
+           "dispo_spg": ("tiny,dispo_spg", "dispo_spg", 0.5, False, 2)}
 COLORS = {"diffu_grpo": "tab:gray", "dispo": "tab:blue", "trace": "tab:orange",
-          "dispo_trace": "tab:red", "control": "black", "spg": "tab:green",
+          "dispo_z4": "tab:cyan", "dispo_trace": "tab:red", "control": "black", "spg": "tab:green",
           "dispo_spg": "tab:purple"}
 
 
@@ -53,14 +53,19 @@ CREDIT_KEYS = ("group_zero_adv_frac", "base/credited_tokens", "step/distinguisha
 
 
 def make_config(args, name: str, seed: int):
-  variant, method, alpha, shuffled = METHODS[name]
-  c = sudoku_config.get_config(variant)
+  variant, method, alpha, shuffled, branches = METHODS[name]
+  c = recipes.task_config(args.task, variant)
   c.method, c.rl.alpha_step, c.seed, c.shuffle_rewards = method, alpha, seed, shuffled
   mu = args.mu
   c.num_steps = args.rollouts * mu
   c.optim.learning_rate = args.lr
   c.base.steps = args.base_steps
   c.sampler.steps = args.decode_steps
+  c.sampler.gen_length = args.gen_length or c.sampler.gen_length
+  c.sampler.block_length = args.block_length or c.sampler.gen_length
+  c.reward = args.reward
+  c.data.seed = args.data_seed
+  c.rollout.num_branches = branches
   c.rl.trace.segments = args.segments or args.decode_steps
   if args.temperature is not None:
     c.sampler.temperature = args.temperature
@@ -69,7 +74,8 @@ def make_config(args, name: str, seed: int):
   c.data.rl_grid_fraction = 0.0 if args.rl_on_test_grids else args.rl_grid_fraction
   c.data.rl_on_test_grids = args.rl_on_test_grids
   c.data.num_test_grids = args.test_grids
-  tiny_data_flags.apply(c, args)
+  if args.task == "sudoku":
+    tiny_data_flags.apply(c, args)
   c.rl.num_iterations = args.mu
   c.rollout.terminal_advantage = c.rollout.branch_advantage = args.advantage
   if learner.METHODS[method][0] != "spg":  # SPG's base term has no KL: its variant's β 0 stays
@@ -77,7 +83,7 @@ def make_config(args, name: str, seed: int):
   c.base.cache_dir = args.base_cache or os.path.join(args.root, "_base_cache")  # one base for all runs
   c.eval_every = args.eval_every * mu
   c.eval_rows = args.eval_rows
-  c.checkpoint_every = c.num_steps
+  c.checkpoint_every = max(c.num_steps, mu)
   c.export_hf = False
   return c
 
@@ -202,7 +208,13 @@ def main() -> None:
   parser.add_argument("--root", default="/tmp/sudoku_study")
   parser.add_argument("--seeds", default="0,1,2,3,4")
   parser.add_argument("--methods", default="diffu_grpo,dispo,trace,dispo_trace,control")
+  parser.add_argument("--task", default="sudoku", help="tiny task: sudoku | countdown")
   parser.add_argument("--rollouts", type=int, default=30, help="rollout batches per run")
+  parser.add_argument("--reward", default="default", help="config.reward (sudoku: default | solved)")
+  parser.add_argument("--gen-length", type=int, default=0, help="completion tokens (0: the config's)")
+  parser.add_argument("--block-length", type=int, default=0, help="semi-AR block (0: one block)")
+  parser.add_argument("--data-seed", type=int, default=0,
+                      help="data.seed: the grid split and puzzles (probes use another replicate)")
   parser.add_argument("--lr", type=float, default=1e-4)
   parser.add_argument("--base-steps", type=int, default=1500)
   parser.add_argument("--decode-steps", type=int, default=3)

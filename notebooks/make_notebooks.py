@@ -163,7 +163,12 @@ for name in ("diffu_grpo", "dispo", "trace"):
 dispo = [r for r in runs["dispo"] if "step/distinguishable_frac" in r]
 for name in ("early", "mid", "late"):
     vals = [r[f"step/distinguishable_{name}"] for r in dispo if r.get(f"step/states_{name}", 0) > 0]
-    print(f"{name:5s}: {sum(vals) / len(vals):.3f} over {len(vals)} steps" if vals else f"{name:5s}: no states")"""),
+    print(f"{name:5s}: {sum(vals) / len(vals):.3f} over {len(vals)} steps" if vals else f"{name:5s}: no states")
+
+# Where each run's credit came from (the line `python -m dispo_jax.train` prints at the end): groups
+# whose K rewards tie give the terminal term nothing; DiSPO's term credits the tokens of its branches.
+for name, rows in runs.items():
+    print(f"{name}: {train.credit_line(rows)}")"""),
 ]
 
 
