@@ -28,7 +28,7 @@ from dispo_jax import pipeline
 from dispo_jax.rl import learner
 from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
 from dispo_jax.rl.policy import make_policy
-from dispo_jax.rl.trace import TraceSettings
+from dispo_jax.rl.objectives.trace import TraceSettings
 from dispo_jax.sampling import SamplerSettings
 
 

@@ -68,42 +68,49 @@ def abstract_state(cfg, lora, mesh, optimizer):
   return graphdef, trainable, frozen, opt_state
 
 
-def abstract_batch(s, mesh):
-  """An :class:`RLBatch` of ``ShapeDtypeStruct`` for run settings ``s`` (rows over the data axes)."""
+def abstract_batch(s, mesh, policy, params):
+  """The :class:`RLBatch` an update receives for run settings ``s``, as ``ShapeDtypeStruct`` with
+  rows over the data axes: the rollout's fields, then ``jax.eval_shape`` over the assembly the run
+  itself applies (the objective's weight fields and the replayed log-probs), so an objective's
+  fields are whatever it produces."""
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
 
   from dispo_jax.model import sharding
+  from dispo_jax.pipeline import rollout
   from dispo_jax.rl import learner
+  from dispo_jax.rl.batch import RLBatch
 
-  n = s.rollout.prompts_per_step * s.rollout.group_size
+  k = s.rollout.group_size
+  n = s.rollout.prompts_per_step * k
   p, g, mu = s.rollout.max_prompt_length, s.sampler.gen_length, s.objective.num_iterations
   n_states, z = s.rollout.states_per_prompt, s.rollout.num_branches
-  rows = NamedSharding(mesh, sharding.logical_to_mesh_axes(("batch",)))
-  rows_mu = NamedSharding(mesh, P(None, *sharding.logical_to_mesh_axes(("batch",))))
-  sds = lambda shape, dtype, sh=rows: jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
-  step = s.objective.use_step
-  ratio = not s.objective.uses_spg
-  replay = learner.ReplayLogprobs(
-      base_old=sds((mu, n, g), jnp.float32, rows_mu) if ratio else None,
-      base_ref=sds((mu, n, g), jnp.float32, rows_mu) if ratio and s.objective.beta else None,
-      step_old=sds((mu, n, n_states, z, g), jnp.float32, rows_mu) if step else None,
-      step_ref=sds((mu, n, n_states, z, g), jnp.float32, rows_mu)
-      if step and s.objective.beta else None)
-  return learner.RLBatch(
+  sds = jax.ShapeDtypeStruct
+  branches = s.objective.adds_state_term
+  sampled = RLBatch(
       prompt_tokens=sds((n, p), jnp.int32), prompt_key_mask=sds((n, p), jnp.bool_),
       completion=sds((n, g), jnp.int32), completion_mask=sds((n, g), jnp.bool_),
       advantages=sds((n,), jnp.float32), row_ids=sds((n,), jnp.int32),
       commit_step=sds((n, g), jnp.int32), behaviour_logp=sds((n, g), jnp.float32),
-      base_row_weights=None if s.objective.uses_spg else sds((n,), jnp.float32),
-      step_row_weights=(sds((n,), jnp.float32)
-                        if step and s.objective.step_normaliser == "group" else None),
-      sequence_weights=sds((n,), jnp.float32) if s.objective.uses_spg else None,
-      state_canvas=sds((n, n_states, g), jnp.int32) if step else None,
-      actions=sds((n, n_states, z, g), jnp.int32) if step else None,
-      action_mask=sds((n, n_states, z, g), jnp.bool_) if step else None,
-      branch_advantages=sds((n, n_states, z), jnp.float32) if step else None, replay=replay)
+      state_canvas=sds((n, n_states, g), jnp.int32) if branches else None,
+      actions=sds((n, n_states, z, g), jnp.int32) if branches else None,
+      action_mask=sds((n, n_states, z, g), jnp.bool_) if branches else None,
+      branch_advantages=sds((n, n_states, z), jnp.float32) if branches else None)
+
+  def assemble(batch, params):
+    batch = batch.replace(**rollout.weight_fields(batch.completion_mask, batch.action_mask, k,
+                                                  s.objective))
+    apply = policy.bind(params)
+    keys = jax.random.split(jax.random.key(0), mu)
+    return learner.with_old_and_ref_logprobs(apply, policy.bind_reference(params), batch, keys,
+                                             s.objective)
+
+  shapes = jax.eval_shape(assemble, sampled, params)
+  rows = NamedSharding(mesh, sharding.logical_to_mesh_axes(("batch",)))
+  rows_mu = NamedSharding(mesh, P(None, *sharding.logical_to_mesh_axes(("batch",))))
+  placed = lambda tree, sh: jax.tree.map(lambda x: sds(x.shape, x.dtype, sharding=sh), tree)
+  return placed(shapes.replace(replay=None), rows).replace(replay=placed(shapes.replay, rows_mu))
 
 
 def lower_sampler(s, mesh, graphdef, model_state):
@@ -177,15 +184,17 @@ def main(argv) -> None:
     compiled = lower_sampler(s, mesh, graphdef, (frozen, trainable) if s.lora else trainable)
     report(compiled, time.perf_counter() - start, mesh_shape, s, params, cfg)
     return
-  update = learner.make_update_fn(Policy(graphdef, s.lora is not None).bind, optimizer,
-                                  s.objective, lora_dropout=bool(s.lora and s.lora.dropout))
+  policy = Policy(graphdef, s.lora is not None)
+  update = learner.make_update_fn(policy.bind, optimizer, s.objective,
+                                  lora_dropout=bool(s.lora and s.lora.dropout))
   shard_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
   jitted = jax.jit(update, donate_argnums=(0, 2),
                    out_shardings=(shard_of(trainable), shard_of(opt_state), None))
   key = jax.random.key(0)
   start = time.perf_counter()
   with jax.set_mesh(mesh):  # as train: activations constrained at block boundaries
-    compiled = jitted.lower(trainable, frozen, opt_state, abstract_batch(s, mesh), 0, key,
+    compiled = jitted.lower(trainable, frozen, opt_state, abstract_batch(s, mesh, policy, (trainable, frozen)),
+                            0, key,
                             key).compile()
   report(compiled, time.perf_counter() - start, mesh_shape, s, params, cfg)
 

@@ -102,14 +102,14 @@ def _rl_section() -> ml_collections.ConfigDict:
   s.base_normaliser = "group"  # group (d1 as run: token mean per prompt group, mean over groups) | batch
   s.step_ratio = "token"      # token | branch (Eq. 5: one clipped ratio per branch)
   s.step_tokens = "action"    # action (up to the branch's EOS) | action_with_tail | all (Table 3a ablation)
-  s.spg = ml_collections.ConfigDict()  # dispo_jax.rl.spg.SPGSettings (method spg | dispo_spg)
+  s.spg = ml_collections.ConfigDict()  # dispo_jax.rl.objectives.spg.SPGSettings (method spg | dispo_spg)
   s.spg.num_masks = 2         # m, Monte Carlo mask samples per completion
   s.spg.block_length = 32
   s.spg.negative_bound = "mix"  # mix | eubo | elbo | none (negative-advantage completions)
   s.spg.mix_weight = 0.5      # ω of mix = ω·EUBO + (1−ω)·ELBO
   s.spg.eubo_beta = 1.5
   s.spg.block_choice = "spg"  # spg (SPG's trainer: randperm(num_blocks) % covered) | cycled
-  s.trace = ml_collections.ConfigDict()  # dispo_jax.rl.trace.TraceSettings (trace | dispo_trace)
+  s.trace = ml_collections.ConfigDict()  # dispo_jax.rl.objectives.trace.TraceSettings (trace | dispo_trace)
   s.trace.segments = 16       # N segments of the T steps (N = T: each token on its step's logits; N = 1 = diffu-GRPO's)
   s.trace.temperature = 1.0   # score log softmax(logits / τ): 1 = the model's; the sampler's τ = what the rollout drew from
   s.behaviour = ml_collections.ConfigDict()  # dispo_jax.rl.behaviour.BehaviourSettings

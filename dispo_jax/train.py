@@ -37,7 +37,7 @@ from dispo_jax.model.config import LLADA_MASK_ID, LoRAConfig
 from dispo_jax.pipeline import (CollectSettings, RolloutSettings, StepFunctions, TrainState,
                                 make_reward_fn, make_step_functions, prompts_for_step, rl_step,
                                 shuffle_within_groups)
-from dispo_jax.rl import learner
+from dispo_jax.rl import learner, objectives
 from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
 from dispo_jax.rl.policy import Policy, make_policy
 from dispo_jax.sampling import SamplerSettings, decode_completions
@@ -69,9 +69,9 @@ class RunSettings:
 def run_settings(c, mask_id: int = LLADA_MASK_ID) -> RunSettings:
   """Every section of config ``c`` as its dataclass; raises :class:`ConfigError` naming the key."""
   sampler = settings_from(SamplerSettings, c.sampler, "sampler", mask_id=mask_id)
-  if c.method not in learner.METHODS:
+  if c.method not in objectives.method_names():
     raise ConfigError(f"config.method={c.method!r} is invalid: must be one of "
-                      f"{list(learner.METHODS)}")
+                      f"{objectives.method_names()}")
   return RunSettings(
       sampler=sampler,
       rollout=settings_from(RolloutSettings, c.rollout, "rollout"),

@@ -34,6 +34,7 @@ from dispo_jax import train  # noqa: E402
 from dispo_jax.model import tokenizer as tok  # noqa: E402
 from dispo_jax import pipeline  # noqa: E402
 from dispo_jax.rl import learner, losses  # noqa: E402
+from dispo_jax.rl.objectives import state_term  # noqa: E402
 from dispo_jax.sampling import decode_completions  # noqa: E402
 
 
@@ -41,18 +42,18 @@ def flat(tree) -> jax.Array:
   return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
 
 
-def term_gradients(policy, params, batch: learner.RLBatch, key, s: learner.ObjectiveSettings):
+def term_gradients(policy, params, batch, key, s: learner.ObjectiveSettings):
   """(base-term gradient on the matched tokens, step-term gradient), both flat, at ratio 1."""
   trainable, frozen = params
   matched = jnp.any(batch.action_mask, axis=2)[:, 0] & batch.completion_mask  # [N, G]
 
   def base(t):
-    logp = learner.base_logprobs(policy.bind((t, frozen)), batch, key, s)
+    logp = s.base_term.logprobs(policy.bind((t, frozen)), batch, key, s)
     return losses.diffu_grpo_loss(logp, jax.lax.stop_gradient(logp), None, batch.advantages,
                                   matched, beta=0.0)[0]
 
   def step(t):
-    logp = learner.step_logprobs(policy.bind((t, frozen)), batch, key, s)
+    logp = state_term.logprobs(policy.bind((t, frozen)), batch, key, s)
     return losses.dispo_step_loss(logp, jax.lax.stop_gradient(logp), None,
                                   batch.branch_advantages, batch.action_mask, beta=0.0)[0]
   return flat(jax.grad(base)(trainable)), flat(jax.grad(step)(trainable))

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import tiny_data_flags  # noqa: E402
 from dispo_jax import recipes, train  # noqa: E402
-from dispo_jax.rl import learner  # noqa: E402
+from dispo_jax.rl import objectives  # noqa: E402
 
 # run name -> (config variant, method, α_step, shuffled-reward control, Z fillings per branch state)
 METHODS = {"diffu_grpo": ("tiny", "diffu_grpo", 0.0, False, 2),
@@ -78,7 +78,7 @@ def make_config(args, name: str, seed: int):
     tiny_data_flags.apply(c, args)
   c.rl.num_iterations = args.mu
   c.rollout.terminal_advantage = c.rollout.branch_advantage = args.advantage
-  if learner.METHODS[method][0] != "spg":  # SPG's base term has no KL: its variant's β 0 stays
+  if objectives.parse_method(method)[0] != "spg":  # SPG's base term has no KL: its variant's β 0 stays
     c.rl.beta = args.beta
   c.base.cache_dir = args.base_cache or os.path.join(args.root, "_base_cache")  # one base for all runs
   c.eval_every = args.eval_every * mu

@@ -11,8 +11,11 @@ import pytest
 from dispo_jax.model import llada
 from dispo_jax.model.config import LoRAConfig, get_config
 from dispo_jax import pipeline
-from dispo_jax.rl import learner
+from dispo_jax.rl import learner, objectives
+from dispo_jax.rl.behaviour import BehaviourSettings
 from dispo_jax.rl.losses import step_token_mask
+from dispo_jax.rl.objectives import state_term
+from dispo_jax.rl.objectives.trace import TraceSettings
 from dispo_jax.rl.policy import make_policy
 from dispo_jax.sampling import SamplerSettings
 
@@ -65,14 +68,14 @@ def test_first_inner_update_has_ratio_exactly_one(method):
   batch, metrics = _collect(setup, jax.random.key(0))
   keys = jax.random.split(jax.random.key(1), 3)
   batch = _replay(policy, (trainable, frozen), batch, keys, objective)
-  if objective.uses_spg:  # SPG's term is ratio-free: old log-probs only for the branch states
+  if not objective.base_term.replays_logprobs:  # SPG's term is ratio-free: old log-probs only for the branch states
     assert batch.replay.base_old is None and batch.replay.step_old.shape[0] == 3
     assert batch.sequence_weights.shape == (16,)
   else:
     assert batch.replay.base_old.shape == (3,) + batch.completion.shape
   for i in range(3):
     _, diag = learner.policy_loss(policy.bind((trainable, frozen)), batch, i, keys[i], objective)
-    prefixes = ("step/",) if objective.uses_spg else ("base/",)
+    prefixes = ("base/",) if objective.base_term.replays_logprobs else ("step/",)
     for prefix in prefixes + (("step/",) if method == "dispo" else ()):
       # Same masks => ratio 1 up to float reassociation between separately compiled graphs (a
       # different prompt mask would move it by orders of magnitude more).
@@ -82,7 +85,7 @@ def test_first_inner_update_has_ratio_exactly_one(method):
   done, adv = np.asarray(batch.completion_mask), np.asarray(batch.advantages)
   assert metrics["base/credited_tokens"] == done[adv != 0].sum()
   assert metrics["sampler/denoising_steps"] == 4  # the sampler's steps, no threshold
-  if objective.use_step:
+  if objective.adds_state_term:
     assert batch.actions.shape == (16, 1, 2, 8)
     assert 0.0 <= metrics["step/distinguishable_frac"] <= 1.0
     actions, branch_adv = np.asarray(batch.action_mask), np.asarray(batch.branch_advantages)
@@ -128,7 +131,7 @@ def test_all_tokens_ablation_scores_on_the_same_state_as_the_action_tokens():
   batch, _ = _collect(setup, jax.random.key(0), settings["all"])
   apply = policy.bind((trainable, frozen))
   key = jax.random.key(3)
-  logp = {name: learner.step_logprobs(apply, batch, key, s) for name, s in settings.items()}
+  logp = {name: state_term.logprobs(apply, batch, key, s) for name, s in settings.items()}
   np.testing.assert_array_equal(logp["action"], logp["all"])
   action = step_token_mask(batch.state_canvas == cfg.mask_token_id, batch.actions,
                            cfg.eos_token_id, "action")
@@ -291,14 +294,14 @@ def test_importance_weight_is_one_where_the_objective_scores_the_samplers_own_co
   cfg, policy, trainable, frozen, sampler, *_ = setup
   make = lambda weight: learner.ObjectiveSettings(
       method="trace", mask_id=cfg.mask_token_id, p_mask_prompt=0.0,
-      trace=learner.trace_lib.TraceSettings(segments=sampler.steps,
+      trace=TraceSettings(segments=sampler.steps,
                                             temperature=sampler.temperature),
-      denoising_steps=sampler.steps, behaviour=learner.behaviour_lib.BehaviourSettings(weight))
+      denoising_steps=sampler.steps, behaviour=BehaviourSettings(weight))
   weighted, plain = make("token"), make("none")
   batch, _ = _collect(setup, jax.random.key(0), weighted)
   keys = jax.random.split(jax.random.key(1), 2)
   batch = _replay(policy, (trainable, frozen), batch, keys, weighted)
-  weights = learner.behaviour_weights(batch, batch.replay.at(1), weighted)
+  weights = objectives.importance_weights(batch, batch.replay.at(1), weighted)
   np.testing.assert_allclose(weights, 1.0, atol=1e-4)
   metrics = learner.behaviour_metrics(batch)
   assert float(metrics["behaviour/abs_log_ratio_max"]) < 1e-4

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO
 
 
@@ -35,3 +37,18 @@ def test_plan_scale_compiles_the_sampler_with_fewer_layers():
   assert out.returncode == 0, out.stderr[-3000:]
   assert "part=sampler method=dispo preset=tiny layers=1" in out.stdout
   assert "per device peak estimate" in out.stdout
+
+@pytest.mark.parametrize("config, method", [("configs/sudoku.py:tiny,spg", "spg"),
+                                            ("configs/sudoku.py:tiny", "dispo_trace")])
+def test_plan_scale_compiles_each_objectives_own_batch(config, method):
+  """The abstract batch comes from the objective's own assembly: SPG's sequence weights and no
+  replayed base log-probs; trace with DiSPO's branch fields and the group normaliser's weights."""
+  cmd = [sys.executable, "-m", "dispo_jax.plan_scale", f"--config={config}",
+         f"--config.method={method}", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+         "--config.rollout.prompts_per_step=2", "--config.rollout.group_size=2",
+         "--config.rl.step_normaliser=group", "--devices=2", "--preset=tiny", "--layers=1",
+         "--microbatches=0"]
+  out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"method={method}" in out.stdout and "per device peak estimate" in out.stdout

@@ -9,7 +9,8 @@ import pytest
 
 from dispo_jax.model import llada
 from dispo_jax.model.config import get_config
-from dispo_jax.rl import learner, losses, spg
+from dispo_jax.rl import learner, losses
+from dispo_jax.rl.objectives import spg
 from experiments.spg_bounds import exact_quantities
 
 # ----------------------------------------------------------------------------------------------
@@ -348,4 +349,4 @@ def test_spg_settings_are_validated():
   with pytest.raises(ValueError, match="mix_weight"):
     spg.SPGSettings(mix_weight=1.5)
   s = learner.ObjectiveSettings(method="dispo_spg", beta=0.0)
-  assert s.uses_spg and s.use_step and s.base == "spg"
+  assert s.base_term.name == "spg" and s.adds_state_term

@@ -9,9 +9,10 @@ import pytest
 
 from dispo_jax.model import llada
 from dispo_jax.model.config import get_config
-from dispo_jax.rl import learner, trace
+from dispo_jax.rl import learner
 from dispo_jax.rl.logprobs import token_logprobs
-from dispo_jax.rl.trace import TraceSettings
+from dispo_jax.rl.objectives import trace
+from dispo_jax.rl.objectives.trace import TraceSettings
 from dispo_jax.sampling import SamplerSettings, completion_mask, generate
 
 
@@ -119,13 +120,11 @@ def test_one_segment_is_diffu_grpos_surrogate(rollout):
                           commit_step=result.commit_step)
   key = jax.random.key(4)
   settings = dict(p_mask_prompt=0.3, mask_id=cfg.mask_token_id, denoising_steps=s.steps)
-  grpo = learner.base_logprobs(apply, batch, key, learner.ObjectiveSettings(
-      method="diffu_grpo", **settings))
-  one = learner.base_logprobs(apply, batch, key, learner.ObjectiveSettings(
-      method="trace", trace=TraceSettings(1), **settings))
+  logprobs = lambda s: s.base_term.logprobs(apply, batch, key, s)
+  grpo = logprobs(learner.ObjectiveSettings(method="diffu_grpo", **settings))
+  one = logprobs(learner.ObjectiveSettings(method="trace", trace=TraceSettings(1), **settings))
   np.testing.assert_allclose(one, grpo, atol=1e-6)
-  three = learner.base_logprobs(apply, batch, key, learner.ObjectiveSettings(
-      method="trace", trace=TraceSettings(3), **settings))
+  three = logprobs(learner.ObjectiveSettings(method="trace", trace=TraceSettings(3), **settings))
   assert float(jnp.abs(three - grpo).max()) > 1e-2
 
 

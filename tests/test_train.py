@@ -402,3 +402,41 @@ def test_a_sparse_reward_run_trains_on_it_and_reports_puzzles_solved(tmp_path, b
   assert all(abs(r * group - round(r * group)) < 1e-4 for r in rewards)  # each completion 0 or 1
   assert "held-out puzzles solved over 8 rows" in capsys.readouterr().out
   assert json.load(open(os.path.join(workdir, "config.json")))["config"]["reward"] == "solved"
+
+
+def test_an_objective_registered_in_this_file_trains_alone_and_with_dispos_term(tmp_path, base_dir):
+  """The objective interface is the one place an objective lives: a REINFORCE objective defined
+  here (no replay, its own row weights and loss) trains as ``toy_reinforce`` and, with DiSPO's
+  fixed-state term, as ``dispo_toy_reinforce``, with no other file touched."""
+  import jax.numpy as jnp
+
+  from dispo_jax.rl import objectives
+
+  calls = []
+
+  @objectives.register_objective("toy_reinforce")
+  class ToyReinforce(objectives.Objective):
+    replays_logprobs = False
+
+    def row_weights(self, completion_mask, group_size, s):
+      rows = completion_mask.shape[0]
+      return {"sequence_weights": jnp.full((rows,), 1.0 / rows)}
+
+    def loss(self, apply, batch, replay, key, s):
+      logp = objectives.OBJECTIVES["diffu_grpo"].logprobs(apply, batch, key, s)
+      calls.append(logp.shape)
+      per_row = (logp * batch.completion_mask).sum(-1)
+      loss = -jnp.sum(batch.advantages * batch.sequence_weights * per_row)
+      return loss, {"base/loss": loss, "toy/rows": jnp.float32(per_row.shape[0])}
+
+  try:
+    for method in ("toy_reinforce", "dispo_toy_reinforce"):
+      workdir = fresh_workdir(tmp_path, method)
+      final = train_lib.train(small_config(method=method), workdir)
+      rows = [r for r in read_metrics(workdir) if "loss" in r]
+      assert final["skipped_updates"] == 0 and len(rows) == 4
+      assert all(r["toy/rows"] == 8 and np.isfinite(r["base/loss"]) for r in rows)
+      assert all(("step/loss" in r) == method.startswith("dispo_") for r in rows)
+    assert calls  # traced by both runs' updates
+  finally:
+    del objectives.OBJECTIVES["toy_reinforce"]

@@ -1,7 +1,7 @@
 """The thin host-side pipeline between ``rl/`` and the CLIs: rollout, rewards, advantages.
 
 ``rl/`` stays pure and jittable; here live the host calls (decoding completions, scoring them with a
-task's reward functions) and the assembly of an :class:`dispo_jax.rl.learner.RLBatch`.
+task's reward functions) and the assembly of an :class:`dispo_jax.rl.batch.RLBatch`.
 """
 
 from dispo_jax.pipeline.rewards import make_reward_fn, prompts_for_step, shuffle_within_groups

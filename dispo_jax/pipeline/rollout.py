@@ -21,10 +21,10 @@ from dispo_jax.model.sharding import row_placer, to_host
 from dispo_jax.pipeline.rewards import RewardFn
 from dispo_jax.rl import timesteps
 from dispo_jax.rl.advantages import ADVANTAGES, get_advantage, group_advantages
+from dispo_jax.rl.batch import RLBatch
 from dispo_jax.rl.diagnostics import branch_diagnostics, credited_tokens, group_diagnostics
-from dispo_jax.rl.learner import ObjectiveSettings, RLBatch
-from dispo_jax.rl.losses import base_row_weights, step_row_weights, step_token_mask
-from dispo_jax.rl.spg import sequence_weights as spg_sequence_weights
+from dispo_jax.rl.learner import ObjectiveSettings
+from dispo_jax.rl.losses import step_row_weights, step_token_mask
 from dispo_jax.sampling import SamplerSettings, completion_mask, generate, sample_branches
 from dispo_jax.sampling.decoding import REWARD_TEXTS
 from dispo_jax.sampling.sampler import Rollout
@@ -119,7 +119,7 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
   host_lengths = np.repeat(np.asarray(prompt_lengths, np.int32), k, axis=0)
   prompt_index = np.repeat(np.arange(len(prompt_tokens)), k)  # [rows] the prompt of each row
   host_steps = None
-  if settings.objective.use_step:
+  if settings.objective.adds_state_term:
     host_steps = to_host(timesteps.sample_branch_steps(
         step_key, len(prompt_tokens), k, settings.sampler.steps,
         settings.rollout.states_per_prompt, settings.rollout.timestep_schedule,
@@ -134,6 +134,19 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
     metrics.update(branch_metrics)
   batch.check_shapes()
   return batch, metrics
+
+
+def weight_fields(completion_mask: jax.Array | None, action_mask: jax.Array | None,
+                  group_size: int, objective: ObjectiveSettings) -> Dict[str, jax.Array]:
+  """The ``RLBatch`` fields of the loss normalisers, from the whole batch: the base term's row
+  weights from ``completion_mask [N, G]`` bool (its objective's own), the state term's group
+  weights from ``action_mask [N, S, Z, G]`` bool; a None mask skips its term."""
+  fields = {}
+  if completion_mask is not None:
+    fields.update(objective.base_term.row_weights(completion_mask, group_size, objective))
+  if action_mask is not None and objective.step_normaliser == "group":
+    fields["step_row_weights"] = step_row_weights(action_mask, group_size)
+  return fields
 
 
 def _terminal_part(result: Rollout, host_prompts: np.ndarray, host_lengths: np.ndarray,
@@ -158,11 +171,7 @@ def _terminal_part(result: Rollout, host_prompts: np.ndarray, host_lengths: np.n
                   advantages=place(to_host(advantages)), commit_step=result.commit_step,
                   behaviour_logp=result.behaviour_logp,
                   row_ids=place(np.arange(rows, dtype=np.int32) + row_offset))
-  if settings.objective.uses_spg:
-    batch = batch.replace(sequence_weights=spg_sequence_weights(done, k))
-  else:
-    batch = batch.replace(base_row_weights=base_row_weights(
-        done, k, settings.objective.base_normaliser))
+  batch = batch.replace(**weight_fields(done, None, k, settings.objective))
   return batch, metrics
 
 
@@ -188,8 +197,8 @@ def _branch_part(key: jax.Array, batch: RLBatch, result: Rollout, host_steps: np
                                 settings.objective.step_tokens)
   batch = batch.replace(state_canvas=result.branch_canvas, actions=filled,
                         action_mask=action_mask, branch_advantages=place(branch_adv))
-  if settings.objective.step_normaliser == "group":
-    batch = batch.replace(step_row_weights=step_row_weights(action_mask, rollout.group_size))
+  batch = batch.replace(**weight_fields(None, action_mask, rollout.group_size,
+                                        settings.objective))
   metrics = branch_diagnostics(jnp.asarray(branch_rewards), jnp.asarray(branch_adv),
                                jnp.asarray(host_steps), sampler.steps)
   metrics["step/credited_tokens"] = credited_tokens(to_host(action_mask), jnp.asarray(branch_adv))

@@ -11,7 +11,7 @@ from dispo_jax.rl.losses import (LOSSES, base_row_weights, branch_mask, combine_
                                  diffu_grpo_loss, dispo_step_loss, get_loss, k3_kl, log_ratio_stats,
                                  register_loss,
                                  step_row_weights)
-from dispo_jax.rl.spg import block_masks, elbo, eubo, sequence_logp, sequence_weights
+from dispo_jax.rl.objectives.spg import block_masks, elbo, eubo, sequence_logp, sequence_weights
 from dispo_jax.rl.timesteps import sample_branch_steps, timestep_bins, timestep_weights
 
 __all__ = ["ADVANTAGES", "LOSSES", "base_row_weights", "block_masks", "branch_diagnostics",

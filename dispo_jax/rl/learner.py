@@ -23,25 +23,22 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, Optional
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from dispo_jax.rl import behaviour as behaviour_lib
 from dispo_jax.rl import losses as losses_lib
-from dispo_jax.rl import spg as spg_lib
-from dispo_jax.rl import trace as trace_lib
-from dispo_jax.rl.logprobs import Apply, surrogate_logprobs
+from dispo_jax.rl import objectives
+from dispo_jax.rl.batch import ReplayLogprobs, RLBatch
+from dispo_jax.rl.logprobs import Apply
+from dispo_jax.rl.objectives import spg as spg_lib
+from dispo_jax.rl.objectives import state_term
+from dispo_jax.rl.objectives import trace as trace_lib
 
 Array = jax.Array
 # (params, dropout_key | None) -> the policy's forward with those parameters
 Bind = Callable[[Any, Optional[Array]], Apply]
-# method -> (base loss, whether DiSPO's fixed-state term is added)
-METHODS = {"diffu_grpo": ("diffu_grpo", False), "dispo": ("diffu_grpo", True),
-           "spg": ("spg", False), "dispo_spg": ("spg", True),
-           "trace": ("trace", False), "dispo_trace": ("trace", True)}
 STEP_TOKENS = ("action", "action_with_tail", "all")
 
 
@@ -50,13 +47,14 @@ class ObjectiveSettings:
   """Static settings of the learner (hashable); config section ``rl``, one key per field.
 
   Attributes:
-    method: one of :data:`METHODS` (the config's top-level ``method``): "diffu_grpo", "spg" or
-      "trace" (terminal term only), "dispo", "dispo_spg" or "dispo_trace" (the base term plus
-      DiSPO's fixed-state term).
+    method: the config's top-level ``method``: a registered objective
+      (:data:`dispo_jax.rl.objectives.OBJECTIVES`: "diffu_grpo", "spg", "trace") alone, or with
+      DiSPO's fixed-state term as "dispo_<name>" ("dispo" = diffu-GRPO with the term); see
+      :func:`dispo_jax.rl.objectives.parse_method`.
     num_iterations: μ, optimizer updates per rollout batch (old log-probs are ``[μ, ...]``).
     num_microbatches: gradient-accumulation micro-batches of one update.
-    base_loss: override of the method's registered token-level base loss (see
-      :data:`dispo_jax.rl.losses.LOSSES`); "" = the method's own.
+    base_loss: the token-level loss of ratio objectives (diffu-GRPO, trace), a name of
+      :data:`dispo_jax.rl.losses.LOSSES`; "" = diffu-GRPO's clipped loss.
     alpha_base, alpha_step: L = α_base·L_base + α_step·L_step.
     epsilon_low, epsilon_high: PPO clip range ``[1−ε_low, 1+ε_high]`` (diffu-GRPO and step term).
     beta: KL coefficient (k3 estimator against the reference policy) of the diffu-GRPO and step
@@ -75,8 +73,8 @@ class ObjectiveSettings:
       completion token of the filled branch up to its first EOS, scored on the same state
       canvas x_t as the action tokens (tokens already committed in x_t are scored at their own,
       visible positions), so only the token set differs from ``action``.
-    spg: SPG's term (:class:`dispo_jax.rl.spg.SPGSettings`; methods spg and dispo_spg).
-    trace: the trajectory-consistent surrogate (:class:`dispo_jax.rl.trace.TraceSettings`).
+    spg: SPG's term (:class:`dispo_jax.rl.objectives.spg.SPGSettings`; methods spg and dispo_spg).
+    trace: the trajectory-consistent surrogate (:class:`dispo_jax.rl.objectives.trace.TraceSettings`).
     behaviour: the importance correction for approximate rollouts
       (:class:`dispo_jax.rl.behaviour.BehaviourSettings`; see :attr:`importance_weight`).
     denoising_steps: T of the rollouts (derived from the sampler; the trace surrogate maps
@@ -111,12 +109,17 @@ class ObjectiveSettings:
   def __post_init__(self):
     for problem in self._problems():
       raise ValueError(problem)
-    losses_lib.get_loss(self.base)
+    if self.base_loss:
+      losses_lib.get_loss(self.base_loss)
 
   def _problems(self):
     one_of = lambda name, value, allowed: (
         [] if value in allowed else [f"{name}={value!r} is not one of {list(allowed)}"])
-    yield from one_of("method", self.method, METHODS)
+    try:
+      objectives.parse_method(self.method)
+    except ValueError as e:
+      yield str(e)
+      return
     yield from one_of("step_normaliser", self.step_normaliser, losses_lib.STEP_NORMALISERS)
     yield from one_of("base_normaliser", self.base_normaliser, losses_lib.BASE_NORMALISERS)
     yield from one_of("step_ratio", self.step_ratio, losses_lib.STEP_RATIOS)
@@ -134,189 +137,29 @@ class ObjectiveSettings:
     if self.step_ratio == "branch" and self.step_normaliser not in ("branch", "sum"):
       yield (f"step_ratio='branch' (Eq. 5) needs step_normaliser 'branch' or 'sum', got "
              f"{self.step_normaliser!r}")
-    if self.base == "trace" and not 1 <= self.trace.segments <= self.denoising_steps:
-      yield (f"trace.segments={self.trace.segments} must be in [1, denoising_steps="
-             f"{self.denoising_steps}]")
-    if self.uses_spg and self.behaviour.weight in ("token", "sequence"):
-      yield (f"behaviour.weight={self.behaviour.weight!r}: SPG's term is ratio-free (no old "
-             f"log-probs to weight); use 'none' or 'auto'")
-    if self.method == "spg" and self.beta != 0:
-      yield f"method='spg' has no KL term: beta must be 0, got {self.beta}"
+    yield from self.base_term.problems(self)
 
   @property
-  def base(self) -> str:
-    """The registered base loss this objective uses."""
-    return self.base_loss or METHODS[self.method][0]
+  def base_term(self) -> objectives.Objective:
+    """The registered objective of the base term."""
+    return objectives.OBJECTIVES[objectives.parse_method(self.method)[0]]
 
   @property
-  def uses_spg(self) -> bool:
-    return self.base == "spg"
+  def adds_state_term(self) -> bool:
+    """Whether DiSPO's fixed-state term is added to the base term."""
+    return objectives.parse_method(self.method)[1]
 
   @property
   def importance_weight(self) -> str:
     """The base term's importance weight in force: ``none``, ``token`` or ``sequence``."""
-    if self.uses_spg:
+    if not self.base_term.replays_logprobs:
       return "none"
     return self.behaviour.resolved(self.approximate_sampler)
 
-  @property
-  def use_step(self) -> bool:
-    return METHODS[self.method][1]
-
-
-@struct.dataclass
-class ReplayLogprobs:
-  """Log-probs of the behaviour and reference policies, once per rollout batch (a pytree).
-
-  Every field is ``[μ, N, ...]``: axis 0 is the inner iteration (its mask key), axis 1 the rows.
-  ``None`` where a term is absent (SPG has no ratio; β = 0 has no reference).
-
-  Attributes:
-    base_old, base_ref: ``[μ, N, G]`` float32.
-    step_old, step_ref: ``[μ, N, S, Z, G]`` float32.
-  """
-
-  base_old: Optional[Array] = None
-  base_ref: Optional[Array] = None
-  step_old: Optional[Array] = None
-  step_ref: Optional[Array] = None
-
-  def at(self, iteration) -> "ReplayLogprobs":
-    """The ``[N, ...]`` slices of inner iteration ``iteration``."""
-    return jax.tree.map(lambda x: x[iteration], self)
-
-
-@struct.dataclass
-class RLBatch:
-  """One rollout batch of N = prompts × K rows (a pytree; ``None`` fields are absent).
-
-  Every field but ``replay`` has the rows on axis 0.
-
-  Attributes:
-    prompt_tokens: ``[N, P]`` int32 left-padded prompts.
-    prompt_key_mask: ``[N, P]`` bool (False on padding) or None (attend to padding, as d1).
-    completion: ``[N, G]`` int32 sampled completions.
-    completion_mask: ``[N, G]`` bool, up to and including the first EOS.
-    advantages: ``[N]`` float32 terminal advantages.
-    row_ids: ``[N]`` int32 global row indices (prompt masks per row).
-    commit_step: ``[N, G]`` int32 denoising step at which each token was committed.
-    behaviour_logp: ``[N, G]`` float32 log-prob of each token under the distribution the sampler
-      drew it from (:attr:`dispo_jax.sampling.sampler.Rollout.behaviour_logp`).
-    base_row_weights: ``[N]`` float32 normaliser of each row's token sum in the base loss
-      (:func:`dispo_jax.rl.losses.base_row_weights`, computed on the whole batch).
-    step_row_weights: ``[N]`` float32 the same for the step term under its ``group`` normaliser
-      (:func:`dispo_jax.rl.losses.step_row_weights`), else None.
-    sequence_weights: ``[N]`` float32 SPG loss weights ``L_j / Σ_group L / groups`` (SPG only).
-    state_canvas: ``[N, S, G]`` int32 branch-state completions (MASK at the action positions).
-    actions: ``[N, S, Z, G]`` int32 filled canvases of the Z branches.
-    action_mask: ``[N, S, Z, G]`` bool tokens the step term scores in each branch (see
-      ``ObjectiveSettings.step_tokens``; all False for unused slots).
-    branch_advantages: ``[N, S, Z]`` float32.
-    replay: :class:`ReplayLogprobs` (μ on axis 0), filled by :func:`with_old_and_ref_logprobs`.
-  """
-
-  prompt_tokens: Array
-  prompt_key_mask: Optional[Array]
-  completion: Array
-  completion_mask: Array
-  advantages: Array
-  row_ids: Array
-  commit_step: Optional[Array] = None
-  behaviour_logp: Optional[Array] = None
-  base_row_weights: Optional[Array] = None
-  step_row_weights: Optional[Array] = None
-  sequence_weights: Optional[Array] = None
-  state_canvas: Optional[Array] = None
-  actions: Optional[Array] = None
-  action_mask: Optional[Array] = None
-  branch_advantages: Optional[Array] = None
-  replay: Optional[ReplayLogprobs] = None
-
-  @property
-  def num_rows(self) -> int:
-    return self.completion.shape[0]
-
-  def check_shapes(self) -> None:
-    """Asserts every present field's shape against N rows, P prompt and G completion tokens and
-    the branch shape ``[N, S, Z, G]`` (``AssertionError`` naming the field)."""
-    n, g = self.completion.shape
-    p = self.prompt_tokens.shape[1]
-    expected = {"prompt_key_mask": (n, p), "completion_mask": (n, g), "advantages": (n,),
-                "row_ids": (n,), "commit_step": (n, g), "behaviour_logp": (n, g),
-                "base_row_weights": (n,),
-                "step_row_weights": (n,), "sequence_weights": (n,)}
-    if self.actions is not None:
-      _, s, z, _ = self.actions.shape
-      chex.assert_shape(self.actions, (n, s, z, g), custom_message="RLBatch.actions")
-      expected.update(state_canvas=(n, s, g), action_mask=(n, s, z, g),
-                        branch_advantages=(n, s, z))
-    for name, shape in expected.items():
-      value = getattr(self, name)
-      if value is not None:
-        chex.assert_shape(value, shape, custom_message=f"RLBatch.{name}")
-
 
 # ----------------------------------------------------------------------------------------------
-# Log-probs
+# Replay
 # ----------------------------------------------------------------------------------------------
-
-
-def _base_key(key: Array) -> Array:
-  return jax.random.fold_in(key, 0)
-
-
-def _step_key(key: Array) -> Array:
-  return jax.random.fold_in(key, 1)
-
-
-def base_logprobs(apply: Apply, batch: RLBatch, key: Array, s: ObjectiveSettings) -> Array:
-  """The base term's log-probs ``[N, G]``: diffu-GRPO's one-step mean-field surrogate (whole
-  completion masked), or for ``trace`` each token on its commit segment's canvas."""
-  if s.base == "trace":
-    if batch.commit_step is None:
-      raise ValueError("the trace surrogate needs RLBatch.commit_step (the rollout fills it)")
-    return trace_lib.trace_logprobs(
-        apply, batch.prompt_tokens, batch.prompt_key_mask, batch.completion, batch.commit_step,
-        _base_key(key), batch.row_ids, segments=s.trace.segments, total_steps=s.denoising_steps,
-        p_mask_prompt=s.p_mask_prompt, mask_id=s.mask_id, temperature=s.trace.temperature)
-  masked = jnp.full(batch.completion.shape, s.mask_id, jnp.int32)
-  return surrogate_logprobs(apply, batch.prompt_tokens, batch.prompt_key_mask, masked,
-                            batch.completion, _base_key(key), batch.row_ids,
-                            p_mask_prompt=s.p_mask_prompt, mask_id=s.mask_id)
-
-
-def step_logprobs(apply: Apply, batch: RLBatch, key: Array, s: ObjectiveSettings) -> Array:
-  """DiSPO's state surrogate ``[N, S, Z, G]``: one forward per state serves its Z branches."""
-  n, n_states, z, g = batch.actions.shape
-  rows = n * n_states
-  prompt = jnp.repeat(batch.prompt_tokens, n_states, axis=0)
-  key_mask = (None if batch.prompt_key_mask is None
-              else jnp.repeat(batch.prompt_key_mask, n_states, axis=0))
-  row_ids = (batch.row_ids[:, None] * n_states + jnp.arange(n_states)[None]).reshape(rows)
-  canvas = batch.state_canvas.reshape(rows, g)
-  logp = surrogate_logprobs(apply, prompt, key_mask, canvas, batch.actions.reshape(rows, z, g),
-                            _step_key(key), row_ids, p_mask_prompt=s.p_mask_prompt,
-                            mask_id=s.mask_id)
-  return logp.reshape(n, n_states, z, g)
-
-
-def spg_objective(apply: Apply, batch: RLBatch, key: Array, s: ObjectiveSettings
-                  ) -> tuple[Array, Dict[str, Array]]:
-  """SPG's ratio-free term for one inner iteration: fresh block masks from ``key``, the bounds,
-  and the registered ``spg`` loss."""
-  if batch.sequence_weights is None:
-    raise ValueError("SPG needs RLBatch.sequence_weights (the rollout fills them)")
-  prompt_masked, completion_masked, counted = spg_lib.block_masks(
-      _base_key(key), batch.row_ids, batch.completion_mask, batch.prompt_tokens.shape[1],
-      num_samples=s.spg.num_masks, block_length=s.spg.block_length,
-      p_mask_prompt=s.p_mask_prompt, block_choice=s.spg.block_choice)
-  logp = spg_lib.masked_logprobs(apply, batch.prompt_tokens, batch.prompt_key_mask,
-                                 batch.completion, prompt_masked, completion_masked, s.mask_id)
-  seq_logp, diag = spg_lib.sequence_logp(
-      logp, counted, batch.completion_mask, batch.advantages, negative_bound=s.spg.negative_bound,
-      mix_weight=s.spg.mix_weight, eubo_beta=s.spg.eubo_beta)
-  loss, loss_diag = losses_lib.get_loss("spg")(seq_logp, batch.advantages, batch.sequence_weights)
-  return loss, {**diag, **loss_diag}
 
 
 def with_old_and_ref_logprobs(old: Apply, ref: Apply | None, batch: RLBatch, mask_keys: Array,
@@ -329,34 +172,22 @@ def with_old_and_ref_logprobs(old: Apply, ref: Apply | None, batch: RLBatch, mas
   """
   ref = None if s.beta == 0 else ref
 
+  base_term = s.base_term
+
   def per_key(key) -> ReplayLogprobs:
     out = {}
-    if not s.uses_spg:  # SPG's term is ratio-free: no old or reference log-probs
-      out["base_old"] = base_logprobs(old, batch, key, s)
+    if base_term.replays_logprobs:
+      out["base_old"] = base_term.logprobs(old, batch, key, s)
       if ref is not None:
-        out["base_ref"] = base_logprobs(ref, batch, key, s)
-    if s.use_step:
-      out["step_old"] = step_logprobs(old, batch, key, s)
+        out["base_ref"] = base_term.logprobs(ref, batch, key, s)
+    if s.adds_state_term:
+      out["step_old"] = state_term.logprobs(old, batch, key, s)
       if ref is not None:
-        out["step_ref"] = step_logprobs(ref, batch, key, s)
+        out["step_ref"] = state_term.logprobs(ref, batch, key, s)
     return ReplayLogprobs(**out)
 
   replay = jax.lax.map(per_key, mask_keys)
   return batch.replace(replay=jax.tree.map(jax.lax.stop_gradient, replay))
-
-
-def behaviour_weights(batch: RLBatch, replay: ReplayLogprobs, s: ObjectiveSettings
-                      ) -> Array | None:
-  """``[N, G]`` truncated importance weights of the base term (None when off); see
-  :mod:`dispo_jax.rl.behaviour`."""
-  kind = s.importance_weight
-  if kind == "none":
-    return None
-  if batch.behaviour_logp is None or replay.base_old is None:
-    raise ValueError(f"behaviour.weight={kind!r} needs RLBatch.behaviour_logp and the replayed "
-                     f"old log-probs")
-  return behaviour_lib.importance_weights(replay.base_old, batch.behaviour_logp,
-                                          batch.completion_mask, kind, s.behaviour.cap)
 
 
 def behaviour_metrics(batch: RLBatch, cap: float = behaviour_lib.BehaviourSettings.cap
@@ -391,14 +222,10 @@ def behaviour_metrics(batch: RLBatch, cap: float = behaviour_lib.BehaviourSettin
 def loss_denominators(batch: RLBatch, s: ObjectiveSettings) -> Dict[str, Array]:
   """Global normalisers, computed on the whole batch before it is split into micro-batches.
 
-  (The base terms' per-row weights are global by construction: ``RLBatch.base_row_weights`` and
-  SPG's ``RLBatch.sequence_weights``.)
+  (The base terms' per-row weights are global by construction: the objective's
+  :meth:`~dispo_jax.rl.objectives.Objective.row_weights`, filled at rollout time.)
   """
-  out = {}
-  if s.use_step:
-    out["step"] = losses_lib.step_denominator(batch.branch_advantages, batch.action_mask,
-                                              s.step_normaliser)
-  return out
+  return {"step": state_term.denominator(batch, s)} if s.adds_state_term else {}
 
 
 def policy_loss(apply: Apply, batch: RLBatch, iteration: Array, mask_key: Array,
@@ -407,22 +234,10 @@ def policy_loss(apply: Apply, batch: RLBatch, iteration: Array, mask_key: Array,
   """``L = α_base·L_base + α_step·L_step`` for inner iteration ``iteration`` (its mask key)."""
   denominators = denominators or loss_denominators(batch, s)
   replay = (batch.replay or ReplayLogprobs()).at(iteration)
-  if s.uses_spg:
-    base = spg_objective(apply, batch, mask_key, s)
-  else:
-    weights = behaviour_weights(batch, replay, s)
-    base = losses_lib.get_loss(s.base)(
-        base_logprobs(apply, batch, mask_key, s), replay.base_old, replay.base_ref,
-        batch.advantages, batch.completion_mask, epsilon_low=s.epsilon_low,
-        epsilon_high=s.epsilon_high, beta=s.beta, row_weights=batch.base_row_weights,
-        **({} if weights is None else {"token_weights": weights}))
+  base = s.base_term.loss(apply, batch, replay, mask_key, s)
   step = None
-  if s.use_step:
-    step = losses_lib.dispo_step_loss(
-        step_logprobs(apply, batch, mask_key, s), replay.step_old, replay.step_ref,
-        batch.branch_advantages, batch.action_mask, epsilon_low=s.epsilon_low,
-        epsilon_high=s.epsilon_high, beta=s.beta, normaliser=s.step_normaliser,
-        ratio=s.step_ratio, denominator=denominators["step"], row_weights=batch.step_row_weights)
+  if s.adds_state_term:
+    step = state_term.loss(apply, batch, replay, mask_key, s, denominators["step"])
   return losses_lib.combine_losses(base, step, s.alpha_base, s.alpha_step)
 
 

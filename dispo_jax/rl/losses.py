@@ -3,7 +3,7 @@
 Token-level losses (``diffu_grpo``, ``dispo_step`` and any plug-in base loss) work on per-token
 arrays (log-probs of the current, old and reference policies, an advantage broadcast to tokens, and
 a weight mask); the sequence-level ``spg`` loss works on one bound per completion
-(:mod:`dispo_jax.rl.spg`). Every loss returns ``(scalar loss, diagnostics dict)``.
+(:mod:`dispo_jax.rl.objectives.spg`). Every loss returns ``(scalar loss, diagnostics dict)``.
 
 Diagnostics (per update; with micro-batches, the mean over them): ``clip_frac`` (the fraction of
 scored tokens, or of branches under Eq. 5's ratio, where clipping binds), ratio min / max / median,
@@ -176,7 +176,7 @@ def diffu_grpo_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
   return loss, diag
 
 
-# The trajectory-consistent objective (dispo_jax.rl.trace) is diffu-GRPO's loss on other log-probs.
+# The trajectory-consistent objective (dispo_jax.rl.objectives.trace) is diffu-GRPO's loss on other log-probs.
 register_loss("trace")(diffu_grpo_loss)
 
 
@@ -188,7 +188,7 @@ def spg_loss(sequence_logp: Array, advantages: Array, sequence_weights: Array
   Args:
     sequence_logp: ``[N]`` float32 bound per completion (ELBO, EUBO or their mixture).
     advantages: ``[N]`` float32 (``r − group mean``; constants).
-    sequence_weights: ``[N]`` float32 global weights (:func:`dispo_jax.rl.spg.sequence_weights`).
+    sequence_weights: ``[N]`` float32 global weights (:func:`dispo_jax.rl.objectives.spg.sequence_weights`).
   """
   loss = -jnp.sum(jax.lax.stop_gradient(advantages * sequence_weights) * sequence_logp)
   return loss, {"base/loss": loss}

@@ -30,7 +30,9 @@ from typing import Callable, Dict, Optional
 import jax
 import jax.numpy as jnp
 
+from dispo_jax.rl import losses as losses_lib
 from dispo_jax.rl.logprobs import canvas_logprobs
+from dispo_jax.rl.objectives.base import Objective, base_key, register_objective
 
 Array = jax.Array
 NEGATIVE_BOUNDS = ("mix", "eubo", "elbo", "none")
@@ -249,3 +251,38 @@ def sequence_weights(completion_mask: Array, group_size: int) -> Array:
   length = jnp.sum(completion_mask, -1).astype(jnp.float32).reshape(-1, group_size)
   weights = length / jnp.maximum(jnp.sum(length, -1, keepdims=True), 1.0)
   return (weights / length.shape[0]).reshape(n)
+
+
+@register_objective("spg")
+class SPG(Objective):
+  """SPG's ratio-free term: fresh block masks each inner iteration, the bounds, and the loss
+  ``−Σ_j A_j w_j s̄_j`` (no old log-probs, so no importance weight; no KL)."""
+
+  replays_logprobs = False
+
+  def problems(self, s):
+    if s.behaviour.weight in ("token", "sequence"):
+      yield (f"behaviour.weight={s.behaviour.weight!r}: SPG's term is ratio-free (no old "
+             f"log-probs to weight); use 'none' or 'auto'")
+    if s.method == "spg" and s.beta != 0:
+      yield f"method='spg' has no KL term: beta must be 0, got {s.beta}"
+
+  def row_weights(self, completion_mask, group_size, s):
+    return {"sequence_weights": sequence_weights(completion_mask, group_size)}
+
+  def loss(self, apply, batch, replay, key, s):
+    if batch.sequence_weights is None:
+      raise ValueError("SPG needs RLBatch.sequence_weights (the rollout fills them)")
+    prompt_masked, completion_masked, counted = block_masks(
+        base_key(key), batch.row_ids, batch.completion_mask, batch.prompt_tokens.shape[1],
+        num_samples=s.spg.num_masks, block_length=s.spg.block_length,
+        p_mask_prompt=s.p_mask_prompt, block_choice=s.spg.block_choice)
+    logp = masked_logprobs(apply, batch.prompt_tokens, batch.prompt_key_mask, batch.completion,
+                           prompt_masked, completion_masked, s.mask_id)
+    seq_logp, diag = sequence_logp(
+        logp, counted, batch.completion_mask, batch.advantages,
+        negative_bound=s.spg.negative_bound, mix_weight=s.spg.mix_weight,
+        eubo_beta=s.spg.eubo_beta)
+    loss, loss_diag = losses_lib.get_loss("spg")(seq_logp, batch.advantages,
+                                                 batch.sequence_weights)
+    return loss, {**diag, **loss_diag}

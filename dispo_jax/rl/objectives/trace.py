@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dispo_jax.rl.logprobs import Apply, surrogate_logprobs
+from dispo_jax.rl.objectives.base import Objective, base_key, register_objective
 
 Array = jax.Array
 
@@ -111,3 +112,21 @@ def trace_logprobs(apply: Apply, prompt_tokens: Array,
   logp = logp.reshape(r, n, g)
   seg = segment_of(commit_step, total_steps, n)  # [R, G]
   return jnp.take_along_axis(logp, seg[:, None, :], axis=1)[:, 0]
+
+
+@register_objective("trace")
+class Trace(Objective):
+  """Each token on its commit segment's canvas; diffu-GRPO's ratio, clipping, KL and normaliser."""
+
+  def problems(self, s):
+    if not 1 <= s.trace.segments <= s.denoising_steps:
+      yield (f"trace.segments={s.trace.segments} must be in [1, denoising_steps="
+             f"{s.denoising_steps}]")
+
+  def logprobs(self, apply, batch, key, s):
+    if batch.commit_step is None:
+      raise ValueError("the trace surrogate needs RLBatch.commit_step (the rollout fills it)")
+    return trace_logprobs(
+        apply, batch.prompt_tokens, batch.prompt_key_mask, batch.completion, batch.commit_step,
+        base_key(key), batch.row_ids, segments=s.trace.segments, total_steps=s.denoising_steps,
+        p_mask_prompt=s.p_mask_prompt, mask_id=s.mask_id, temperature=s.trace.temperature)
