@@ -186,9 +186,10 @@ def plot(runs: dict, args, mu: int) -> str:
   for (name, seed), rows in sorted(runs.items()):
     reward = per_rollout(rows, "reward_mean")
     xs = sorted(reward)
-    smooth = np.convolve([reward[i] for i in xs], np.ones(5) / 5, mode="valid")
+    width = min(5, len(xs))
+    smooth = np.convolve([reward[i] for i in xs], np.ones(width) / width, mode="valid")
     label = name if seed == first_seed else None
-    a.plot(xs[4:], smooth, color=COLORS[name], alpha=0.6, label=label)
+    a.plot(xs[width - 1:], smooth, color=COLORS[name], alpha=0.6, label=label)
     ev = sorted(evals(rows, mu).items())
     b.plot(*zip(*ev), color=COLORS[name], marker="o", alpha=0.6, label=label)
   a.set(xlabel="rollout batch", ylabel="rollout reward (5-batch mean)", title="training reward")
