@@ -22,13 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import time_fn
+from benchmarks.common import model_config, time_fn
 from dispo_jax import pipeline
 from dispo_jax.model import llada
-from dispo_jax.model.config import LoRAConfig, get_config
+from dispo_jax.model.config import LoRAConfig
 from dispo_jax.rl import learner
 from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
-from dispo_jax.rl.policy import make_policy
 from dispo_jax.sampling import SamplerSettings
 
 
@@ -42,7 +41,7 @@ CPU = {"prompts": 2, "group": 4, "forward_batch": 2, "prompt_len": 32, "gen": 64
 def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--preset", default="", help="default: llada_8b on an accelerator, small "
-                      "on a CPU")
+                      "on a CPU (toy: a seconds-long smoke run)")
   for name in PAPER:
     parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                         help=f"default: {PAPER[name]} on an accelerator, {CPU[name]} on a CPU")
@@ -68,17 +67,16 @@ def forward_tokens_per_second(cfg, graphdef, state, args) -> float:
 
 def rollout_and_update(cfg, graphdef, state, args) -> dict:
   """One rollout batch (timed per denoising step) and one DiSPO update (compile and step)."""
-  policy, trainable, frozen = make_policy(cfg, graphdef, state,
-                                          LoRAConfig(rank=args.lora_rank, alpha=64.0))
   sampler = SamplerSettings(gen_length=args.gen, block_length=args.block, steps=args.steps,
                             temperature=0.9, mask_id=cfg.mask_token_id)
   objective = learner.ObjectiveSettings(method="dispo", num_microbatches=args.microbatches,
                                         denoising_steps=args.steps, mask_id=cfg.mask_token_id)
   settings = pipeline.CollectSettings(sampler, objective, pipeline.RolloutSettings(
       prompts_per_step=args.prompts, group_size=args.group), cfg.eos_token_id)
-  optimizer = make_optimizer(OptimizerSettings())
-  train_state = pipeline.TrainState(trainable, frozen, optimizer.init(trainable))
-  fns = pipeline.make_step_functions(policy, optimizer, settings, train_state)
+  fns, train_state = pipeline.setup_step(cfg, graphdef, state, settings,
+                                         make_optimizer(OptimizerSettings()),
+                                         LoRAConfig(rank=args.lora_rank, alpha=64.0))
+  policy = fns.policy
   rng = np.random.default_rng(0)
   prompts = rng.integers(0, 1000, (args.prompts, args.prompt_len)).astype(np.int32)
   lengths = np.full((args.prompts,), args.prompt_len, np.int32)
@@ -109,7 +107,7 @@ def main() -> None:
   backend = jax.default_backend()
   preset = args.preset or ("small" if backend == "cpu" else "llada_8b")
   dtype = "float32" if backend == "cpu" else "bfloat16"
-  cfg = get_config(preset, param_dtype=dtype, compute_dtype=dtype, remat=preset == "llada_8b")
+  cfg = model_config(preset, param_dtype=dtype, compute_dtype=dtype, remat=preset == "llada_8b")
   graphdef, state = llada.init_model(cfg)
   result = {"backend": backend, "device": str(jax.devices()[0].device_kind), "preset": preset,
             "dtype": dtype, "params": llada.count_params(state), "rows": args.prompts * args.group,

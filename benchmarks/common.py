@@ -19,3 +19,17 @@ def time_fn(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> floa
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+# A one-layer model with a 64-token vocabulary: every benchmark runs end to end in seconds on it
+# (``--preset=toy``, what the tests run); its timings mean nothing.
+TOY = {"vocab_size": 64, "d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_hidden_size": 64}
+
+
+def model_config(preset: str, **overrides):
+  """:func:`dispo_jax.model.config.get_config` of ``preset``, or ``toy`` (:data:`TOY`)."""
+  from dispo_jax.model.config import get_config
+
+  if preset == "toy":
+    return get_config("tiny", **TOY, **overrides)
+  return get_config(preset, **overrides)

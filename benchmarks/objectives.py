@@ -21,13 +21,12 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import time_fn
+from benchmarks.common import model_config, time_fn
 from dispo_jax.model import llada
-from dispo_jax.model.config import LoRAConfig, get_config
+from dispo_jax.model.config import LoRAConfig
 from dispo_jax import pipeline
 from dispo_jax.rl import learner
 from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
-from dispo_jax.rl.policy import make_policy
 from dispo_jax.rl.objectives.trace import TraceSettings
 from dispo_jax.sampling import SamplerSettings
 
@@ -41,7 +40,6 @@ def reward_fn(completions, prompt_index):
 
 def build(method, z, args, cfg, graphdef, state, segments=4, mu=1):
   """The policy, initial :class:`TrainState` and compiled step functions of one method."""
-  policy, trainable, frozen = make_policy(cfg, graphdef, state, LORA)
   sampler = SamplerSettings(gen_length=args.gen, block_length=32, steps=args.steps,
                             temperature=0.9, mask_id=cfg.mask_token_id)
   objective = learner.ObjectiveSettings(method=method, mask_id=cfg.mask_token_id,
@@ -50,9 +48,9 @@ def build(method, z, args, cfg, graphdef, state, segments=4, mu=1):
   rollout = pipeline.RolloutSettings(prompts_per_step=args.prompts, group_size=args.group,
                                      num_branches=z)
   opt = make_optimizer(OptimizerSettings(learning_rate=3e-6, grad_clip=1e9))
-  train_state = pipeline.TrainState(trainable, frozen, opt.init(trainable))
   settings = pipeline.CollectSettings(sampler, objective, rollout, cfg.eos_token_id)
-  return train_state, pipeline.make_step_functions(policy, opt, settings, train_state)
+  fns, train_state = pipeline.setup_step(cfg, graphdef, state, settings, opt, LORA)
+  return train_state, fns
 
 
 def main() -> None:
@@ -65,8 +63,9 @@ def main() -> None:
   parser.add_argument("--mu", type=int, default=12)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--skip-step", action="store_true", help="parts (a), (c), (d) only")
+  parser.add_argument("--preset", default="small", help="model preset (toy: a seconds-long smoke run)")
   args = parser.parse_args()
-  cfg = get_config("small")
+  cfg = model_config(args.preset)
   graphdef, state = llada.init_model(cfg)
   prompts = np.random.default_rng(0).integers(0, 100, (args.prompts, args.prompt_len)).astype(np.int32)
   lengths = np.full((args.prompts,), args.prompt_len, np.int32)
@@ -80,7 +79,7 @@ def main() -> None:
                               ("spg", 2, 4), ("dispo_spg", 2, 4), ("trace", 2, 4),
                               ("trace", 2, 16)):
     train_state, fns = build(method, z, args, cfg, graphdef, state, segments)
-    batch, _, _ = pipeline.collect(jax.random.key(0), fns.policy.graphdef,
+    batch, _ = pipeline.collect(jax.random.key(0), fns.policy.graphdef,
                                    fns.policy.model_state(train_state.params), prompts, lengths,
                                    reward_fn, fns.settings)
     keys = jax.random.split(jax.random.key(1), 1)

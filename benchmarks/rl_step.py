@@ -24,12 +24,12 @@ import time
 import jax
 import numpy as np
 
+from benchmarks.common import model_config
 from dispo_jax import pipeline
 from dispo_jax.model import llada
-from dispo_jax.model.config import LoRAConfig, get_config
+from dispo_jax.model.config import LoRAConfig
 from dispo_jax.rl import learner
 from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
-from dispo_jax.rl.policy import make_policy
 from dispo_jax.sampling import SamplerSettings
 
 LORA = LoRAConfig(rank=16, alpha=8, dropout=0.0)
@@ -43,7 +43,6 @@ def reward_fn(completions, prompt_index):
 
 def build(args, cfg, graphdef, state, options):
   """The initial :class:`TrainState` and compiled step functions of DiSPO with one sampler."""
-  policy, trainable, frozen = make_policy(cfg, graphdef, state, LORA)
   sampler = SamplerSettings(gen_length=args.gen, block_length=32, steps=args.steps,
                             temperature=0.9, mask_id=cfg.mask_token_id, **options)
   objective = learner.ObjectiveSettings(method="dispo", mask_id=cfg.mask_token_id,
@@ -51,9 +50,9 @@ def build(args, cfg, graphdef, state, options):
                                         approximate_sampler=sampler.approximate)
   rollout = pipeline.RolloutSettings(prompts_per_step=args.prompts, group_size=args.group)
   opt = make_optimizer(OptimizerSettings(learning_rate=3e-6, grad_clip=1e9))
-  train_state = pipeline.TrainState(trainable, frozen, opt.init(trainable))
   settings = pipeline.CollectSettings(sampler, objective, rollout, cfg.eos_token_id)
-  return train_state, pipeline.make_step_functions(policy, opt, settings, train_state)
+  fns, train_state = pipeline.setup_step(cfg, graphdef, state, settings, opt, LORA)
+  return train_state, fns
 
 
 def time_steps(fns, train_state, prompts, lengths, repeats: int) -> tuple[float, list, object]:
@@ -77,10 +76,10 @@ def time_steps(fns, train_state, prompts, lengths, repeats: int) -> tuple[float,
 
 def denoising_steps_used(fns, train_state, prompts, lengths) -> int:
   """The most commit steps any row of one rollout took (the threshold's saving)."""
-  _, _, extras = pipeline.collect(jax.random.key(7), fns.policy.graphdef,
-                                  fns.policy.model_state(train_state.params), prompts, lengths,
-                                  reward_fn, fns.settings)
-  return int(np.asarray(extras.rollout.commit_step).max()) + 1
+  _, metrics = pipeline.collect(jax.random.key(7), fns.policy.graphdef,
+                                fns.policy.model_state(train_state.params), prompts, lengths,
+                                reward_fn, fns.settings)
+  return int(metrics["sampler/denoising_steps"])
 
 
 def main() -> None:
@@ -94,14 +93,15 @@ def main() -> None:
   parser.add_argument("--threshold", type=float, default=0.9)
   parser.add_argument("--head-scale", type=float, default=1.0)
   parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--preset", default="small", help="model preset (toy: a seconds-long smoke run)")
   args = parser.parse_args()
-  cfg = get_config("small")
+  cfg = model_config(args.preset)
   graphdef, state = llada.init_model(cfg)
   if args.head_scale != 1.0:
     state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * args.head_scale
   prompts = np.random.default_rng(0).integers(0, 100, (args.prompts, args.prompt_len)).astype(np.int32)
   lengths = np.full((args.prompts,), args.prompt_len, np.int32)
-  print(f"backend={jax.default_backend()} preset=small rows={args.prompts * args.group} "
+  print(f"backend={jax.default_backend()} preset={args.preset} rows={args.prompts * args.group} "
         f"prompt={args.prompt_len} gen={args.gen} block=32 steps={args.steps} mu={args.mu} "
         f"method=dispo (Z=2) threshold={args.threshold} head-scale={args.head_scale} (LoRA r16)")
   seconds = {}

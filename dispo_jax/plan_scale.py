@@ -162,7 +162,7 @@ def main(argv) -> None:
 
   from dispo_jax.model import sharding
   from dispo_jax.model.config import get_config
-  from dispo_jax.rl import learner
+  from dispo_jax import pipeline
   from dispo_jax.rl.optimizer import make_optimizer
   from dispo_jax.rl.policy import Policy
   from dispo_jax.train import run_settings
@@ -185,17 +185,16 @@ def main(argv) -> None:
     report(compiled, time.perf_counter() - start, mesh_shape, s, params, cfg)
     return
   policy = Policy(graphdef, s.lora is not None)
-  update = learner.make_update_fn(policy.bind, optimizer, s.objective,
-                                  lora_dropout=bool(s.lora and s.lora.dropout))
-  shard_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
-  jitted = jax.jit(update, donate_argnums=(0, 2),
-                   out_shardings=(shard_of(trainable), shard_of(opt_state), None))
+  fns = pipeline.make_step_functions(  # train's own jitted update, on the abstract state
+      policy, optimizer, pipeline.CollectSettings(s.sampler, s.objective, s.rollout,
+                                                  cfg.eos_token_id),
+      pipeline.TrainState(trainable, frozen, opt_state),
+      lora_dropout=bool(s.lora and s.lora.dropout))
   key = jax.random.key(0)
   start = time.perf_counter()
   with jax.set_mesh(mesh):  # as train: activations constrained at block boundaries
-    compiled = jitted.lower(trainable, frozen, opt_state, abstract_batch(s, mesh, policy, (trainable, frozen)),
-                            0, key,
-                            key).compile()
+    batch = abstract_batch(s, mesh, policy, (trainable, frozen))
+    compiled = fns.update.lower(trainable, frozen, opt_state, batch, 0, key, key).compile()
   report(compiled, time.perf_counter() - start, mesh_shape, s, params, cfg)
 
 

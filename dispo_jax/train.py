@@ -35,11 +35,10 @@ from dispo_jax.run.metrics import MetricWriter, read_rows
 from dispo_jax.model import checkpoint as hf_io, sharding, tokenizer as tok
 from dispo_jax.model.config import LLADA_MASK_ID, LoRAConfig
 from dispo_jax.pipeline import (CollectSettings, RolloutSettings, StepFunctions, TrainState,
-                                make_reward_fn, make_step_functions, prompts_for_step, rl_step,
+                                make_reward_fn, prompts_for_step, rl_step, setup_step,
                                 shuffle_within_groups)
 from dispo_jax.rl import learner, objectives
 from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
-from dispo_jax.rl.policy import Policy, make_policy
 from dispo_jax.sampling import SamplerSettings, decode_completions
 from dispo_jax.tasks import (TASK_NAMES, TASK_REWARDS, DataSettings, Task, data as data_lib,
                              get_task, sudoku)
@@ -239,18 +238,6 @@ class Run:
   warned_truncation: bool = False
 
 
-def init_state(c, s: RunSettings, md: ModelAndData, mesh, optimizer) -> tuple[Policy, TrainState]:
-  """The policy and step-0 state, placed on ``mesh`` by the logical-axis rules."""
-  policy, trainable, frozen = make_policy(md.cfg, md.graphdef, md.state, s.lora, seed=c.seed,
-                                          copy_reference=s.objective.beta > 0)
-  trainable = sharding.place(trainable, sharding.state_shardings(trainable, mesh))
-  frozen = sharding.place(frozen, sharding.state_shardings(frozen, mesh))
-  opt_shardings = sharding.optimizer_state_shardings(
-      jax.eval_shape(optimizer.init, trainable), jax.tree.map(lambda x: x.sharding, trainable), mesh)
-  opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(trainable)
-  return policy, TrainState(trainable, frozen, opt_state, step=0)
-
-
 def setup(c, workdir: str, preempted: "Preemption | None" = None) -> tuple[Run, TrainState]:
   """Validates, claims the folder, loads model and data, builds the step and restores."""
   s = validate_config(c)
@@ -262,8 +249,11 @@ def setup(c, workdir: str, preempted: "Preemption | None" = None) -> tuple[Run, 
   md = load_model_and_data(c, task, s.data, mesh)
   s = run_settings(c, mask_id=md.cfg.mask_token_id)
   ids = tok.special_ids(md.tokenizer)
-  optimizer = make_optimizer(s.optim)
-  policy, state = init_state(c, s, md, mesh, optimizer)
+  fns, state = setup_step(
+      md.cfg, md.graphdef, md.state, CollectSettings(s.sampler, s.objective, s.rollout, ids.eos),
+      make_optimizer(s.optim), s.lora, mesh=mesh, seed=c.seed,
+      copy_reference=s.objective.beta > 0,
+      row_sharding=sharding.logical_sharding(mesh, "batch", "length"))
   manager, state, meta = checkpoints.restore_latest(workdir, c.keep_checkpoints, state)
   end_step = c.num_steps if c.max_steps <= 0 else min(c.num_steps, c.max_steps)
   if state.step % s.objective.num_iterations and state.step < c.num_steps:
@@ -272,10 +262,6 @@ def setup(c, workdir: str, preempted: "Preemption | None" = None) -> tuple[Run, 
                      f"resume needs a checkpoint at a rollout boundary")
   if jax.process_index() == 0 and (meta is not None or resuming):
     print(f"resuming {workdir} from step {state.step} of {end_step}", flush=True)
-  fns = make_step_functions(
-      policy, optimizer, CollectSettings(s.sampler, s.objective, s.rollout, ids.eos), state,
-      lora_dropout=s.lora is not None and s.lora.dropout > 0,
-      row_sharding=sharding.logical_sharding(mesh, "batch", "length"))
   writer = MetricWriter(workdir, state.step, c.wandb_project, c.to_dict())
   run = Run(c, workdir, s, task, md, ids, fns, manager, writer,
             end_step, preempted or Preemption(), mesh)

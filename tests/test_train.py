@@ -318,7 +318,8 @@ def test_every_update_uses_its_own_replayed_mask_key(tmp_path, base_dir, monkeyp
       return dataclasses.replace(fns, replay=replay, update=update)
     return wrapped
 
-  monkeypatch.setattr(train_lib, "make_step_functions", recording(train_lib.make_step_functions))
+  from dispo_jax.pipeline import step as step_lib
+  monkeypatch.setattr(step_lib, "make_step_functions", recording(step_lib.make_step_functions))
   train_lib.train(small_config(**{"num_steps": 6, "rl.num_iterations": 3, "checkpoint_every": 3,
                                   "method": "dispo"}), workdir=fresh_workdir(tmp_path, "keys"))
   assert len(replayed) == 2 and len(used) == 6

@@ -18,10 +18,12 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from dispo_jax.model import sharding
+from dispo_jax.model.config import LoRAConfig
 from dispo_jax.pipeline.rewards import RewardFn
 from dispo_jax.pipeline.rollout import CollectSettings, collect
 from dispo_jax.rl import learner
-from dispo_jax.rl.policy import Policy
+from dispo_jax.rl.policy import Policy, make_policy
 from dispo_jax.rl.state import TrainState
 
 
@@ -62,6 +64,43 @@ def make_step_functions(policy: Policy, optimizer, settings: CollectSettings, st
                                              batch, mask_keys, settings.objective)
   metrics = functools.partial(learner.behaviour_metrics, cap=settings.objective.behaviour.cap)
   return StepFunctions(policy, settings, update, jax.jit(replay), jax.jit(metrics), row_sharding)
+
+
+def setup_step(cfg, graphdef, model_state, settings: CollectSettings, optimizer,
+               lora: LoRAConfig | None = None, *, mesh=None, seed: int = 0,
+               copy_reference: bool = True, row_sharding=None
+               ) -> tuple[StepFunctions, TrainState]:
+  """The one set-up of an RL step: the policy over a loaded model, the step-0
+  :class:`TrainState` and the compiled :class:`StepFunctions` (train, the benchmarks and the
+  tests build it here).
+
+  Args:
+    cfg, graphdef, model_state: the loaded model (:func:`dispo_jax.model.llada.init_model` or an
+      HF checkpoint).
+    lora: adapters to train (None: full fine-tuning, the reference a copy unless
+      ``copy_reference`` is False).
+    mesh: places parameters by the logical-axis rules and the optimizer state as its parameters
+      (:func:`dispo_jax.model.sharding.optimizer_state_shardings`); None keeps them where they are.
+    row_sharding: ``NamedSharding`` of the rollout's ``[rows, length]`` arrays, or None.
+  """
+  policy, trainable, frozen = make_policy(cfg, graphdef, model_state, lora, seed=seed,
+                                          copy_reference=copy_reference)
+  if mesh is None:  # committed where they are, as the update's outputs will be (no recompile)
+    commit = lambda tree: jax.tree.map(lambda x: jax.device_put(x, x.sharding), tree)
+    trainable, frozen = commit(trainable), commit(frozen)
+    opt_state = commit(optimizer.init(trainable))
+  else:
+    trainable = sharding.place(trainable, sharding.state_shardings(trainable, mesh))
+    frozen = sharding.place(frozen, sharding.state_shardings(frozen, mesh))
+    opt_shardings = sharding.optimizer_state_shardings(
+        jax.eval_shape(optimizer.init, trainable), jax.tree.map(lambda x: x.sharding, trainable),
+        mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(trainable)
+  state = TrainState(trainable, frozen, opt_state, step=0)
+  fns = make_step_functions(policy, optimizer, settings, state,
+                            lora_dropout=lora is not None and lora.dropout > 0,
+                            row_sharding=row_sharding)
+  return fns, state
 
 
 def rl_step(fns: StepFunctions, state: TrainState, prompt_tokens: np.ndarray,
