@@ -30,7 +30,7 @@ from dispo_jax import evaluate as eval_lib, tiny_base as tiny_lib
 from dispo_jax.run import checkpoints, config as config_lib, export as export_lib
 from dispo_jax.run.distributed import Preemption, initialize_distributed
 from dispo_jax.run import workdir as workdir_lib
-from dispo_jax.run.config import ConfigError, settings_from
+from dispo_jax.run.config import ConfigError, LoopSettings, loop_settings, settings_from
 from dispo_jax.run.metrics import MetricWriter, read_rows
 from dispo_jax.model import checkpoint as hf_io, sharding, tokenizer as tok
 from dispo_jax.model.config import LLADA_MASK_ID, LoRAConfig
@@ -54,8 +54,10 @@ __all__ = ["Run", "RunSettings", "TrainState", "run_settings", "setup", "shuffle
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
-  """The config's sections as settings dataclasses (``settings_from`` builds each directly)."""
+  """The config's sections as settings dataclasses (``settings_from`` builds each directly) and
+  its top-level keys (``loop``)."""
 
+  loop: LoopSettings
   sampler: SamplerSettings
   rollout: RolloutSettings
   objective: learner.ObjectiveSettings
@@ -72,6 +74,7 @@ def run_settings(c, mask_id: int = LLADA_MASK_ID) -> RunSettings:
     raise ConfigError(f"config.method={c.method!r} is invalid: must be one of "
                       f"{objectives.method_names()}")
   return RunSettings(
+      loop=loop_settings(c),
       sampler=sampler,
       rollout=settings_from(RolloutSettings, c.rollout, "rollout"),
       objective=settings_from(learner.ObjectiveSettings, c.rl, "rl", method=c.method,
@@ -232,7 +235,6 @@ class Run:
   fns: StepFunctions
   manager: Any
   writer: MetricWriter
-  end_step: int
   preempted: "Preemption"
   mesh: Any = None
   warned_truncation: bool = False
@@ -251,20 +253,18 @@ def setup(c, workdir: str, preempted: "Preemption | None" = None) -> tuple[Run, 
   ids = tok.special_ids(md.tokenizer)
   fns, state = setup_step(
       md.cfg, md.graphdef, md.state, CollectSettings(s.sampler, s.objective, s.rollout, ids.eos),
-      make_optimizer(s.optim), s.lora, mesh=mesh, seed=c.seed,
+      make_optimizer(s.optim), s.lora, mesh=mesh, seed=s.loop.seed,
       copy_reference=s.objective.beta > 0,
       row_sharding=sharding.logical_sharding(mesh, "batch", "length"))
-  manager, state, meta = checkpoints.restore_latest(workdir, c.keep_checkpoints, state)
-  end_step = c.num_steps if c.max_steps <= 0 else min(c.num_steps, c.max_steps)
-  if state.step % s.objective.num_iterations and state.step < c.num_steps:
+  manager, state, meta = checkpoints.restore_latest(workdir, s.loop.keep_checkpoints, state)
+  if state.step % s.objective.num_iterations and state.step < s.loop.num_steps:
     raise ValueError(f"{workdir}/checkpoints: the latest checkpoint (step {state.step}) is inside "
                      f"a rollout batch of rl.num_iterations={s.objective.num_iterations} updates; "
                      f"resume needs a checkpoint at a rollout boundary")
   if jax.process_index() == 0 and (meta is not None or resuming):
-    print(f"resuming {workdir} from step {state.step} of {end_step}", flush=True)
-  writer = MetricWriter(workdir, state.step, c.wandb_project, c.to_dict())
-  run = Run(c, workdir, s, task, md, ids, fns, manager, writer,
-            end_step, preempted or Preemption(), mesh)
+    print(f"resuming {workdir} from step {state.step} of {s.loop.end_step}", flush=True)
+  writer = MetricWriter(workdir, state.step, s.loop.wandb_project, c.to_dict())
+  run = Run(c, workdir, s, task, md, ids, fns, manager, writer, preempted or Preemption(), mesh)
   return run, state
 
 
@@ -274,13 +274,13 @@ def setup(c, workdir: str, preempted: "Preemption | None" = None) -> tuple[Run, 
 
 
 def evaluate(run: Run, state: TrainState, step: int) -> float:
-  c, md = run.c, run.md
+  md, sampler = run.md, run.settings.sampler
   result = eval_lib.evaluate_task(
       run.task, md.eval_rows, run.fns.policy.graphdef, run.fns.policy.model_state(state.params),
-      md.tokenizer, gen_length=c.sampler.gen_length, block_length=c.sampler.block_length,
-      steps=c.sampler.steps, batch_size=max(1, min(64, len(md.eval_rows))),
-      max_prompt_length=c.rollout.max_prompt_length, mask_id=md.cfg.mask_token_id,
-      eos_id=run.ids.eos, mask_padding=c.sampler.mask_padding, progress=False,
+      md.tokenizer, gen_length=sampler.gen_length, block_length=sampler.block_length,
+      steps=sampler.steps, batch_size=max(1, min(64, len(md.eval_rows))),
+      max_prompt_length=run.settings.rollout.max_prompt_length, mask_id=md.cfg.mask_token_id,
+      eos_id=run.ids.eos, mask_padding=sampler.mask_padding, progress=False,
       prompt_fn=md.eval_prompt_fn, place=sharding.row_placer(run.fns.row_sharding))
   run.writer.write(step, {"eval/accuracy": result["accuracy"]})
   return result["accuracy"]
@@ -288,22 +288,22 @@ def evaluate(run: Run, state: TrainState, step: int) -> float:
 
 def rollout_batch(run: Run, state: TrainState, rollout_index: int) -> tuple[TrainState, list]:
   """Prompts and rewards of rollout batch ``rollout_index``, then :func:`rl_step`."""
-  c, md = run.c, run.md
-  rows = prompts_for_step(md.train_rows, rollout_index, c.rollout.prompts_per_step, c.seed)
+  md, loop, rollout = run.md, run.settings.loop, run.settings.rollout
+  rows = prompts_for_step(md.train_rows, rollout_index, rollout.prompts_per_step, loop.seed)
   texts = [tok.render_prompt(md.tokenizer, md.prompt_fn(r)) for r in rows]
-  tokens, lengths, truncated = tok.encode_prompts(md.tokenizer, texts, c.rollout.max_prompt_length,
+  tokens, lengths, truncated = tok.encode_prompts(md.tokenizer, texts, rollout.max_prompt_length,
                                                   run.ids.pad, count_truncated=True)
   if truncated and not run.warned_truncation:
     run.warned_truncation = True
     logging.warning("prompts longer than rollout.max_prompt_length=%d are left-truncated (%d of %d "
                     "in rollout batch %d; counted in the metric prompts_truncated)",
-                    c.rollout.max_prompt_length, truncated, len(texts), rollout_index)
-  shuffle = np.random.default_rng([c.seed, rollout_index]) if c.shuffle_rewards else None
+                    rollout.max_prompt_length, truncated, len(texts), rollout_index)
+  shuffle = np.random.default_rng([loop.seed, rollout_index]) if loop.shuffle_rewards else None
   decode = lambda completions: decode_completions(md.tokenizer, completions, run.ids.eos,
-                                                  run.settings.rollout.reward_text)
+                                                  rollout.reward_text)
   reward_fn = make_reward_fn(run.task, decode, rows, shuffle)
-  key = jax.random.fold_in(jax.random.key(c.seed), rollout_index)
-  updates = min(run.settings.objective.num_iterations, c.num_steps - state.step)
+  key = jax.random.fold_in(jax.random.key(loop.seed), rollout_index)
+  updates = min(run.settings.objective.num_iterations, loop.num_steps - state.step)
   state, rows = rl_step(run.fns, state, tokens, lengths, reward_fn, key, updates)
   return state, [{**m, "prompts_truncated": truncated} for m in rows]
 
@@ -318,7 +318,7 @@ def log_updates(run: Run, first_step: int, rollout_index: int, rows: list, bad: 
     progress.set_postfix({"reward": f"{m['reward_mean']:.3f}", **{
         name: f"{m[key]:.4f}" for name, key in (("kl", "base/kl"), ("clip", "base/clip_frac"),
                                                 ("elbo", "base/elbo")) if key in m}})
-  if bad >= run.c.max_bad_steps:
+  if bad >= run.settings.loop.max_bad_steps:
     run.manager.wait_until_finished()
     raise RuntimeError(
         f"{bad} consecutive steps had non-finite losses, gradients or parameters (last at step "
@@ -330,26 +330,26 @@ def log_updates(run: Run, first_step: int, rollout_index: int, rows: list, bad: 
 def train_loop(run: Run, state: TrainState) -> dict[str, Any]:
   """Rollout batches until ``end_step`` (or a preemption every host agrees on); returns the last
   metrics."""
-  c, mu = run.c, run.settings.objective.num_iterations
+  loop, mu = run.settings.loop, run.settings.objective.num_iterations
   start_step, metrics, bad, stop = state.step, {}, 0, False
-  before = evaluate(run, state, 0) if c.eval_every > 0 and start_step == 0 else None
-  progress = tqdm(total=run.end_step, initial=start_step, desc=f"{c.method}/{c.task}",
+  before = evaluate(run, state, 0) if loop.eval_every > 0 and start_step == 0 else None
+  progress = tqdm(total=loop.end_step, initial=start_step, desc=f"{loop.method}/{loop.task}",
                   disable=jax.process_index() != 0)
-  while state.step < run.end_step and not stop:
+  while state.step < loop.end_step and not stop:
     first, rollout_index = state.step, state.step // mu
     state, rows = rollout_batch(run, state, rollout_index)
     bad = log_updates(run, first, rollout_index, rows, bad, progress)
     metrics = {"rollout": rollout_index, **rows[-1]}
-    if c.eval_every > 0 and (state.step // c.eval_every > first // c.eval_every
-                             or state.step == c.num_steps):
+    if loop.eval_every > 0 and (state.step // loop.eval_every > first // loop.eval_every
+                                or state.step == loop.num_steps):
       metrics["eval/accuracy"] = evaluate(run, state, state.step)
     stop = run.preempted.agreed()  # every process saves the same step and leaves together
-    if state.step % c.checkpoint_every == 0 or stop or state.step == run.end_step:
+    if state.step % loop.checkpoint_every == 0 or stop or state.step == loop.end_step:
       rollouts_done = -(-state.step // mu)
       run.writer.flush()
       checkpoints.save(run.manager, state, {
-          "step": state.step, "rollout": rollouts_done, "seed": c.seed,
-          "data_position": rollouts_done * c.rollout.prompts_per_step})
+          "step": state.step, "rollout": rollouts_done, "seed": loop.seed,
+          "data_position": rollouts_done * run.settings.rollout.prompts_per_step})
   progress.close()
   finish(run, state, before, start_step, metrics, preempted=stop)
   return metrics
@@ -358,19 +358,19 @@ def train_loop(run: Run, state: TrainState) -> dict[str, Any]:
 def finish(run: Run, state: TrainState, before: float | None, start_step: int,
            metrics: dict, preempted: bool) -> None:
   """Waits for the last save; prints the before/after table; exports a finished run."""
-  c = run.c
+  loop = run.settings.loop
   run.manager.wait_until_finished()
   run.writer.close()
   if jax.process_index() == 0 and "eval/accuracy" in metrics:
-    print(summary_table(c, run.task.metric_name, before, metrics["eval/accuracy"], start_step,
-                        state.step, len(run.md.eval_rows)))
+    print(summary_table(loop, run.settings.sampler.steps, run.task.metric_name, before,
+                        metrics["eval/accuracy"], start_step, state.step, len(run.md.eval_rows)))
     line = credit_line(read_rows(epath.Path(run.workdir) / "metrics.jsonl"))
     if line:
       print(line + "\n")
-  if c.export_hf and state.step >= c.num_steps and not preempted:
+  if loop.export_hf and state.step >= loop.num_steps and not preempted:
     export_lib.export_model(
         run.md.cfg, run.fns.policy.graphdef, run.fns.policy.model_state(state.params),
-        run.md.tokenizer, export_record(c, state.step), epath.Path(run.workdir) / "export")
+        run.md.tokenizer, export_record(run.c, state.step), epath.Path(run.workdir) / "export")
 
 
 def export_record(c, step: int) -> dict[str, Any]:
@@ -406,11 +406,11 @@ def train(c, workdir: str | None = None) -> dict[str, Any]:
     lock.release()
 
 
-def summary_table(c, metric: str, before: float | None, after: float, first: int, last: int,
-                  n: int) -> str:
+def summary_table(loop: LoopSettings, denoising_steps: int, metric: str, before: float | None,
+                  after: float, first: int, last: int, n: int) -> str:
   before_text = "n/a (resumed)" if before is None else f"{before:.3f}"
-  return (f"\n{c.method} on {c.task}: held-out {metric} over {n} rows (greedy, "
-          f"{c.sampler.steps} steps)\n"
+  return (f"\n{loop.method} on {loop.task}: held-out {metric} over {n} rows (greedy, "
+          f"{denoising_steps} steps)\n"
           f"  {'before RL (step ' + str(first) + ')':28s} {before_text}\n"
           f"  {'after RL (step ' + str(last) + ')':28s} {after:.3f}\n")
 

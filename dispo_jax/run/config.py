@@ -22,6 +22,39 @@ class ConfigError(ValueError):
   """A bad configuration value; the message names the config key."""
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  """The config's top-level keys, one field each: what runs and the loop's cadence (checked, with
+  the messages naming each key, by ``train.validate_config``). Steps count optimizer updates."""
+
+  task: str
+  method: str
+  reward: str = "default"
+  d1_compat: bool = True
+  seed: int = 0
+  num_steps: int = 1
+  max_steps: int = -1
+  checkpoint_every: int = 1
+  keep_checkpoints: int = 3
+  eval_every: int = 0
+  eval_rows: int = 256
+  max_bad_steps: int = 5
+  shuffle_rewards: bool = False
+  export_hf: bool = True
+  wandb_project: str = ""
+  distributed_timeout_s: int = 300
+
+  @property
+  def end_step(self) -> int:
+    """Where this run stops: ``num_steps``, or ``max_steps`` when that caps it."""
+    return self.num_steps if self.max_steps <= 0 else min(self.num_steps, self.max_steps)
+
+
+def loop_settings(c) -> LoopSettings:
+  """The top-level keys of config ``c`` as :class:`LoopSettings`."""
+  return LoopSettings(**{f.name: c[f.name] for f in dataclasses.fields(LoopSettings)})
+
+
 def _as_dict(section: Any) -> dict:
   return section.to_dict() if hasattr(section, "to_dict") else dict(section)
 
