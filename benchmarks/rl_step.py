@@ -1,7 +1,7 @@
 """Seconds per whole RL step with fast rollouts, on the `small` preset, measured in one run.
 
   python -m benchmarks.rl_step [--prompts 2] [--group 4] [--gen 256] [--steps 128] [--mu 12]
-                               [--head-scale 1.0] [--threshold 0.9] [--repeats 2]
+                               [--head-scale 1.0] [--threshold 0.9] [--repeats 3]
 
 One DiSPO step (Z = 2, |S| = 1 state per rollout, the branch states included) at the paper's
 rollout shapes (256 tokens, blocks of 32, 128 steps, μ = 12 inner updates): the rollout, the
@@ -92,7 +92,7 @@ def main() -> None:
   parser.add_argument("--mu", type=int, default=12)
   parser.add_argument("--threshold", type=float, default=0.9)
   parser.add_argument("--head-scale", type=float, default=1.0)
-  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--preset", default="small", help="model preset (toy: a seconds-long smoke run)")
   args = parser.parse_args()
   cfg = model_config(args.preset)
