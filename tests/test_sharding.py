@@ -76,20 +76,24 @@ def test_block_boundaries_carry_activation_constraints_under_a_mesh():
 
 @pytest.mark.parametrize("lora_rank", [0, 8])  # full fine-tuning (tiny) and LoRA (the recipe)
 def test_optimizer_moments_follow_their_parameters_in_training_and_in_the_plan(lora_rank):
-  """train's step-0 optimizer state follows the one placement rule (plan_scale's abstract state
-  uses the same function): Adam's moments sharded as their parameters, counters replicated."""
-  import types
-
-  from dispo_jax import train
+  """train's step-0 optimizer state (``pipeline.setup_step`` on a mesh) follows the one placement
+  rule (plan_scale's abstract state uses the same function): Adam's moments sharded as their
+  parameters, counters replicated."""
+  from dispo_jax import pipeline
   from dispo_jax.model.config import LoRAConfig
+  from dispo_jax.rl import learner
   from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
+  from dispo_jax.sampling import SamplerSettings
   cfg, mesh = get_config("tiny"), sharding.make_mesh(2, 4, 1)
   lora = LoRAConfig(rank=lora_rank, alpha=16.0) if lora_rank else None
   optimizer = make_optimizer(OptimizerSettings())
   graphdef, state = llada.init_model(cfg, seed=0)
-  settings = types.SimpleNamespace(lora=lora, objective=types.SimpleNamespace(beta=0.0))
-  md = types.SimpleNamespace(cfg=cfg, graphdef=graphdef, state=state)
-  _, real = train.init_state(types.SimpleNamespace(seed=0), settings, md, mesh, optimizer)
+  settings = pipeline.CollectSettings(
+      SamplerSettings(mask_id=cfg.mask_token_id),
+      learner.ObjectiveSettings(method="diffu_grpo", beta=0.0, mask_id=cfg.mask_token_id),
+      pipeline.RolloutSettings(), cfg.eos_token_id)
+  _, real = pipeline.setup_step(cfg, graphdef, state, settings, optimizer, lora, mesh=mesh,
+                                copy_reference=False)
   planned = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                          jax.eval_shape(optimizer.init, real.trainable),
                          sharding.optimizer_state_shardings(
