@@ -30,7 +30,7 @@ from dispo_jax import evaluate as eval_lib, tiny_base as tiny_lib
 from dispo_jax.run import checkpoints, config as config_lib, export as export_lib
 from dispo_jax.run.distributed import Preemption, initialize_distributed
 from dispo_jax.run import workdir as workdir_lib
-from dispo_jax.run.config import ConfigError, LoopSettings, loop_settings, settings_from
+from dispo_jax.run.config import ConfigError, LoopSettings, settings_from
 from dispo_jax.run.metrics import MetricWriter, read_rows
 from dispo_jax.model import checkpoint as hf_io, sharding, tokenizer as tok
 from dispo_jax.model.config import LLADA_MASK_ID, LoRAConfig
@@ -74,7 +74,7 @@ def run_settings(c, mask_id: int = LLADA_MASK_ID) -> RunSettings:
     raise ConfigError(f"config.method={c.method!r} is invalid: must be one of "
                       f"{objectives.method_names()}")
   return RunSettings(
-      loop=loop_settings(c),
+      loop=LoopSettings(**{f.name: c[f.name] for f in dataclasses.fields(LoopSettings)}),
       sampler=sampler,
       rollout=settings_from(RolloutSettings, c.rollout, "rollout"),
       objective=settings_from(learner.ObjectiveSettings, c.rl, "rl", method=c.method,

@@ -50,11 +50,6 @@ class LoopSettings:
     return self.num_steps if self.max_steps <= 0 else min(self.num_steps, self.max_steps)
 
 
-def loop_settings(c) -> LoopSettings:
-  """The top-level keys of config ``c`` as :class:`LoopSettings`."""
-  return LoopSettings(**{f.name: c[f.name] for f in dataclasses.fields(LoopSettings)})
-
-
 def _as_dict(section: Any) -> dict:
   return section.to_dict() if hasattr(section, "to_dict") else dict(section)
 
