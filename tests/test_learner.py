@@ -61,13 +61,20 @@ def _replay(policy, params, batch, keys, objective):
                                            batch, keys, objective)
 
 
-@pytest.mark.parametrize("method", ["diffu_grpo", "dispo", "dispo_spg"])
-def test_first_inner_update_has_ratio_exactly_one(method):
+def _replayed(method, mu):
+  """``(setup, batch, metrics, keys)``: one rollout batch of ``method`` (key 0) with its replay
+  log-probs for ``mu`` mask keys split from key 1."""
   setup = _setup(method)
   _, policy, trainable, frozen, _, objective, *_ = setup
   batch, metrics = _collect(setup, jax.random.key(0))
-  keys = jax.random.split(jax.random.key(1), 3)
-  batch = _replay(policy, (trainable, frozen), batch, keys, objective)
+  keys = jax.random.split(jax.random.key(1), mu)
+  return setup, _replay(policy, (trainable, frozen), batch, keys, objective), metrics, keys
+
+
+@pytest.mark.parametrize("method", ["diffu_grpo", "dispo", "dispo_spg"])
+def test_first_inner_update_has_ratio_exactly_one(method):
+  setup, batch, metrics, keys = _replayed(method, 3)
+  _, policy, trainable, frozen, _, objective, *_ = setup
   if not objective.base_term.replays_logprobs:  # SPG's term is ratio-free: old log-probs only for the branch states
     assert batch.replay.base_old is None and batch.replay.step_old.shape[0] == 3
     assert batch.sequence_weights.shape == (16,)
@@ -97,11 +104,8 @@ def test_each_inner_iteration_has_its_own_masks_and_updates_move_the_ratio():
   policy under key i reproduces them exactly (ratio 1) and under another key does not; after a
   real update at iteration 0 the ratio of iteration 1 moves off 1, by far less than a mask mismatch.
   A learner that reused one mask for every iteration fails the first two checks."""
-  setup = _setup("dispo")
+  setup, batch, _, keys = _replayed("dispo", 2)
   _, policy, trainable, frozen, _, objective, *_ = setup
-  batch, _ = _collect(setup, jax.random.key(0))
-  keys = jax.random.split(jax.random.key(1), 2)
-  batch = _replay(policy, (trainable, frozen), batch, keys, objective)
   for name in ("base_old", "step_old"):
     old = np.asarray(getattr(batch.replay, name))
     assert np.abs(old[0] - old[1]).max() > 1e-3, name  # different prompt masks per iteration
@@ -163,11 +167,8 @@ def test_objective_options_train_at_ratio_one(options):
 
 @pytest.mark.parametrize("method", ["dispo", "dispo_spg"])
 def test_microbatched_gradient_equals_full_batch(method):
-  setup = _setup(method)
+  setup, batch, _, keys = _replayed(method, 2)
   _, policy, trainable, frozen, _, objective, *_ = setup
-  batch, _ = _collect(setup, jax.random.key(0))
-  keys = jax.random.split(jax.random.key(1), 2)
-  batch = _replay(policy, (trainable, frozen), batch, keys, objective)
   sgd = optax.sgd(1.0)
   results = []
   for micro in (1, 4):
@@ -181,11 +182,8 @@ def test_microbatched_gradient_equals_full_batch(method):
 
 
 def test_non_finite_gradient_skips_the_update():
-  setup = _setup("diffu_grpo")
+  setup, batch, _, keys = _replayed("diffu_grpo", 1)
   _, policy, trainable, frozen, _, objective, *_ = setup
-  batch, _ = _collect(setup, jax.random.key(0))
-  keys = jax.random.split(jax.random.key(1), 1)
-  batch = _replay(policy, (trainable, frozen), batch, keys, objective)
   batch = batch.replace(advantages=batch.advantages.at[0].set(jnp.nan))
   opt = optax.adam(1e-2)
   update = jax.jit(learner.make_update_fn(policy.bind, opt, objective))
@@ -314,11 +312,8 @@ def test_importance_weight_is_one_where_the_objective_scores_the_samplers_own_co
 
 
 def test_an_update_with_non_finite_new_parameters_is_skipped():
-  setup = _setup("diffu_grpo")
+  setup, batch, _, keys = _replayed("diffu_grpo", 1)
   _, policy, trainable, frozen, _, objective, *_ = setup
-  batch, _ = _collect(setup, jax.random.key(0))
-  keys = jax.random.split(jax.random.key(1), 1)
-  batch = _replay(policy, (trainable, frozen), batch, keys, objective)
   # b2 = -1: the second step's bias correction 1 - b2^2 is 0, so finite loss and gradients give
   # NaN parameters (the probe's optim.b2=-1 run saved 14,076 of them).
   bad = optax.adamw(1e-2, b2=-1.0)
