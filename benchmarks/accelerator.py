@@ -5,7 +5,7 @@
 
 Measures, with random weights (no checkpoint needed):
   * forward tokens/s at batch × (prompt + gen) tokens;
-  * the jitted sampler's ms per denoising step at gen / block / steps (DiSPO's branch cache on);
+  * the jitted sampler's ms per timestep at gen / block / steps (DiSPO's branch cache on);
   * one DiSPO optimizer update (LoRA r128, Z = 2, |S| = K, μ = 1 replay) on a rollout batch of
     prompts × K rows: compile seconds, step seconds, and the device's peak memory
     (``memory_stats()``; n/a where the backend reports none, e.g. the CPU).
@@ -33,9 +33,9 @@ from dispo_jax.sampling import SamplerSettings
 
 # The paper's shapes (accelerators) and a CPU scale that finishes in about a minute on 2 cores.
 PAPER = {"prompts": 16, "group": 6, "forward_batch": 16, "prompt_len": 200, "gen": 256,
-         "block": 32, "steps": 128, "microbatches": 12, "lora_rank": 128}
+         "block": 32, "timesteps": 128, "microbatches": 12, "lora_rank": 128}
 CPU = {"prompts": 2, "group": 4, "forward_batch": 2, "prompt_len": 32, "gen": 64, "block": 32,
-       "steps": 16, "microbatches": 2, "lora_rank": 16}
+       "timesteps": 16, "microbatches": 2, "lora_rank": 16}
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,13 +66,13 @@ def forward_tokens_per_second(cfg, graphdef, state, args) -> float:
 
 
 def rollout_and_update(cfg, graphdef, state, args) -> dict:
-  """One rollout batch (timed per denoising step) and one DiSPO update (compile and step)."""
-  sampler = SamplerSettings(gen_length=args.gen, block_length=args.block, steps=args.steps,
+  """One rollout batch (timed per timestep) and one DiSPO update (compile and step)."""
+  sampler = SamplerSettings(gen_length=args.gen, block_length=args.block, num_timesteps=args.timesteps,
                             temperature=0.9, mask_id=cfg.mask_token_id)
   objective = learner.ObjectiveSettings(method="dispo", num_microbatches=args.microbatches,
-                                        denoising_steps=args.steps, mask_id=cfg.mask_token_id)
+                                        num_timesteps=args.timesteps, mask_id=cfg.mask_token_id)
   settings = pipeline.CollectSettings(sampler, objective, pipeline.RolloutSettings(
-      prompts_per_step=args.prompts, group_size=args.group), cfg.eos_token_id)
+      prompts_per_batch=args.prompts, group_size=args.group), cfg.eos_token_id)
   fns, train_state = pipeline.setup_step(cfg, graphdef, state, settings,
                                          make_optimizer(OptimizerSettings()),
                                          LoRAConfig(rank=args.lora_rank, alpha=64.0))
@@ -98,7 +98,7 @@ def rollout_and_update(cfg, graphdef, state, args) -> dict:
     holder["t"], holder["o"], m = compiled(holder["t"], train_state.frozen, holder["o"], batch,
                                            0, jax.random.key(4), None)
     return m["loss"]
-  return {"sampler_ms_per_step": 1e3 * rollout_seconds / args.steps,
+  return {"sampler_ms_per_timestep": 1e3 * rollout_seconds / args.timesteps,
           "update_compile_s": compile_seconds, "update_s": time_fn(one_update, repeats=2)}
 
 
@@ -111,7 +111,7 @@ def main() -> None:
   graphdef, state = llada.init_model(cfg)
   result = {"backend": backend, "device": str(jax.devices()[0].device_kind), "preset": preset,
             "dtype": dtype, "params": llada.count_params(state), "rows": args.prompts * args.group,
-            "tokens_per_row": args.prompt_len + args.gen, "steps": args.steps}
+            "tokens_per_row": args.prompt_len + args.gen, "timesteps": args.timesteps}
   result["forward_tokens_per_s"] = forward_tokens_per_second(cfg, graphdef, state, args)
   result.update(rollout_and_update(cfg, graphdef, state, args))
   result["peak_memory_gib"] = peak_memory_gib()
@@ -119,11 +119,11 @@ def main() -> None:
   print("| measure | value |\n|---|---|")
   print(f"| forward, {args.forward_batch} × {args.prompt_len + args.gen} tokens | "
         f"{result['forward_tokens_per_s']:,.0f} tokens/s |")
-  print(f"| sampler, gen {args.gen} / block {args.block} / {args.steps} steps, "
-        f"{result['rows']} rows | {result['sampler_ms_per_step']:.1f} ms per step |")
+  print(f"| sampler, gen {args.gen} / block {args.block} / {args.timesteps} timesteps, "
+        f"{result['rows']} rows | {result['sampler_ms_per_timestep']:.1f} ms per timestep |")
   print(f"| DiSPO update (LoRA r{args.lora_rank}, {args.microbatches} micro-batches): compile | "
         f"{result['update_compile_s']:.1f} s |")
-  print(f"| DiSPO update: step | {result['update_s']:.2f} s |")
+  print(f"| DiSPO update | {result['update_s']:.2f} s |")
   peak = result["peak_memory_gib"]
   print(f"| peak device memory | {'n/a' if peak is None else f'{peak:.1f} GiB'} |")
   print("ACCELERATOR " + json.dumps(result))

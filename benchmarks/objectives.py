@@ -8,7 +8,7 @@ Prints:
   (c) one SPG update (m = 2 block masks) / one diffu-GRPO update, and DiSPO+SPG / SPG;
   (d) one trace update (the trajectory-consistent surrogate) at N = 4 and N = 16 segments / one
       diffu-GRPO update (N forwards and backwards on the segment canvases instead of one);
-  (b) a whole RL step — rollout with `steps` denoising steps, old/ref log-probs for μ seeds, μ
+  (b) a whole rollout batch — rollout with `steps` timesteps, old/ref log-probs for μ seeds, μ
       updates — DiSPO / diffu-GRPO at the paper's ratio of steps to inner updates (128 steps, μ = 12
       by default; goal ≤ 1.35×).
 """
@@ -40,12 +40,12 @@ def reward_fn(completions, prompt_index):
 
 def build(method, z, args, cfg, graphdef, state, segments=4, mu=1):
   """The policy, initial :class:`TrainState` and compiled step functions of one method."""
-  sampler = SamplerSettings(gen_length=args.gen, block_length=32, steps=args.steps,
+  sampler = SamplerSettings(gen_length=args.gen, block_length=32, num_timesteps=args.timesteps,
                             temperature=0.9, mask_id=cfg.mask_token_id)
   objective = learner.ObjectiveSettings(method=method, mask_id=cfg.mask_token_id,
                                         num_iterations=mu, beta=0.0 if method == "spg" else 0.04,
-                                        trace=TraceSettings(segments), denoising_steps=args.steps)
-  rollout = pipeline.RolloutSettings(prompts_per_step=args.prompts, group_size=args.group,
+                                        trace=TraceSettings(segments), num_timesteps=args.timesteps)
+  rollout = pipeline.RolloutSettings(prompts_per_batch=args.prompts, group_size=args.group,
                                      num_branches=z)
   opt = make_optimizer(OptimizerSettings(learning_rate=3e-6, grad_clip=1e9))
   settings = pipeline.CollectSettings(sampler, objective, rollout, cfg.eos_token_id)
@@ -59,7 +59,7 @@ def main() -> None:
   parser.add_argument("--group", type=int, default=4)
   parser.add_argument("--prompt-len", type=int, default=32)
   parser.add_argument("--gen", type=int, default=64)
-  parser.add_argument("--steps", type=int, default=128)
+  parser.add_argument("--timesteps", "--steps", type=int, default=128)
   parser.add_argument("--mu", type=int, default=12)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--skip-step", action="store_true", help="parts (a), (c), (d) only")
@@ -70,7 +70,7 @@ def main() -> None:
   prompts = np.random.default_rng(0).integers(0, 100, (args.prompts, args.prompt_len)).astype(np.int32)
   lengths = np.full((args.prompts,), args.prompt_len, np.int32)
   print(f"backend={jax.default_backend()} preset=small rows={args.prompts * args.group} "
-        f"prompt={args.prompt_len} gen={args.gen} steps={args.steps} mu={args.mu} (LoRA r16)")
+        f"prompt={args.prompt_len} gen={args.gen} timesteps={args.timesteps} mu={args.mu} (LoRA r16)")
 
   # (a) one update on the same batch
   update_times = {}
@@ -108,27 +108,27 @@ def main() -> None:
   if args.skip_step:
     return
 
-  # (b) a whole RL step
-  step_times = {}
+  # (b) a whole rollout batch
+  batch_times = {}
   for method in ("diffu_grpo", "dispo"):
     train_state, fns = build(method, 2, args, cfg, graphdef, state, mu=args.mu)
     holder = {"state": train_state}
 
-    def rl_step(seed):
-      holder["state"], rows = pipeline.rl_step(fns, holder["state"], prompts, lengths, reward_fn,
-                                               jax.random.key(seed))
+    def one_batch(seed):
+      holder["state"], rows = pipeline.rollout_and_update(fns, holder["state"], prompts, lengths,
+                                                          reward_fn, jax.random.key(seed))
       return rows[-1]["loss"]
 
-    rl_step(100)  # compile
+    one_batch(100)  # compile
     times = []
     for r in range(args.repeats):
       start = time.perf_counter()
-      rl_step(r)
+      one_batch(r)
       times.append(time.perf_counter() - start)
-    step_times[method] = float(np.median(times))
-  ratio = step_times["dispo"] / step_times["diffu_grpo"]
-  print(f"(b) RL step: diffu-GRPO {step_times['diffu_grpo']:.2f} s | DiSPO "
-        f"{step_times['dispo']:.2f} s -> {ratio:.2f}x (goal <= 1.35x; throughput "
+    batch_times[method] = float(np.median(times))
+  ratio = batch_times["dispo"] / batch_times["diffu_grpo"]
+  print(f"(b) rollout batch: diffu-GRPO {batch_times['diffu_grpo']:.2f} s | DiSPO "
+        f"{batch_times['dispo']:.2f} s -> {ratio:.2f}x (goal <= 1.35x; throughput "
         f"{1 / ratio:.2f}x of the baseline; the paper's implementation: 0.4x)")
 
 

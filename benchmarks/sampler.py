@@ -34,8 +34,8 @@ def eager_generate(fwd, graphdef, state, prompt, s: SamplerSettings, rng: np.ran
   b, p = prompt.shape
   x = np.concatenate([prompt, np.full((b, s.gen_length), s.mask_id, np.int32)], axis=1)
   schedule = s.transfer_schedule()
-  for t in range(s.steps):
-    blk, j = divmod(t, s.steps_per_block)
+  for t in range(s.num_timesteps):
+    blk, j = divmod(t, s.timesteps_per_block)
     lo, hi = p + blk * s.block_length, p + (blk + 1) * s.block_length
     logits = np.array(fwd(graphdef, state, jnp.asarray(x)), np.float32)[:, lo:hi]
     logits[..., s.mask_id] = -np.inf
@@ -57,16 +57,16 @@ def main() -> None:
   parser.add_argument("--prompt", type=int, default=32)
   parser.add_argument("--gen", type=int, default=64)
   parser.add_argument("--block", type=int, default=32)
-  parser.add_argument("--steps", type=int, default=32)
+  parser.add_argument("--timesteps", "--steps", type=int, default=32)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--sudoku", action="store_true", help="(e): accuracy on tiny Sudoku")
   args = parser.parse_args()
   print(f"backend={jax.default_backend()} batch={args.batch} prompt={args.prompt} gen={args.gen} "
-        f"block={args.block} steps={args.steps}")
+        f"block={args.block} timesteps={args.timesteps}")
   for name in ("tiny", "small"):
     cfg = get_config(name)
     graphdef, state = llada.init_model(cfg)
-    s = SamplerSettings(gen_length=args.gen, block_length=args.block, steps=args.steps,
+    s = SamplerSettings(gen_length=args.gen, block_length=args.block, num_timesteps=args.timesteps,
                         temperature=0.9, mask_id=cfg.mask_token_id, mask_padding=False)
     prompt = np.full((args.batch, args.prompt), 7, np.int32)
     lengths = jnp.full((args.batch,), args.prompt, jnp.int32)
@@ -81,7 +81,7 @@ def main() -> None:
                       repeats=args.repeats)
     print(f"{name:6s} forward {t_forward * 1e3:7.2f} ms | jitted generate {t_jit * 1e3:8.1f} ms | "
           f"eager loop {t_eager * 1e3:8.1f} ms")
-    print(f"{name:6s} (a) loop efficiency = {t_jit / (args.steps * t_forward):.3f} "
+    print(f"{name:6s} (a) loop efficiency = {t_jit / (args.timesteps * t_forward):.3f} "
           f"(goal <= 1.15)   (b) speed-up over eager host loop = {t_eager / t_jit:.2f}x")
   # (c) cache bytes, per row, for LLaDA-8B at the paper's rollout settings.
   big = get_config("llada_8b")
@@ -108,7 +108,7 @@ def kv_cache_speed(repeats: int, batch: int = 4, prompt: int = 64, gen: int = 25
   lengths = jnp.full((batch,), prompt, jnp.int32)
   ms = {}
   for name, option in OPTIONS.items():
-    s = SamplerSettings(gen_length=gen, block_length=32, steps=128, temperature=0.9,
+    s = SamplerSettings(gen_length=gen, block_length=32, num_timesteps=128, temperature=0.9,
                         mask_id=cfg.mask_token_id, **option)
     seconds = time_fn(lambda: generate(graphdef, state, tokens, lengths, jax.random.key(0),
                                        s).tokens, repeats=repeats)
@@ -132,13 +132,13 @@ def kv_cache_accuracy() -> None:
   eos = tok.special_ids(tokenizer).eos
   for steps in (6, 24):
     for name, option in OPTIONS.items():
-      s = SamplerSettings(gen_length=24, block_length=8, steps=steps, temperature=0.0,
+      s = SamplerSettings(gen_length=24, block_length=8, num_timesteps=steps, temperature=0.0,
                           mask_id=cfg.mask_token_id, **option)
       r = generate(graphdef, state, jnp.asarray(prompts), jnp.asarray(lengths),
                    jax.random.key(0), s)
       decoded = decode_completions(tokenizer, np.asarray(r.completion), eos)
       accuracy = metric([task.score(t, row) for t, row in zip(decoded, rows)])
-      used = float(np.mean(np.asarray(r.commit_step).max(-1) + 1))
+      used = float(np.mean(np.asarray(r.commit_timestep).max(-1) + 1))
       print(f"(e) tiny Sudoku base, {len(rows)} held-out puzzles, gen 24 in 3 blocks of 8, "
             f"{steps} steps, {name:13s}: cell accuracy {accuracy:.3f}, steps used {used:.1f}")
 

@@ -4,7 +4,7 @@ Layers (imports point one way):
   model/     LLaDA in Flax NNX, HF checkpoint I/O, tokenizer, sharding rules
   sampling/  the one-jit denoising loop, branch-state logit cache, branching resampler
   rl/        surrogate log-probs, advantages, losses, the learner (pure and jittable)
-  pipeline/  rollout + host-side rewards -> RLBatch; one RL step on a TrainState
+  pipeline/  rollout + host-side rewards -> RLBatch; a rollout batch and its updates on a TrainState
   train.py, evaluate.py   the CLIs: config, mesh, loop, checkpoints, metrics
   tasks/     prompts, rewards, parsers, metrics, datasets, tiny settings (never imported by rl/)
 """

@@ -59,14 +59,14 @@ def main() -> None:
   print(f"[3/5] reloaded and ran the forward: logits {tuple(logits.shape)} {logits.dtype}, "
         f"finite={bool(jnp.isfinite(logits).all())}")
 
-  settings = SamplerSettings(gen_length=32, block_length=16, steps=16, temperature=0.9,
+  settings = SamplerSettings(gen_length=32, block_length=16, num_timesteps=16, temperature=0.9,
                              mask_id=cfg.mask_token_id)
-  branch_steps = jnp.asarray([[12], [14]], jnp.int32)
+  branch_timesteps = jnp.asarray([[12], [14]], jnp.int32)
   rollout = generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths),
-                     jax.random.key(args.seed), settings, branch_steps=branch_steps)
+                     jax.random.key(args.seed), settings, branch_timesteps=branch_timesteps)
   texts = decode_completions(tokenizer, rollout.completion, cfg.eos_token_id)
   lengths_to_eos = np.asarray(completion_mask(rollout.completion, cfg.eos_token_id)).sum(-1)
-  print(f"[4/5] sampled {settings.gen_length} tokens in {settings.steps} steps "
+  print(f"[4/5] sampled {settings.gen_length} tokens in {settings.num_timesteps} timesteps "
         f"(untrained model, so the text is noise); tokens up to EOS: {lengths_to_eos.tolist()}")
   for text in texts:
     print("      ", repr(text[:80]))

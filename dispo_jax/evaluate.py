@@ -1,4 +1,4 @@
-"""Evaluation with the d1 protocol: greedy decoding, steps = gen_length / 2, block 32.
+"""Evaluation with the d1 protocol: greedy decoding, timesteps = gen_length / 2, block 32.
 
   python -m dispo_jax.evaluate --config=configs/eval.py --workdir=/tmp/eval \\
       --config.checkpoint=/path/to/LLaDA-8B-Instruct --config.tasks=sudoku,countdown
@@ -126,6 +126,8 @@ def check_fingerprint(out_path: str, fingerprint: dict) -> None:
       raise GenerationsFileError(f"{path}: not a fingerprint (a JSON "
                                  f"{type(recorded).__name__}); delete it and {out_path} to "
                                  f"re-evaluate")
+    if isinstance(recorded.get("sampler"), dict):
+      recorded["sampler"] = config_lib.current_fields("sampler", recorded["sampler"], path)
     changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
     if changed:
       raise FingerprintMismatch(
@@ -142,17 +144,17 @@ def evaluate_task(task: Task, rows: list[dict], graphdef, state, tokenizer, *, g
                   block_length: int, batch_size: int, max_prompt_length: int, mask_id: int,
                   eos_id: int, out_path: str | None = None, mask_padding: bool = True,
                   seed: int = 0, progress: bool = True, prompt_fn=None,
-                  steps: int | None = None, model_fingerprint: dict | None = None,
+                  num_timesteps: int | None = None, model_fingerprint: dict | None = None,
                   place=jnp.asarray) -> dict[str, Any]:
   """Greedy d1-protocol evaluation of ``rows``; appends to ``out_path`` and resumes from it.
 
-  ``prompt_fn`` (default ``task.eval_prompt``) gives the user content; ``steps`` defaults to d1's
+  ``prompt_fn`` (default ``task.eval_prompt``) gives the user content; ``num_timesteps`` defaults to d1's
   ``gen_length // 2``. With ``out_path``, ``model_fingerprint`` (checkpoint and tokenizer) and the
   protocol settings are checked against the file's recorded fingerprint before resuming.
   """
   prompt_fn = prompt_fn or task.eval_prompt
   settings = SamplerSettings(gen_length=gen_length, block_length=min(block_length, gen_length),
-                             steps=steps or gen_length // 2, temperature=0.0, mask_id=mask_id,
+                             num_timesteps=num_timesteps or gen_length // 2, temperature=0.0, mask_id=mask_id,
                              mask_padding=mask_padding)
   if out_path:
     rows_digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
@@ -230,7 +232,7 @@ class Job:
   prompt_fn: Any
   gen_length: int
   block_length: int
-  steps: int | None  # None: d1's gen_length // 2
+  num_timesteps: int | None  # None: d1's gen_length // 2
   max_prompt_length: int
 
 
@@ -242,9 +244,9 @@ def tiny_jobs(record: dict, limit: int) -> list[Job]:
   rows = task.tiny.rows(DataSettings(**{k: tuple(v) if isinstance(v, list) else v
                                         for k, v in record["data"].items()}))[1]
   rows = rows[:record["eval_rows"]][: limit if limit > 0 else None]
-  sampler = record["sampler"]
+  sampler = config_lib.current_fields("sampler", record["sampler"], "dispo_jax_export.json")
   return [Job(task, rows, task.tiny.prompt, sampler["gen_length"], sampler["block_length"],
-              sampler["steps"], record["max_prompt_length"])]
+              sampler["num_timesteps"], record["max_prompt_length"])]
 
 
 def d1_jobs(config) -> list[Job]:
@@ -304,7 +306,7 @@ def _run_locked(config, workdir: str) -> dict:
     with jax.set_mesh(mesh):
       results.setdefault(name, {})[g] = evaluate_task(
           job.task, job.rows, graphdef, state, tokenizer, gen_length=g,
-          block_length=job.block_length, steps=job.steps, batch_size=config.batch_size,
+          block_length=job.block_length, num_timesteps=job.num_timesteps, batch_size=config.batch_size,
           max_prompt_length=job.max_prompt_length, mask_id=cfg.mask_token_id,
           eos_id=cfg.eos_token_id, out_path=str(epath.Path(workdir) / f"{name}_{g}.jsonl"),
           mask_padding=config.mask_padding, prompt_fn=job.prompt_fn,

@@ -83,7 +83,7 @@ def abstract_batch(s, mesh, policy, params):
   from dispo_jax.rl.batch import RLBatch
 
   k = s.rollout.group_size
-  n = s.rollout.prompts_per_step * k
+  n = s.rollout.prompts_per_batch * k
   p, g, mu = s.rollout.max_prompt_length, s.sampler.gen_length, s.objective.num_iterations
   n_states, z = s.rollout.states_per_prompt, s.rollout.num_branches
   sds = jax.ShapeDtypeStruct
@@ -92,7 +92,7 @@ def abstract_batch(s, mesh, policy, params):
       prompt_tokens=sds((n, p), jnp.int32), prompt_key_mask=sds((n, p), jnp.bool_),
       completion=sds((n, g), jnp.int32), completion_mask=sds((n, g), jnp.bool_),
       advantages=sds((n,), jnp.float32), row_ids=sds((n,), jnp.int32),
-      commit_step=sds((n, g), jnp.int32), behaviour_logp=sds((n, g), jnp.float32),
+      commit_timestep=sds((n, g), jnp.int32), behaviour_logp=sds((n, g), jnp.float32),
       state_canvas=sds((n, n_states, g), jnp.int32) if branches else None,
       actions=sds((n, n_states, z, g), jnp.int32) if branches else None,
       action_mask=sds((n, n_states, z, g), jnp.bool_) if branches else None,
@@ -123,21 +123,21 @@ def lower_sampler(s, mesh, graphdef, model_state):
   from dispo_jax.model import sharding
   from dispo_jax.sampling import sampler
 
-  n = s.rollout.prompts_per_step * s.rollout.group_size
+  n = s.rollout.prompts_per_batch * s.rollout.group_size
   rows = lambda *axes: NamedSharding(mesh, sharding.logical_to_mesh_axes(("batch",) + axes))
   tokens = jax.ShapeDtypeStruct((n, s.rollout.max_prompt_length), jnp.int32,
                                 sharding=rows("length"))
   lengths = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rows())
-  steps = jax.ShapeDtypeStruct((n, s.rollout.states_per_prompt), jnp.int32, sharding=rows(None))
+  branch_timesteps = jax.ShapeDtypeStruct((n, s.rollout.states_per_prompt), jnp.int32, sharding=rows(None))
   with jax.set_mesh(mesh):
     return sampler._generate_jit.lower(graphdef, model_state, tokens, lengths, jax.random.key(0),
-                                       s.sampler, steps).compile()
+                                       s.sampler, branch_timesteps).compile()
 
 
 def report(compiled, seconds: float, mesh_shape: str, s, params: int, cfg) -> None:
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2**30
-  n = s.rollout.prompts_per_step * s.rollout.group_size
+  n = s.rollout.prompts_per_batch * s.rollout.group_size
   config = config_flags.get_config_filename(flags.FLAGS["config"])
   overrides = " ".join(f"--config.{k}={v}" for k, v in
                        config_flags.get_override_values(flags.FLAGS["config"]).items())

@@ -55,7 +55,7 @@ def _sampler_section() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()  # dispo_jax.sampling.SamplerSettings (mask_id: the model's)
   s.gen_length = 256
   s.block_length = 32
-  s.steps = 128
+  s.num_timesteps = 128
   s.temperature = 0.9
   s.remasking = "low_confidence"
   s.cfg_scale = 0.0
@@ -71,7 +71,7 @@ def _sampler_section() -> ml_collections.ConfigDict:
 def _rollout_section() -> ml_collections.ConfigDict:
   """Prompts and completions per rollout batch; DiSPO's branch states and their advantages."""
   s = ml_collections.ConfigDict()  # dispo_jax.pipeline.RolloutSettings
-  s.prompts_per_step = 16
+  s.prompts_per_batch = 16
   s.group_size = 6
   s.max_prompt_length = 200
   s.num_branches = 2     # Z
@@ -97,11 +97,11 @@ def _rl_section() -> ml_collections.ConfigDict:
   s.beta = 0.04
   s.p_mask_prompt = 0.15
   s.alpha_base = 1.0
-  s.alpha_step = 0.5
-  s.step_normaliser = "branch"  # branch (App. J) | group | tokens | nonzero_tokens | sum
+  s.alpha_state = 0.5
+  s.state_normaliser = "branch"  # branch (App. J) | group | tokens | nonzero_tokens | sum
   s.base_normaliser = "group"  # group (d1 as run: token mean per prompt group, mean over groups) | batch
-  s.step_ratio = "token"      # token | branch (Eq. 5: one clipped ratio per branch)
-  s.step_tokens = "action"    # action (up to the branch's EOS) | action_with_tail | all (Table 3a ablation)
+  s.state_ratio = "token"      # token | branch (Eq. 5: one clipped ratio per branch)
+  s.state_tokens = "action"    # action (up to the branch's EOS) | action_with_tail | all (Table 3a ablation)
   s.spg = ml_collections.ConfigDict()  # dispo_jax.rl.objectives.spg.SPGSettings (method spg | dispo_spg)
   s.spg.num_masks = 2         # m, Monte Carlo mask samples per completion
   s.spg.block_length = 32
@@ -110,7 +110,7 @@ def _rl_section() -> ml_collections.ConfigDict:
   s.spg.eubo_beta = 1.5
   s.spg.block_choice = "spg"  # spg (SPG's trainer: randperm(num_blocks) % covered) | cycled
   s.trace = ml_collections.ConfigDict()  # dispo_jax.rl.objectives.trace.TraceSettings (trace | dispo_trace)
-  s.trace.segments = 16       # N segments of the T steps (N = T: each token on its step's logits; N = 1 = diffu-GRPO's)
+  s.trace.segments = 16       # N segments of the T timesteps (N = T: each token on its timestep's logits; N = 1 = diffu-GRPO's)
   s.trace.temperature = 1.0   # score log softmax(logits / τ): 1 = the model's; the sampler's τ = what the rollout drew from
   s.behaviour = ml_collections.ConfigDict()  # dispo_jax.rl.behaviour.BehaviourSettings
   s.behaviour.weight = "auto"  # auto (token with kv_cache=dual or a threshold, else none) | none | token | sequence
@@ -195,24 +195,24 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.method = "trace"             # the best method on this testbed (docs/RESULTS.md)
   c.optim.learning_rate = 1.5e-4
   c.optim.grad_clip = 1.0
-  c.rollout.prompts_per_step = 8
+  c.rollout.prompts_per_batch = 8
   c.rollout.group_size = 8
   c.sampler.gen_length = 24
   c.sampler.block_length = 24
-  c.sampler.steps = 6
+  c.sampler.num_timesteps = 6
   c.rl.trace.segments = 2        # two forwards per update (N = T = 6 is exact and ~3x dearer)
   c.rollout.max_prompt_length = 32
   c.sampler.temperature = 0.9
   c.rl.num_iterations = 4
   c.rl.base_normaliser = "batch"  # the project's studies so far used the global token mean
-  c.rl.step_normaliser = "tokens"  # and the global token mean of the step term
+  c.rl.state_normaliser = "tokens"  # and the global token mean of the state term
   c.rl.beta = 0.01               # d1's 0.04 holds this tiny model at the base (RESULTS: "The KL weight was the brake")
   c.d1_compat = False            # the corrected rewards (GSM8K DOTALL, MATH "\\boxed" check)
   c.num_steps = 160              # optimizer updates: 40 rollout batches × μ = 4
   # The testbed (docs/RESULTS.md, "A testbed where RL has something to learn"): the base imitates
   # a flawed demonstrator that writes a blank 4 as 1 in 60 % of its answers' 4-cells. After 800 SFT
   # steps it fills 1, 2 and 3 cells right ~65 % of the time and never writes a 4 greedily
-  # (held-out greedy cell accuracy 0.499 at 6 decode steps); the reward pays only for the true digit.
+  # (held-out greedy cell accuracy 0.499 at 6 timesteps); the reward pays only for the true digit.
   c.base.steps = 800
   c.data.sft_error = "four_as_one"
   c.data.sft_error_rate = 0.6
@@ -238,16 +238,16 @@ def spg_objective(c: ml_collections.ConfigDict, method: str,
 
 def spg_recipe(c: ml_collections.ConfigDict, method: str, num_steps: int, eubo_beta: float = 1.5,
                temperature: float = 0.9) -> ml_collections.ConfigDict:
-  """SPG's LLaDA-8B recipe: lr 3e-6, 16 prompts × 6, 256 tokens in 128 steps with 32-token blocks;
+  """SPG's LLaDA-8B recipe: lr 3e-6, 16 prompts × 6, 256 tokens in 128 timesteps with 32-token blocks;
   ``num_steps`` optimizer updates at sampling temperature ``temperature``."""
   c = spg_objective(c, method, eubo_beta)
   c.num_steps = num_steps
   c.optim.learning_rate = 3e-6
-  c.rollout.prompts_per_step = 16
+  c.rollout.prompts_per_batch = 16
   c.rollout.group_size = 6
   c.sampler.gen_length = 256
   c.sampler.block_length = 32
-  c.sampler.steps = 128
+  c.sampler.num_timesteps = 128
   c.sampler.temperature = temperature
   return c
 
@@ -356,7 +356,7 @@ def task_config(task: str, arg: str = "") -> ml_collections.ConfigDict:
 
 
 def eval_config(arg: str = "") -> ml_collections.ConfigDict:
-  """d1's evaluation: greedy, steps = gen_length / 2, block 32, gen lengths 128 / 256 / 512.
+  """d1's evaluation: greedy, timesteps = gen_length / 2, block 32, gen lengths 128 / 256 / 512.
   ``arg="tiny"``: a smoke-test subset."""
   if arg not in ("", "tiny"):
     raise ValueError(f"unknown eval config variant {arg!r}; use '' or 'tiny'")

@@ -2,10 +2,10 @@
 
   python -m dispo_jax.train                      # the tiny CPU setting (configs/sudoku.py:tiny)
   python -m dispo_jax.train --config=configs/sudoku.py --workdir=gs://bucket/run \\
-      --config.model.checkpoint=/path/to/LLaDA-8B-Instruct --config.rl.alpha_step=0.5
+      --config.model.checkpoint=/path/to/LLaDA-8B-Instruct --config.rl.alpha_state=0.5
 
 ``setup`` builds a :class:`Run` and the first :class:`TrainState` (or resumes one); ``train_loop``
-runs :func:`dispo_jax.pipeline.rl_step` once per rollout batch (μ optimizer updates each) and
+runs :func:`dispo_jax.pipeline.rollout_and_update` once per rollout batch (μ optimizer updates each) and
 evaluates, checkpoints and logs between them. Every random choice is a function of (seed, rollout
 index, iteration) and the data position a function of the rollout index, so a resumed run repeats
 a straight run exactly.
@@ -35,7 +35,7 @@ from dispo_jax.run.metrics import MetricWriter, read_rows
 from dispo_jax.model import checkpoint as hf_io, sharding, tokenizer as tok
 from dispo_jax.model.config import LLADA_MASK_ID, LoRAConfig
 from dispo_jax.pipeline import (CollectSettings, RolloutSettings, StepFunctions, TrainState,
-                                make_reward_fn, prompts_for_step, rl_step, setup_step,
+                                make_reward_fn, prompts_for_batch, rollout_and_update, setup_step,
                                 shuffle_within_groups)
 from dispo_jax.rl import learner, objectives
 from dispo_jax.rl.optimizer import OptimizerSettings, make_optimizer
@@ -78,7 +78,7 @@ def run_settings(c, mask_id: int = LLADA_MASK_ID) -> RunSettings:
       sampler=sampler,
       rollout=settings_from(RolloutSettings, c.rollout, "rollout"),
       objective=settings_from(learner.ObjectiveSettings, c.rl, "rl", method=c.method,
-                              denoising_steps=sampler.max_steps, mask_id=mask_id,
+                              num_timesteps=sampler.max_timesteps, mask_id=mask_id,
                               approximate_sampler=sampler.approximate),
       optim=settings_from(OptimizerSettings, c.optim, "optim"),
       lora=(settings_from(LoRAConfig, c.lora, "lora", exclude=("enabled",))
@@ -126,17 +126,17 @@ def validate_config(c) -> RunSettings:
                       f"pip install 'dispo_jax[wandb]'")
   _validate_model(c)
   s = run_settings(c)
-  rows = s.rollout.prompts_per_step * s.rollout.group_size
+  rows = s.rollout.prompts_per_batch * s.rollout.group_size
   if rows % s.objective.num_microbatches:
     raise ConfigError(f"config.rl.num_microbatches={s.objective.num_microbatches} is invalid: "
-                      f"must divide rollout.prompts_per_step × rollout.group_size = {rows}")
+                      f"must divide rollout.prompts_per_batch × rollout.group_size = {rows}")
   if s.sampler.allow_mask_action:
     raise ConfigError("config.sampler.allow_mask_action=True is invalid for training: a MASK kept "
                       "in a completion is outside the policy's action space (its log-prob is "
                       "-inf, its ratio NaN); it is for reproducing LLaDA's generate only")
-  if s.rollout.states_per_prompt > s.sampler.steps:
+  if s.rollout.states_per_prompt > s.sampler.num_timesteps:
     raise ConfigError(f"config.rollout.states_per_prompt={s.rollout.states_per_prompt} is "
-                      f"invalid: must be <= sampler.steps={s.sampler.steps}")
+                      f"invalid: must be <= sampler.num_timesteps={s.sampler.num_timesteps}")
   _validate_data(c, s.data)
   return s
 
@@ -278,7 +278,7 @@ def evaluate(run: Run, state: TrainState, step: int) -> float:
   result = eval_lib.evaluate_task(
       run.task, md.eval_rows, run.fns.policy.graphdef, run.fns.policy.model_state(state.params),
       md.tokenizer, gen_length=sampler.gen_length, block_length=sampler.block_length,
-      steps=sampler.steps, batch_size=max(1, min(64, len(md.eval_rows))),
+      num_timesteps=sampler.num_timesteps, batch_size=max(1, min(64, len(md.eval_rows))),
       max_prompt_length=run.settings.rollout.max_prompt_length, mask_id=md.cfg.mask_token_id,
       eos_id=run.ids.eos, mask_padding=sampler.mask_padding, progress=False,
       prompt_fn=md.eval_prompt_fn, place=sharding.row_placer(run.fns.row_sharding))
@@ -287,9 +287,9 @@ def evaluate(run: Run, state: TrainState, step: int) -> float:
 
 
 def rollout_batch(run: Run, state: TrainState, rollout_index: int) -> tuple[TrainState, list]:
-  """Prompts and rewards of rollout batch ``rollout_index``, then :func:`rl_step`."""
+  """Prompts and rewards of rollout batch ``rollout_index``, then :func:`rollout_and_update`."""
   md, loop, rollout = run.md, run.settings.loop, run.settings.rollout
-  rows = prompts_for_step(md.train_rows, rollout_index, rollout.prompts_per_step, loop.seed)
+  rows = prompts_for_batch(md.train_rows, rollout_index, rollout.prompts_per_batch, loop.seed)
   texts = [tok.render_prompt(md.tokenizer, md.prompt_fn(r)) for r in rows]
   tokens, lengths, truncated = tok.encode_prompts(md.tokenizer, texts, rollout.max_prompt_length,
                                                   run.ids.pad, count_truncated=True)
@@ -304,7 +304,7 @@ def rollout_batch(run: Run, state: TrainState, rollout_index: int) -> tuple[Trai
   reward_fn = make_reward_fn(run.task, decode, rows, shuffle)
   key = jax.random.fold_in(jax.random.key(loop.seed), rollout_index)
   updates = min(run.settings.objective.num_iterations, loop.num_steps - state.step)
-  state, rows = rl_step(run.fns, state, tokens, lengths, reward_fn, key, updates)
+  state, rows = rollout_and_update(run.fns, state, tokens, lengths, reward_fn, key, updates)
   return state, [{**m, "prompts_truncated": truncated} for m in rows]
 
 
@@ -349,7 +349,7 @@ def train_loop(run: Run, state: TrainState) -> dict[str, Any]:
       run.writer.flush()
       checkpoints.save(run.manager, state, {
           "step": state.step, "rollout": rollouts_done, "seed": loop.seed,
-          "data_position": rollouts_done * run.settings.rollout.prompts_per_step})
+          "data_position": rollouts_done * run.settings.rollout.prompts_per_batch})
   progress.close()
   finish(run, state, before, start_step, metrics, preempted=stop)
   return metrics
@@ -362,7 +362,7 @@ def finish(run: Run, state: TrainState, before: float | None, start_step: int,
   run.manager.wait_until_finished()
   run.writer.close()
   if jax.process_index() == 0 and "eval/accuracy" in metrics:
-    print(summary_table(loop, run.settings.sampler.steps, run.task.metric_name, before,
+    print(summary_table(loop, run.settings.sampler.num_timesteps, run.task.metric_name, before,
                         metrics["eval/accuracy"], start_step, state.step, len(run.md.eval_rows)))
     line = credit_line(read_rows(epath.Path(run.workdir) / "metrics.jsonl"))
     if line:
@@ -380,7 +380,7 @@ def export_record(c, step: int) -> dict[str, Any]:
           "method": c.method, "step": step, "d1_compat": c.d1_compat, "reward": c.reward,
           "data": c.data.to_dict(),
           "eval_rows": c.eval_rows, "max_prompt_length": c.rollout.max_prompt_length,
-          "sampler": {k: c.sampler[k] for k in ("gen_length", "block_length", "steps",
+          "sampler": {k: c.sampler[k] for k in ("gen_length", "block_length", "num_timesteps",
                                                 "mask_padding")}}
 
 
@@ -406,11 +406,11 @@ def train(c, workdir: str | None = None) -> dict[str, Any]:
     lock.release()
 
 
-def summary_table(loop: LoopSettings, denoising_steps: int, metric: str, before: float | None,
+def summary_table(loop: LoopSettings, num_timesteps: int, metric: str, before: float | None,
                   after: float, first: int, last: int, n: int) -> str:
   before_text = "n/a (resumed)" if before is None else f"{before:.3f}"
   return (f"\n{loop.method} on {loop.task}: held-out {metric} over {n} rows (greedy, "
-          f"{denoising_steps} steps)\n"
+          f"{num_timesteps} timesteps)\n"
           f"  {'before RL (step ' + str(first) + ')':28s} {before_text}\n"
           f"  {'after RL (step ' + str(last) + ')':28s} {after:.3f}\n")
 
@@ -434,9 +434,9 @@ def credit_line(rows: list[dict]) -> str | None:
   line = (f"credit per rollout batch (mean of {len(batches)}): "
           f"{100 * mean('group_zero_adv_frac'):.1f}% of prompt groups tied (no terminal signal), "
           f"{mean('base/credited_tokens'):,.0f} tokens credited by the terminal term")
-  if any("step/credited_tokens" in b for b in batches.values()):
-    line += (f"; {100 * mean('step/distinguishable_frac'):.1f}% of branch states "
-             f"reward-distinguishable, {mean('step/credited_tokens'):,.0f} tokens credited by the "
+  if any("state/credited_tokens" in b for b in batches.values()):
+    line += (f"; {100 * mean('state/distinguishable_frac'):.1f}% of branch states "
+             f"reward-distinguishable, {mean('state/credited_tokens'):,.0f} tokens credited by the "
              f"state term")
   return line
 

@@ -1,10 +1,10 @@
-"""Where to stop the tiny Sudoku base: held-out cell accuracy against SFT steps and decode steps.
+"""Where to stop the tiny Sudoku base: held-out cell accuracy against SFT steps and timesteps.
 
-  python experiments/base_sweep.py --root=/tmp/base_sweep --base-steps=200,300,400 --decode-steps=6,12,24
+  python experiments/base_sweep.py --root=/tmp/base_sweep --base-steps=200,300,400 --timesteps=6,12,24
 
 For each SFT length, trains the base of ``configs/sudoku.py:tiny`` (reused from ``{root}/base_{n}``
 if it exists) and reports, on the grid-disjoint held-out puzzles, the greedy cell accuracy and the
-mean reward of τ = 0.9 samples (what RL rollouts see) at each number of denoising steps. The target is
+mean reward of τ = 0.9 samples (what RL rollouts see) at each number of timesteps. The target is
 a base whose accuracy under the RL decoding settings is roughly 30–60 %.
 """
 
@@ -32,7 +32,7 @@ def sampled_reward(task, rows, graphdef, state, tokenizer, c, steps: int, mask_i
                    eos_id: int, samples: int, seed: int) -> float:
   """Mean reward of ``samples`` τ-sampled completions per row (the rollout distribution)."""
   settings = SamplerSettings(gen_length=c.sampler.gen_length, block_length=c.sampler.block_length,
-                             steps=steps, temperature=c.sampler.temperature, mask_id=mask_id)
+                             num_timesteps=steps, temperature=c.sampler.temperature, mask_id=mask_id)
   prompts = [tok.render_chat(task.tiny.prompt(r)) for r in rows]
   scores = []
   for s in range(samples):
@@ -46,7 +46,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--root", default="/tmp/base_sweep")
   parser.add_argument("--base-steps", default="200,300,400")
-  parser.add_argument("--decode-steps", default="6,12,24")
+  parser.add_argument("--timesteps", "--decode-steps", default="6,12,24")
   parser.add_argument("--eval-rows", type=int, default=256)
   parser.add_argument("--base-lr", type=float, default=3e-3, help="SFT learning rate")
   parser.add_argument("--samples", type=int, default=2)
@@ -64,17 +64,17 @@ def main() -> None:
     ids = tok.special_ids(tokenizer)
     _, eval_rows = task.tiny.rows(DataSettings(**c.data.to_dict()))
     eval_rows = eval_rows[: args.eval_rows]
-    for steps in (int(s) for s in args.decode_steps.split(",")):
+    for steps in (int(s) for s in args.timesteps.split(",")):
       greedy = evaluate_task(task, eval_rows, graphdef, state, tokenizer,
                              gen_length=c.sampler.gen_length, block_length=c.sampler.block_length,
-                             steps=steps, batch_size=64, max_prompt_length=c.rollout.max_prompt_length,
+                             num_timesteps=steps, batch_size=64, max_prompt_length=c.rollout.max_prompt_length,
                              mask_id=cfg.mask_token_id, eos_id=ids.eos, progress=False,
                              prompt_fn=task.tiny.prompt)["accuracy"]
       sampled = sampled_reward(task, eval_rows, graphdef, state, tokenizer, c, steps,
                                cfg.mask_token_id, ids.eos, args.samples, seed=1000)
-      table[f"{n}/{steps}"] = {"base_steps": n, "decode_steps": steps, "greedy": greedy,
+      table[f"{n}/{steps}"] = {"base_steps": n, "timesteps": steps, "greedy": greedy,
                                "sampled": sampled}
-      print(f"base {n:4d} SFT steps, {steps:2d} decode steps: greedy {greedy:.3f}, "
+      print(f"base {n:4d} SFT steps, {steps:2d} timesteps: greedy {greedy:.3f}, "
             f"sampled (τ={c.sampler.temperature}) {sampled:.3f}", flush=True)
   with open(os.path.join(args.root, "base_sweep.json"), "w") as f:
     json.dump(table, f, indent=2)

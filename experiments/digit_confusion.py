@@ -61,12 +61,12 @@ def main(_):
   eos = tok.special_ids(tokenizer).eos
   for temperature in (0.0, c.sampler.temperature):
     settings = SamplerSettings(gen_length=c.sampler.gen_length, block_length=c.sampler.block_length,
-                               steps=c.sampler.steps, temperature=temperature,
+                               num_timesteps=c.sampler.num_timesteps, temperature=temperature,
                                mask_id=cfg.mask_token_id)
     texts = generate_texts(graphdef, state, tokenizer, prompts, settings,
                            c.rollout.max_prompt_length, eos, jax.random.key(FLAGS.seed))
     table = confusion(texts, rows)
-    print(f"\nτ = {temperature}, {c.sampler.steps} decode steps, {len(rows)} held-out puzzles: "
+    print(f"\nτ = {temperature}, {c.sampler.num_timesteps} timesteps, {len(rows)} held-out puzzles: "
           "fraction of blanks written as")
     print("| true digit | 1 | 2 | 3 | 4 | unparsed |\n|---|---|---|---|---|---|")
     for d in range(4):

@@ -5,7 +5,7 @@ threshold decoding, with and without the truncated importance weight, on a three
 
 Every run is the main command's setting (``sudoku:tiny``: trace N 2, 40 rollout batches × μ 4,
 β 0.01, lr 1.5e-4, the 800-step flawed-demonstrator base, shared by all runs) with the completion
-decoded in three blocks of 8 (6 denoising steps, 2 per block) so that the cache matters. Arms differ
+decoded in three blocks of 8 (6 timesteps, 2 per block) so that the cache matters. Arms differ
 only in how rollouts are drawn and corrected:
 
 * ``plain``: full forwards at every step (the sampler is the policy the objective scores);
@@ -16,7 +16,7 @@ only in how rollouts are drawn and corrected:
 Held-out greedy cell accuracy is decoded with full forwards in the same three blocks for every arm.
 Prints, per arm, the final held-out accuracy (mean ± SE over seeds), its paired difference to
 ``plain`` by seed, the mismatch metrics (``behaviour/*``, mean over rollout batches and seeds),
-the denoising steps and seconds per rollout batch; writes ``{root}/summary.json``. Rerunning skips
+the timesteps and seconds per rollout batch; writes ``{root}/summary.json``. Rerunning skips
 finished runs (each resumes from its work folder).
 """
 
@@ -96,7 +96,7 @@ def summarise(runs: dict) -> dict:
     if arm != "plain" and len(paired) > 1:
       m, se = mean_se(paired)
       entry["minus_plain"] = (m, se, m / se if se > 0 else float("inf"))
-    for key in MISMATCH + ("reward_mean", "sampler/denoising_steps"):
+    for key in MISMATCH + ("reward_mean", "sampler/timesteps_taken"):
       entry[key] = float(np.mean([per_rollout_mean(runs[(arm, s)], key) for s in seeds]))
     entry["seconds_per_rollout"] = float(np.mean([seconds_per_rollout(runs[(arm, s)])
                                                   for s in seeds]))
@@ -109,7 +109,7 @@ def print_table(summary: dict) -> None:
   print("\nheld-out greedy cell accuracy after 40 rollout batches (mean ± SE over seeds); paired "
         "difference to plain by seed (t); mismatch metrics averaged over rollout batches")
   print("| arm | seeds | base | after RL | − plain (t) | |log π_old − log π_b| mean / max | "
-        "truncated | KL | rollout reward | denoising steps | s / rollout batch |")
+        "truncated | KL | rollout reward | timesteps | s / rollout batch |")
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   for arm, e in summary.items():
     paired = ("—" if "minus_plain" not in e else
@@ -117,7 +117,7 @@ def print_table(summary: dict) -> None:
     print(f"| {arm} | {len(e['seeds'])} | {f(e['base'])} | {f(e['accuracy'])} | {paired} | "
           f"{e['behaviour/abs_log_ratio_mean']:.3f} / {e['behaviour/abs_log_ratio_max']:.2f} | "
           f"{e['behaviour/truncated_frac']:.4f} | {e['behaviour/kl']:.4f} | "
-          f"{e['reward_mean']:.3f} | {e['sampler/denoising_steps']:.1f} | "
+          f"{e['reward_mean']:.3f} | {e['sampler/timesteps_taken']:.1f} | "
           f"{e['seconds_per_rollout']:.1f} |")
 
 

@@ -7,12 +7,12 @@ rollouts, branch draws and prompt masks each time), computes the gradient of
 
   * the base term (diffu-GRPO, one-step surrogate, terminal advantage) restricted to the *matched
     tokens*: the completion positions that were still masked at the row's branch state, and
-  * DiSPO's step term (Z branch fillings of those same positions, branch advantages),
+  * DiSPO's state term (Z branch fillings of those same positions, branch advantages),
 
 both as plain token means over the same number of tokens (so neither is favoured by its
 normaliser), at the behaviour policy (ratio 1, β = 0). Prints, per term, the total variance
 ``E‖g − μ‖²`` across repeats, the squared norm of the expected gradient ``‖μ‖²`` (both unbiased
-estimates) and their ratio (a per-batch noise-to-signal ratio); the paper's claim is that the step term's gradient is the less noisy one
+estimates) and their ratio (a per-batch noise-to-signal ratio); the paper's claim is that the state term's gradient is the less noisy one
 per scored token. Writes ``{workdir}/gradient_variance.json``.
 """
 
@@ -54,7 +54,7 @@ def term_gradients(policy, params, batch, key, s: learner.ObjectiveSettings):
 
   def step(t):
     logp = state_term.logprobs(policy.bind((t, frozen)), batch, key, s)
-    return losses.dispo_step_loss(logp, jax.lax.stop_gradient(logp), None,
+    return losses.state_term_loss(logp, jax.lax.stop_gradient(logp), None,
                                   batch.branch_advantages, batch.action_mask, beta=0.0)[0]
   return flat(jax.grad(base)(trainable)), flat(jax.grad(step)(trainable))
 
@@ -70,7 +70,7 @@ def main() -> None:
   c.method, c.rl.beta = "dispo", 0.0
   run, state = train.setup(c, args.workdir)
   md, ids, policy = run.md, run.ids, run.fns.policy
-  rows = pipeline.prompts_for_step(md.train_rows, 0, c.rollout.prompts_per_step, c.seed)
+  rows = pipeline.prompts_for_batch(md.train_rows, 0, c.rollout.prompts_per_batch, c.seed)
   tokens, lengths = tok.encode_prompts(
       md.tokenizer, [tok.render_prompt(md.tokenizer, md.prompt_fn(r)) for r in rows],
       c.rollout.max_prompt_length, ids.pad)
@@ -78,14 +78,14 @@ def main() -> None:
   reward_fn = pipeline.make_reward_fn(run.task, decode, rows)
 
   grads_of = jax.jit(lambda p, b, k: term_gradients(policy, p, b, k, run.settings.objective))
-  base_grads, step_grads, tokens_scored = [], [], []
+  base_grads, state_grads, tokens_scored = [], [], []
   for r in range(args.repeats):
     key = jax.random.fold_in(jax.random.key(args.seed), r)
     batch, _, _ = pipeline.collect(key, policy.graphdef, policy.model_state(state.params), tokens,
                                    lengths, reward_fn, run.fns.settings)
-    g_base, g_step = grads_of(state.params, batch, jax.random.fold_in(key, 7))
+    g_base, g_state = grads_of(state.params, batch, jax.random.fold_in(key, 7))
     base_grads.append(np.asarray(g_base))
-    step_grads.append(np.asarray(g_step))
+    state_grads.append(np.asarray(g_state))
     tokens_scored.append(int(jnp.sum(jnp.any(batch.action_mask, axis=2))))
   result = {"repeats": args.repeats, "config": args.config,
             "matched_tokens_per_batch": float(np.mean(tokens_scored))}
@@ -94,7 +94,7 @@ def main() -> None:
   print("| term | E‖g − μ‖² | ‖μ‖² | noise / signal |")
   print("|---|---|---|---|")
   for name, grads in (("base (diffu-GRPO, matched tokens)", base_grads),
-                      ("step (DiSPO)", step_grads)):
+                      ("step (DiSPO)", state_grads)):
     g = np.stack(grads)
     mean = g.mean(0)
     variance = float(((g - mean) ** 2).sum(1).sum() / (len(g) - 1))  # unbiased E‖g − μ‖²

@@ -7,7 +7,7 @@ One SFT'd base (``configs/sudoku.py:tiny`` with ``--base-steps``) is shared by e
 differ only in method and RL seed. Runs of one seed see the same prompts at every rollout batch.
 The testbed: ``--rl-grid-fraction`` of the held-out grids is set aside for RL prompts (the base
 memorises its SFT grids), evaluation uses the remaining grids, and rollouts and evaluation decode
-with ``--decode-steps`` denoising steps. ``--rollouts`` counts rollout batches; each gets μ
+with ``--timesteps`` timesteps. ``--rollouts`` counts rollout batches; each gets μ
 optimizer updates (``num_steps = rollouts × μ``). Reports, per method, held-out greedy cell
 accuracy averaged over the last ``--last-evals`` evaluation points (mean ± standard error over
 seeds), its gain over the base and over the control (paired by seed), the rollout reward,
@@ -32,7 +32,7 @@ from experiments import tiny_data_flags  # noqa: E402
 from dispo_jax import recipes, train  # noqa: E402
 from dispo_jax.rl import objectives  # noqa: E402
 
-# run name -> (config variant, method, α_step, shuffled-reward control, Z fillings per branch state)
+# run name -> (config variant, method, α_state, shuffled-reward control, Z fillings per branch state)
 METHODS = {"diffu_grpo": ("tiny", "diffu_grpo", 0.0, False, 2),
            "dispo": ("tiny", "dispo", 0.5, False, 2),
            "dispo_z4": ("tiny", "dispo", 0.5, False, 4),
@@ -48,29 +48,29 @@ COLORS = {"diffu_grpo": "tab:gray", "dispo": "tab:blue", "trace": "tab:orange",
 
 # Where credit comes from, per rollout batch: groups whose K rewards tie, tokens the terminal term
 # credits, reward-distinguishable branch states, tokens the state term credits.
-CREDIT_KEYS = ("group_zero_adv_frac", "base/credited_tokens", "step/distinguishable_frac",
-               "step/credited_tokens")
+CREDIT_KEYS = ("group_zero_adv_frac", "base/credited_tokens", "state/distinguishable_frac",
+               "state/credited_tokens")
 
 
 def make_config(args, name: str, seed: int):
   variant, method, alpha, shuffled, branches = METHODS[name]
   c = recipes.task_config(args.task, variant)
-  c.method, c.rl.alpha_step, c.seed, c.shuffle_rewards = method, alpha, seed, shuffled
+  c.method, c.rl.alpha_state, c.seed, c.shuffle_rewards = method, alpha, seed, shuffled
   mu = args.mu
   c.num_steps = args.rollouts * mu
   c.optim.learning_rate = args.lr
   c.base.steps = args.base_steps
-  c.sampler.steps = args.decode_steps
+  c.sampler.num_timesteps = args.timesteps
   c.sampler.gen_length = args.gen_length or c.sampler.gen_length
   c.sampler.block_length = args.block_length or c.sampler.gen_length
   c.reward = args.reward
   c.data.seed = args.data_seed
   c.rollout.num_branches = branches
-  c.rl.trace.segments = args.segments or args.decode_steps
+  c.rl.trace.segments = args.segments or args.timesteps
   if args.temperature is not None:
     c.sampler.temperature = args.temperature
   c.rollout.group_size = args.group
-  c.rollout.prompts_per_step = args.prompts
+  c.rollout.prompts_per_batch = args.prompts
   c.data.rl_grid_fraction = 0.0 if args.rl_on_test_grids else args.rl_grid_fraction
   c.data.rl_on_test_grids = args.rl_on_test_grids
   c.data.num_test_grids = args.test_grids
@@ -140,8 +140,8 @@ def summarise(runs: dict, args, mu: int) -> dict:
                        for key in CREDIT_KEYS}
     bins = {}
     for b in ("early", "mid", "late"):
-      vals = [r[f"step/distinguishable_{b}"] for s in have for r in runs[(name, s)]
-              if r.get(f"step/states_{b}", 0) > 0]
+      vals = [r[f"state/distinguishable_{b}"] for s in have for r in runs[(name, s)]
+              if r.get(f"state/states_{b}", 0) > 0]
       bins[b] = float(np.mean(vals)) if vals else None
     entry["distinguishable"] = bins
     summary[name] = entry
@@ -169,7 +169,7 @@ def print_table(summary: dict, args) -> None:
   for name, e in summary.items():
     cr = e["credit"]
     print(f"| {name} | {100 * cr['group_zero_adv_frac']:.1f}% | {cr['base/credited_tokens']:.0f} | "
-          f"{100 * cr['step/distinguishable_frac']:.1f}% | {cr['step/credited_tokens']:.0f} |")
+          f"{100 * cr['state/distinguishable_frac']:.1f}% | {cr['state/credited_tokens']:.0f} |")
   for name, e in summary.items():
     d = e["distinguishable"]
     if any(v is not None for v in d.values()):
@@ -198,7 +198,7 @@ def plot(runs: dict, args, mu: int) -> str:
   b.legend()
   plt.tight_layout()
   os.makedirs(args.plots, exist_ok=True)
-  tag = args.tag or f"lr{args.lr:g}_base{args.base_steps}_T{args.decode_steps}"
+  tag = args.tag or f"lr{args.lr:g}_base{args.base_steps}_T{args.timesteps}"
   path = os.path.join(args.plots, f"sudoku_study_{tag}.png")
   plt.savefig(path, dpi=110)
   return path
@@ -218,7 +218,7 @@ def main() -> None:
                       help="data.seed: the grid split and puzzles (probes use another replicate)")
   parser.add_argument("--lr", type=float, default=1e-4)
   parser.add_argument("--base-steps", type=int, default=1500)
-  parser.add_argument("--decode-steps", type=int, default=3)
+  parser.add_argument("--timesteps", "--decode-steps", type=int, default=3)
   parser.add_argument("--rl-grid-fraction", type=float, default=0.5)
   parser.add_argument("--rl-on-test-grids", action="store_true",
                       help="RL puzzles on the test grids (none a test puzzle); overrides the fraction")
@@ -228,7 +228,7 @@ def main() -> None:
                       help="terminal and branch advantage (mean: d1's R - mean; zscore: GRPO's)")
   parser.add_argument("--beta", type=float, default=0.04, help="KL weight (SPG methods keep 0)")
   parser.add_argument("--segments", type=int, default=0,
-                      help="trace segments N (0: one per decoding step, exact)")
+                      help="trace segments N (0: one per timestep, exact)")
   parser.add_argument("--temperature", type=float, default=None,
                       help="rollout sampling temperature (default: the config's)")
   parser.add_argument("--mu", type=int, default=4, help="optimizer updates per rollout batch")
@@ -241,7 +241,7 @@ def main() -> None:
   parser.add_argument("--plots", default="docs")
   parser.add_argument("--summary-only", action="store_true",
                       help="train nothing; summarise the finished runs under --root")
-  parser.add_argument("--tag", default="", help="plot name suffix (default: lr, base, decode steps)")
+  parser.add_argument("--tag", default="", help="plot name suffix (default: lr, base, timesteps)")
   args = parser.parse_args()
   os.makedirs(args.root, exist_ok=True)
   first = args.methods.split(",")[0]

@@ -39,12 +39,12 @@ def badge(name: str) -> str:
 
 
 SAMPLER_CELLS = [
-    ("markdown", badge("sampler_visualised.ipynb") + "# LLaDA's sampler, step by step\n\n"
+    ("markdown", badge("sampler_visualised.ipynb") + "# LLaDA's sampler, timestep by timestep\n\n"
      "**Run time**: about 2 minutes on a 2-core CPU (the tiny base's SFT), seconds on a GPU. Run "
      "the first cell, restart the runtime when it says so, then run all cells.\n\nA masked diffusion LM starts from a canvas of "
-     "`[MASK]` tokens and commits a few tokens per step, most confident first, block by block. "
+     "`[MASK]` tokens and commits a few tokens per timestep, most confident first, block by block. "
      "This notebook trains a tiny LLaDA on compact 4×4 Sudoku (LLaDA's SFT objective), then shows "
-     "**which token is committed at which step** — the `commit_step` record that the jitted sampler "
+     "**which token is committed at which timestep** — the `commit_timestep` record that the jitted sampler "
      "returns — and the state canvases DiSPO branches from."),
     ("code", INSTALL),
     ("code", RUNTIME),
@@ -69,24 +69,24 @@ rows = test_rows[:4]
 prompts = [tok.render_chat(task.tiny.prompt(r)) for r in rows]
 tokens, lengths = tok.encode_prompts(tokenizer, prompts, c.rollout.max_prompt_length)
 settings = SamplerSettings(gen_length=c.sampler.gen_length, block_length=c.sampler.gen_length // 2,
-                           steps=8, temperature=0.0, mask_id=cfg.mask_token_id)
-every_step = jnp.tile(jnp.arange(settings.steps)[None], (len(rows), 1))
+                           num_timesteps=8, temperature=0.0, mask_id=cfg.mask_token_id)
+every_timestep = jnp.tile(jnp.arange(settings.num_timesteps)[None], (len(rows), 1))
 rollout = generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths),
-                   jax.random.key(0), settings, branch_steps=every_step)
-commit = np.asarray(rollout.commit_step)
-print("tokens committed per step:", settings.commits_per_step())"""),
+                   jax.random.key(0), settings, branch_timesteps=every_timestep)
+commit = np.asarray(rollout.commit_timestep)
+print("tokens committed per timestep:", settings.commits_per_timestep())"""),
     ("code", """\
 fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.4 * len(rows)), squeeze=False)
-for ax, row, steps, toks in zip(axes[:, 0], rows, commit, np.asarray(rollout.completion)):
-    ax.imshow(steps[None], cmap="viridis", aspect="auto", vmin=0, vmax=settings.steps - 1)
+for ax, row, timesteps, toks in zip(axes[:, 0], rows, commit, np.asarray(rollout.completion)):
+    ax.imshow(timesteps[None], cmap="viridis", aspect="auto", vmin=0, vmax=settings.num_timesteps - 1)
     for i, t in enumerate(toks):
         ax.text(i, 0, tokenizer.decode([int(t)]), ha="center", va="center", color="w", fontsize=8)
     ax.set_yticks([]); ax.set_title(f"puzzle {row['puzzle']}  solution {row['solution']}", fontsize=9)
-axes[-1, 0].set_xlabel("completion position (colour = step at which the token was committed)")
+axes[-1, 0].set_xlabel("completion position (colour = timestep at which the token was committed)")
 plt.tight_layout(); plt.show()"""),
     ("code", """\
 # The state canvases x_t of row 0 (what DiSPO branches from): MASK shown as '·'.
-for t in range(settings.steps):
+for t in range(settings.num_timesteps):
     canvas = np.asarray(rollout.branch_canvas[0, t])
     text = "".join("·" if x == cfg.mask_token_id else tokenizer.decode([int(x)]) for x in canvas)
     print(f"t={t}: {text}")"""),
@@ -131,7 +131,7 @@ def config(name):
     if SMOKE:
         c.model.overrides.d_model, c.model.overrides.n_layers = 32, 1
         c.base.steps, c.num_steps, c.data.num_train, c.eval_rows = 40, 2, 200, 8
-        c.rollout.prompts_per_step, c.rollout.group_size, c.rl.num_iterations = 2, 4, 1
+        c.rollout.prompts_per_batch, c.rollout.group_size, c.rl.num_iterations = 2, 4, 1
         c.eval_every, c.export_hf = 2, False
     return c
 
@@ -160,9 +160,9 @@ for name in ("diffu_grpo", "dispo", "trace"):
     print(f"{name}: rollout reward − control, mean over steps = {np.mean(diff):+.3f}")"""),
     ("code", """\
 # DiSPO's diagnostics: how often do the Z = 2 branches of a state get different rewards, by timestep bin?
-dispo = [r for r in runs["dispo"] if "step/distinguishable_frac" in r]
+dispo = [r for r in runs["dispo"] if "state/distinguishable_frac" in r]
 for name in ("early", "mid", "late"):
-    vals = [r[f"step/distinguishable_{name}"] for r in dispo if r.get(f"step/states_{name}", 0) > 0]
+    vals = [r[f"state/distinguishable_{name}"] for r in dispo if r.get(f"state/states_{name}", 0) > 0]
     print(f"{name:5s}: {sum(vals) / len(vals):.3f} over {len(vals)} steps" if vals else f"{name:5s}: no states")
 
 # Where each run's credit came from (the line `python -m dispo_jax.train` prints at the end): groups

@@ -18,10 +18,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_flags() -> dict:
   """The shrunk tiny config as overrides of ``sudoku:tiny`` (:func:`small_config` adds a
   checkpoint every 2 updates; the command-line runs keep the config's cadence)."""
-  return {"method": "dispo",  # the tests exercise DiSPO's whole path (branches and the step term)
+  return {"method": "dispo",  # the tests exercise DiSPO's whole path (branches and the state term)
           "model.overrides.d_model": 32, "model.overrides.n_layers": 1,
           "model.overrides.n_heads": 2, "model.overrides.mlp_hidden_size": 64,
-          "base.steps": 150, "base.learning_rate": 0.01, "rollout.prompts_per_step": 2,
+          "base.steps": 150, "base.learning_rate": 0.01, "rollout.prompts_per_batch": 2,
           "rollout.group_size": 4, "rl.num_iterations": 2, "data.num_train": 200,
           "data.num_test": 16, "eval_rows": 8, "eval_every": 0, "num_steps": 4,
           "export_hf": False,

@@ -1,5 +1,5 @@
 """The benchmarks run end to end (on ``--preset=toy``, seconds; their timings mean nothing here):
-the accelerator check is the first command on a lent GPU or TPU, and ``rl_step`` measures the
+the accelerator check is the first command on a lent GPU or TPU, and ``rollout_batch`` measures the
 fast-rollout speed-up, so neither may rot when the code under them moves."""
 
 import json
@@ -21,14 +21,14 @@ def _run(module, *flags):
 
 def test_accelerator_check_prints_its_table_and_json_line():
   out = _run("benchmarks.accelerator", "--prompts=1", "--group=2", "--forward-batch=1",
-             "--prompt-len=8", "--gen=32", "--block=32", "--steps=8", "--microbatches=1",
+             "--prompt-len=8", "--gen=32", "--block=32", "--timesteps=8", "--microbatches=1",
              "--lora-rank=4")
   result = json.loads(out.split("ACCELERATOR ", 1)[1])
   assert result["preset"] == "toy" and result["rows"] == 2 and result["update_s"] > 0
 
 
-def test_rl_step_benchmark_prints_the_fast_rollout_speed_ups():
-  out = _run("benchmarks.rl_step", "--prompts=1", "--group=2", "--prompt-len=8", "--gen=32",
-             "--steps=8", "--repeats=1", "--mu=1")
+def test_rollout_batch_benchmark_prints_the_fast_rollout_speed_ups():
+  out = _run("benchmarks.rollout_batch", "--prompts=1", "--group=2", "--prompt-len=8", "--gen=32",
+             "--timesteps=8", "--repeats=1", "--mu=1")
   assert "preset=toy" in out and "speed-up over plain: dual cache" in out
-  assert out.count("s per RL step") == 3
+  assert out.count("s per rollout batch") == 3

@@ -98,6 +98,40 @@ def test_print_config_prints_the_resolved_config_and_folder(tmp_path):
   assert not os.path.exists(folder.strip())
 
 
+def test_renamed_keys_are_accepted_under_their_old_names_with_a_warning(tmp_path):
+  """Every key of the rename table reaches the config under its current name from the command
+  line (``=`` and space forms), with a warning naming the new key; the run's folder does not move."""
+  old = {"sampler.steps": 12, "rollout.prompts_per_step": 4, "rl.alpha_step": 0.25,
+         "rl.step_normaliser": "group", "rl.step_ratio": "branch", "rl.step_tokens": "all"}
+  assert set(old) == set(config_lib.RENAMED_KEYS)
+  args = [f"--config.{k}={v}" for k, v in old.items()]
+  args[1:2] = args[1].split("=")  # --config.rollout.prompts_per_step 4
+  out = _cli("dispo_jax.train", ["--print_config", *args], tmp_path)
+  assert out.returncode == 0, out.stderr[-2000:]
+  text, folder = out.stdout.rsplit("work folder: ", 1)
+  config = json.loads(text)
+  for key, value in old.items():
+    section, name = config_lib.RENAMED_KEYS[key].split(".")
+    assert config[section][name] == value and key.split(".")[1] not in config[section]
+    assert f"--config.{key} is now called --config.{section}.{name}" in out.stderr
+  renamed = _cli("dispo_jax.train", ["--print_config"] + [
+      f"--config.{config_lib.RENAMED_KEYS[k]}={v}" for k, v in old.items()], tmp_path)
+  assert renamed.stdout.rsplit("work folder: ", 1)[1] == folder  # the same run, the same folder
+  assert "is now called" not in renamed.stderr
+
+
+def test_the_recipe_docs_list_every_renamed_key():
+  import re
+  text = open(os.path.join(REPO, "docs", "RECIPE.md")).read()
+  assert dict(re.findall(r"^\| `([\w.]+)` \| `([\w.]+)` \|$", text, re.M)) == config_lib.RENAMED_KEYS
+
+
+def test_the_default_run_folder_hashes_keys_under_their_first_names():
+  """The main command's folder is the one it had before keys were renamed (the README's)."""
+  from dispo_jax.run import workdir as wd
+  assert wd.config_hash(recipes.get_config("sudoku", "tiny")) == "a7f31014"
+
+
 def test_a_warning_is_printed_once(tmp_path):
   """A fresh run that finds another program's metrics.jsonl sets it aside, with one warning."""
   workdir = tmp_path / "w"

@@ -51,7 +51,7 @@ def test_a_layer_imports_only_the_layers_below_it(package):
 
 def test_the_rule_check_sees_a_violation(tmp_path):
   bad = tmp_path / "bad.py"
-  bad.write_text("def f():\n  from dispo_jax.pipeline.step import rl_step\n"
+  bad.write_text("def f():\n  from dispo_jax.pipeline.step import rollout_and_update\n"
                  "from dispo_jax.rl import learner\n")
   assert imported_modules(str(bad)) == {"dispo_jax.pipeline.step", "dispo_jax.rl.learner"}
 

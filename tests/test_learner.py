@@ -13,7 +13,7 @@ from dispo_jax.model.config import LoRAConfig, get_config
 from dispo_jax import pipeline
 from dispo_jax.rl import learner, objectives
 from dispo_jax.rl.behaviour import BehaviourSettings
-from dispo_jax.rl.losses import step_token_mask
+from dispo_jax.rl.losses import state_token_mask
 from dispo_jax.rl.objectives import state_term
 from dispo_jax.rl.objectives.trace import TraceSettings
 from dispo_jax.rl.policy import make_policy
@@ -36,7 +36,7 @@ def _setup(method="dispo", use_lora=False, beta=0.04, seed=0):
     # q/k/v/up alone could not make any token likely; scale it like a trained model's head.
     state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 20
   policy, trainable, frozen = make_policy(cfg, graphdef, state, lora, seed=seed)
-  sampler = SamplerSettings(gen_length=8, block_length=8, steps=4, temperature=1.0,
+  sampler = SamplerSettings(gen_length=8, block_length=8, num_timesteps=4, temperature=1.0,
                             mask_id=cfg.mask_token_id)
   objective = learner.ObjectiveSettings(method=method, mask_id=cfg.mask_token_id, beta=beta)
   rs = pipeline.RolloutSettings(group_size=4, num_branches=2)
@@ -76,14 +76,14 @@ def test_first_inner_update_has_ratio_exactly_one(method):
   setup, batch, metrics, keys = _replayed(method, 3)
   _, policy, trainable, frozen, _, objective, *_ = setup
   if not objective.base_term.replays_logprobs:  # SPG's term is ratio-free: old log-probs only for the branch states
-    assert batch.replay.base_old is None and batch.replay.step_old.shape[0] == 3
+    assert batch.replay.base_old is None and batch.replay.state_old.shape[0] == 3
     assert batch.sequence_weights.shape == (16,)
   else:
     assert batch.replay.base_old.shape == (3,) + batch.completion.shape
   for i in range(3):
     _, diag = learner.policy_loss(policy.bind((trainable, frozen)), batch, i, keys[i], objective)
-    prefixes = ("base/",) if objective.base_term.replays_logprobs else ("step/",)
-    for prefix in prefixes + (("step/",) if method == "dispo" else ()):
+    prefixes = ("base/",) if objective.base_term.replays_logprobs else ("state/",)
+    for prefix in prefixes + (("state/",) if method == "dispo" else ()):
       # Same masks => ratio 1 up to float reassociation between separately compiled graphs (a
       # different prompt mask would move it by orders of magnitude more).
       np.testing.assert_allclose([float(diag[prefix + "ratio_min"]),
@@ -91,12 +91,12 @@ def test_first_inner_update_has_ratio_exactly_one(method):
       assert float(diag[prefix + "kl"]) < 1e-10  # full fine-tuning: reference == initial policy
   done, adv = np.asarray(batch.completion_mask), np.asarray(batch.advantages)
   assert metrics["base/credited_tokens"] == done[adv != 0].sum()
-  assert metrics["sampler/denoising_steps"] == 4  # the sampler's steps, no threshold
+  assert metrics["sampler/timesteps_taken"] == 4  # the sampler's steps, no threshold
   if objective.adds_state_term:
     assert batch.actions.shape == (16, 1, 2, 8)
-    assert 0.0 <= metrics["step/distinguishable_frac"] <= 1.0
+    assert 0.0 <= metrics["state/distinguishable_frac"] <= 1.0
     actions, branch_adv = np.asarray(batch.action_mask), np.asarray(batch.branch_advantages)
-    assert metrics["step/credited_tokens"] == actions[branch_adv != 0].sum()
+    assert metrics["state/credited_tokens"] == actions[branch_adv != 0].sum()
 
 
 def test_each_inner_iteration_has_its_own_masks_and_updates_move_the_ratio():
@@ -106,13 +106,13 @@ def test_each_inner_iteration_has_its_own_masks_and_updates_move_the_ratio():
   A learner that reused one mask for every iteration fails the first two checks."""
   setup, batch, _, keys = _replayed("dispo", 2)
   _, policy, trainable, frozen, _, objective, *_ = setup
-  for name in ("base_old", "step_old"):
+  for name in ("base_old", "state_old"):
     old = np.asarray(getattr(batch.replay, name))
     assert np.abs(old[0] - old[1]).max() > 1e-3, name  # different prompt masks per iteration
 
   def ratio_spread(params, iteration, key):
     _, diag = learner.policy_loss(policy.bind(params), batch, iteration, key, objective)
-    return max(abs(float(diag[p + m]) - 1.0) for p in ("base/", "step/")
+    return max(abs(float(diag[p + m]) - 1.0) for p in ("base/", "state/")
                for m in ("ratio_min", "ratio_max"))
 
   assert ratio_spread((trainable, frozen), 1, keys[1]) < 1e-6
@@ -126,27 +126,27 @@ def test_each_inner_iteration_has_its_own_masks_and_updates_move_the_ratio():
 
 
 def test_all_tokens_ablation_scores_on_the_same_state_as_the_action_tokens():
-  """Table 3a compares token sets at one state: ``step_tokens=all`` only widens the scored mask;
+  """Table 3a compares token sets at one state: ``state_tokens=all`` only widens the scored mask;
   the log-probs come from the same forward of the same canvas x_t as ``action``'s."""
   setup = _setup("dispo")
   cfg, policy, trainable, frozen, *_ = setup
   settings = {name: learner.ObjectiveSettings(method="dispo", mask_id=cfg.mask_token_id,
-                                              step_tokens=name) for name in ("action", "all")}
+                                              state_tokens=name) for name in ("action", "all")}
   batch, _ = _collect(setup, jax.random.key(0), settings["all"])
   apply = policy.bind((trainable, frozen))
   key = jax.random.key(3)
   logp = {name: state_term.logprobs(apply, batch, key, s) for name, s in settings.items()}
   np.testing.assert_array_equal(logp["action"], logp["all"])
-  action = step_token_mask(batch.state_canvas == cfg.mask_token_id, batch.actions,
+  action = state_token_mask(batch.state_canvas == cfg.mask_token_id, batch.actions,
                            cfg.eos_token_id, "action")
   assert (np.asarray(batch.action_mask) >= np.asarray(action)).all()
   assert np.asarray(batch.action_mask).sum() > np.asarray(action).sum()  # committed tokens too
 
 
 @pytest.mark.parametrize("options", [
-    {"step_tokens": "all"}, {"step_tokens": "action_with_tail"},
-    {"step_ratio": "branch", "step_normaliser": "branch"}, {"step_normaliser": "group"},
-    {"step_normaliser": "tokens"}, {"base_normaliser": "batch"}])
+    {"state_tokens": "all"}, {"state_tokens": "action_with_tail"},
+    {"state_ratio": "branch", "state_normaliser": "branch"}, {"state_normaliser": "group"},
+    {"state_normaliser": "tokens"}, {"base_normaliser": "batch"}])
 def test_objective_options_train_at_ratio_one(options):
   setup = _setup("dispo")
   cfg, policy, trainable, frozen, *_ = setup
@@ -156,9 +156,9 @@ def test_objective_options_train_at_ratio_one(options):
   keys = jax.random.split(jax.random.key(1), 1)
   batch = _replay(policy, (trainable, frozen), batch, keys, objective)
   _, diag = learner.policy_loss(policy.bind((trainable, frozen)), batch, 0, keys[0], objective)
-  np.testing.assert_allclose([float(diag["step/ratio_min"]), float(diag["step/ratio_max"])], 1.0,
+  np.testing.assert_allclose([float(diag["state/ratio_min"]), float(diag["state/ratio_max"])], 1.0,
                              atol=1e-6)
-  assert float(diag["step/log_ratio_p99"]) < 1e-5
+  assert float(diag["state/log_ratio_p99"]) < 1e-5
   opt = optax.sgd(1e-2)
   update = jax.jit(learner.make_update_fn(policy.bind, opt, objective))
   _, _, metrics = update(trainable, frozen, opt.init(trainable), batch, 0, keys[0])
@@ -241,13 +241,13 @@ def test_policy_nll_is_the_mean_negative_old_logprob_of_the_completion_tokens():
   assert learner.behaviour_metrics(batch.replace(replay=learner.ReplayLogprobs())) == {}
 
 
-@pytest.mark.parametrize("alpha_step, rises", [(1.0, True), (0.0, False)])
-def test_the_step_term_alone_drives_the_reward(alpha_step, rises):
+@pytest.mark.parametrize("alpha_state, rises", [(1.0, True), (0.0, False)])
+def test_the_state_term_alone_drives_the_reward(alpha_state, rises):
   """DiSPO with α_base = 0: only the fixed-state term can move the policy. It must raise the
-  reward; with α_step = 0 too nothing is learned (so a zeroed step term fails the first case, and a
+  reward; with α_state = 0 too nothing is learned (so a zeroed state term fails the first case, and a
   sign-flipped one drives the reward down)."""
   setup = _setup("dispo", beta=0.0)
-  objective = learner.ObjectiveSettings(method="dispo", alpha_base=0.0, alpha_step=alpha_step,
+  objective = learner.ObjectiveSettings(method="dispo", alpha_base=0.0, alpha_state=alpha_state,
                                         beta=0.0, mask_id=setup[0].mask_token_id)
   rs = pipeline.RolloutSettings(group_size=4, num_branches=4, timestep_schedule="uniform")
   rewards = _rollout_rewards(setup, objective, rs)
@@ -279,7 +279,7 @@ def test_a_registered_base_loss_plugs_in_without_touching_the_rest():
     batch = _replay(policy, (trainable, frozen), batch, keys, objective)
     loss, diag = learner.policy_loss(policy.bind((trainable, frozen)), batch, 0, keys[0],
                                      objective)
-    assert calls and np.isfinite(float(loss)) and "step/loss" in diag
+    assert calls and np.isfinite(float(loss)) and "state/loss" in diag
   finally:
     del losses.LOSSES["test_reinforce"]
 
@@ -292,9 +292,9 @@ def test_importance_weight_is_one_where_the_objective_scores_the_samplers_own_co
   cfg, policy, trainable, frozen, sampler, *_ = setup
   make = lambda weight: learner.ObjectiveSettings(
       method="trace", mask_id=cfg.mask_token_id, p_mask_prompt=0.0,
-      trace=TraceSettings(segments=sampler.steps,
+      trace=TraceSettings(segments=sampler.num_timesteps,
                                             temperature=sampler.temperature),
-      denoising_steps=sampler.steps, behaviour=BehaviourSettings(weight))
+      num_timesteps=sampler.num_timesteps, behaviour=BehaviourSettings(weight))
   weighted, plain = make("token"), make("none")
   batch, _ = _collect(setup, jax.random.key(0), weighted)
   keys = jax.random.split(jax.random.key(1), 2)

@@ -15,7 +15,7 @@ def _cmd(workdir):
           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in flags.items()]
 
 
-def test_two_processes_match_one(tmp_path, base_dir):  # noqa: F811
+def test_two_processes_match_one(tmp_path, base_dir):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   single = fresh_workdir(tmp_path, "single")
   subprocess.run(_cmd(single), cwd=REPO, check=True, capture_output=True, timeout=600,
@@ -45,7 +45,7 @@ def test_two_processes_match_one(tmp_path, base_dir):  # noqa: F811
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
-def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path, base_dir):  # noqa: F811
+def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path, base_dir):
   """Preemption is agreed across hosts: SIGTERM to process 1 only makes both save the same step
   and exit 0 (a per-process flag would leave process 0 waiting in a collective)."""
   import signal

@@ -12,7 +12,7 @@ from tests.helpers import REPO
 def test_plan_scale_reads_train_config_and_its_mesh_overrides():
   cmd = [sys.executable, "-m", "dispo_jax.plan_scale", "--config=configs/sudoku.py:tiny",
          "--config.method=dispo", "--config.mesh.data=1", "--config.mesh.fsdp=2",
-         "--config.rollout.prompts_per_step=2", "--config.rollout.group_size=2",
+         "--config.rollout.prompts_per_batch=2", "--config.rollout.group_size=2",
          "--devices=2", "--preset=tiny", "--microbatches=0"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -30,7 +30,7 @@ def test_plan_scale_reads_train_config_and_its_mesh_overrides():
 def test_plan_scale_compiles_the_sampler_with_fewer_layers():
   cmd = [sys.executable, "-m", "dispo_jax.plan_scale", "--config=configs/sudoku.py:tiny",
          "--config.method=dispo", "--config.mesh.data=1", "--config.mesh.fsdp=2",
-         "--config.rollout.prompts_per_step=2", "--config.rollout.group_size=2",
+         "--config.rollout.prompts_per_batch=2", "--config.rollout.group_size=2",
          "--devices=2", "--preset=tiny", "--layers=1", "--part=sampler"]
   out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
                        capture_output=True, text=True, timeout=600)
@@ -45,8 +45,8 @@ def test_plan_scale_compiles_each_objectives_own_batch(config, method):
   replayed base log-probs; trace with DiSPO's branch fields and the group normaliser's weights."""
   cmd = [sys.executable, "-m", "dispo_jax.plan_scale", f"--config={config}",
          f"--config.method={method}", "--config.mesh.data=1", "--config.mesh.fsdp=2",
-         "--config.rollout.prompts_per_step=2", "--config.rollout.group_size=2",
-         "--config.rl.step_normaliser=group", "--devices=2", "--preset=tiny", "--layers=1",
+         "--config.rollout.prompts_per_batch=2", "--config.rollout.group_size=2",
+         "--config.rl.state_normaliser=group", "--devices=2", "--preset=tiny", "--layers=1",
          "--microbatches=0"]
   out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
                        capture_output=True, text=True, timeout=600)

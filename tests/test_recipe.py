@@ -18,8 +18,8 @@ import pytest
 
 from tests.helpers import REPO, cached_llada_folder, free_port, read_metrics, write_task_files
 
-SIZES = {"sampler.gen_length": 32, "sampler.block_length": 16, "sampler.steps": 8,
-         "rollout.prompts_per_step": 2, "rollout.group_size": 2,
+SIZES = {"sampler.gen_length": 32, "sampler.block_length": 16, "sampler.num_timesteps": 8,
+         "rollout.prompts_per_batch": 2, "rollout.group_size": 2,
          "rollout.max_prompt_length": 64, "eval_rows": 2}
 
 
@@ -55,7 +55,7 @@ def _checkpoints(workdir):
 
 
 def _evaluate(task, export, inputs, workdir):
-  """d1's protocol on the export (greedy, steps = gen_length / 2, block 32, d1's rewards)."""
+  """d1's protocol on the export (greedy, timesteps = gen_length / 2, block 32, d1's rewards)."""
   _, files = inputs
   data = {f"data_files.{task}": files[task][1]} if task in ("gsm8k", "math500") else {}
   flags = {"checkpoint": export, "tasks": task, "gen_lengths": "(32,)", "batch_size": 2,
@@ -108,7 +108,7 @@ def test_recipe_trains_resumes_exports_and_evaluates(task, recipe_inputs, tmp_pa
   assert all(r["skipped"] == 0 and r["grad_norm"] >= 0 for r in rows)
   if task == "sudoku":  # the folder's SFT'd answers earn per-cell rewards that differ
     assert all(r["grad_norm"] > 1e-6 for r in rows) and max(r["reward_mean"] for r in rows) > 0
-  assert "step/ratio_min" in rows[0]  # DiSPO's state term ran
+  assert "state/ratio_min" in rows[0]  # DiSPO's state term ran
   assert [r["step"] for r in read_metrics(workdir) if "eval/accuracy" in r] == [0, 2 * mu]
   assert _checkpoints(workdir) == [mu, 2 * mu]
   _check_recorded_recipe(workdir, task)

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from dispo_jax import tiny_base, train as train_lib
-from dispo_jax.run import checkpoints, distributed, metrics as metrics_lib, workdir as wd
+from dispo_jax.run import checkpoints, config as config_lib, distributed, metrics as metrics_lib
+from dispo_jax.run import workdir as wd
 from dispo_jax.run.config import ConfigError
 from dispo_jax.tasks import data, get_task, gsm8k
 from dispo_jax.tasks.base import find_delimited
@@ -58,6 +59,24 @@ def test_a_run_recorded_before_a_key_existed_resumes_and_the_key_is_named(tmp_pa
   record["config"]["seed"] = 7  # a recorded key that differs still stops the run
   json.dump(record, open(path, "w"))
   with pytest.raises(ConfigError, match=r"seed: 7 -> 0"):
+    wd.record_or_check_config(workdir, small_config())
+
+
+def test_a_run_recorded_under_old_key_names_resumes_and_the_new_names_are_given(tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  wd.record_or_check_config(workdir, small_config())
+  path = os.path.join(workdir, "config.json")
+  record = json.load(open(path))
+  for old, new in config_lib.RENAMED_KEYS.items():  # as written before the keys were renamed
+    record["config"][old] = record["config"].pop(new)
+  json.dump(record, open(path, "w"))
+  assert wd.record_or_check_config(workdir, small_config())
+  assert "rl.alpha_step is now called rl.alpha_state" in caplog.text
+  assert "added since this run began" not in caplog.text
+  record["config"]["sampler.steps"] += 1  # an old-named key that differs still stops the run
+  json.dump(record, open(path, "w"))
+  with pytest.raises(ConfigError, match=r"sampler\.num_timesteps: \d+ -> \d+"):
     wd.record_or_check_config(workdir, small_config())
 
 
@@ -229,7 +248,7 @@ def test_default_workdir_and_base_cache_are_keyed_on_the_config():
     assert folder(small_config(**change)) != folder(a), change
 
 
-def test_max_steps_caps_the_step_reached_and_a_resume_announces_itself(tmp_path, base_dir, capsys):  # noqa: F811
+def test_max_steps_caps_the_step_reached_and_a_resume_announces_itself(tmp_path, base_dir, capsys):
   workdir = fresh_workdir(tmp_path, "capped")
   c = small_config(num_steps=4, max_steps=2)
   train_lib.train(c, workdir)
@@ -257,7 +276,7 @@ def test_a_diverging_base_sft_stops_naming_the_key_and_caches_nothing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, base_dir):  # noqa: F811
+def finished_run(tmp_path_factory, base_dir):
   workdir = str(tmp_path_factory.mktemp("finished") / "run")
   os.makedirs(workdir)
   train_lib.train(small_config(num_steps=4, checkpoint_every=2), workdir)

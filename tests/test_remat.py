@@ -73,18 +73,18 @@ SAMPLER_MODES = {
     ("plain", "bfloat16"), ("dual_cache", "bfloat16")])  # the recipe's dtype
 def test_generation_with_remat_equals_without(mode, compute_dtype):
   cfg, policies = _policies(compute_dtype)
-  s = SamplerSettings(gen_length=8, block_length=4, steps=4, temperature=0.9,
+  s = SamplerSettings(gen_length=8, block_length=4, num_timesteps=4, temperature=0.9,
                       mask_id=cfg.mask_token_id, **SAMPLER_MODES[mode])
   prompts = jnp.array([[3, 4, 5, 6], [0, 0, 7, 8]], jnp.int32)
   lengths = jnp.array([4, 2], jnp.int32)
-  branch_steps = jnp.array([[1, 3], [2, -1]], jnp.int32)
+  branch_timesteps = jnp.array([[1, 3], [2, -1]], jnp.int32)
   results = {}
   for remat, (policy, trainable, frozen) in policies.items():
     results[remat] = generate(policy.graphdef, policy.model_state((trainable, frozen)), prompts,
-                              lengths, jax.random.key(4), s, branch_steps)
+                              lengths, jax.random.key(4), s, branch_timesteps)
   off, on = results[False], results[True]
   np.testing.assert_array_equal(on.tokens, off.tokens)
-  np.testing.assert_array_equal(on.commit_step, off.commit_step)
+  np.testing.assert_array_equal(on.commit_timestep, off.commit_timestep)
   np.testing.assert_array_equal(on.branch_canvas, off.branch_canvas)
   np.testing.assert_array_equal(np.asarray(on.branch_logits, np.float32),
                                 np.asarray(off.branch_logits, np.float32))
@@ -92,11 +92,11 @@ def test_generation_with_remat_equals_without(mode, compute_dtype):
 
 
 def _setup_batch(method: str, policies, cfg):
-  sampler = SamplerSettings(gen_length=8, block_length=4, steps=4, temperature=1.0,
+  sampler = SamplerSettings(gen_length=8, block_length=4, num_timesteps=4, temperature=1.0,
                             mask_id=cfg.mask_token_id)
   objective = learner.ObjectiveSettings(
       method=method, mask_id=cfg.mask_token_id, beta=0.0 if method == "spg" else 0.04,
-      num_iterations=1, denoising_steps=sampler.steps,
+      num_iterations=1, num_timesteps=sampler.num_timesteps,
       trace=dataclasses.replace(learner.ObjectiveSettings().trace, segments=2),
       spg=dataclasses.replace(learner.ObjectiveSettings().spg, block_length=4))
   rollout = pipeline.RolloutSettings(group_size=4, num_branches=2)

@@ -30,9 +30,9 @@ def _flat(tree):
 
 @pytest.mark.parametrize("advantage, factor", [("mean", 0.5), ("leave_one_out", 1.0)])
 def test_dispo_gradient_matches_exact_fixed_state_objective(micro, advantage, factor):
-  """E[∇(−L_step)] = (Z−1)/Z ∇J_step with the mean baseline, ∇J_step with leave-one-out (Z = 2).
+  """E[∇(−L_state)] = (Z−1)/Z ∇J_state with the mean baseline, ∇J_state with leave-one-out (Z = 2).
 
-  J_step(θ) = Σ_a π_θ(a | s) R(a) is enumerated over all 4² fillings of the two masked positions.
+  J_state(θ) = Σ_a π_θ(a | s) R(a) is enumerated over all 4² fillings of the two masked positions.
   The Monte Carlo mean over 6000 keys is compared along ∇J and three random directions; the
   tolerance is 5 standard errors of that mean (a false failure has probability < 1e-5 per check).
   """
@@ -69,7 +69,7 @@ def test_dispo_gradient_matches_exact_fixed_state_objective(micro, advantage, fa
 
     def neg_loss(p):
       logp = state_logprobs(p, filled[:, 0])[:, None]  # [1, 1, Z, G]
-      loss, _ = rl.dispo_step_loss(logp, jax.lax.stop_gradient(logp), None, adv, action_mask,
+      loss, _ = rl.state_term_loss(logp, jax.lax.stop_gradient(logp), None, adv, action_mask,
                                    beta=0.0, normaliser="sum")
       return -loss
     return _flat(jax.grad(neg_loss)(params))
@@ -132,12 +132,12 @@ def test_dispo_gradient_on_the_default_training_path(micro):
   def one_key(key):
     filled, action_mask = sample_branches(key, state_canvas[:, None], logits[:, None], None, z,
                                           tau, mask)
-    scored = rl_losses.step_token_mask(action_mask, filled, eos, "action")
+    scored = rl_losses.state_token_mask(action_mask, filled, eos, "action")
     adv_z = rl.get_advantage("mean")(reward_table[filled[..., 1], filled[..., 2]])
 
     def neg_loss(p):
       logp = surrogate(p, filled[:, 0])[:, None]  # [1, 1, Z, G]
-      loss, _ = rl.dispo_step_loss(logp, jax.lax.stop_gradient(logp),
+      loss, _ = rl.state_term_loss(logp, jax.lax.stop_gradient(logp),
                                    jax.lax.stop_gradient(logp), adv_z, scored, beta=0.04)
       return -loss
     return _flat(jax.grad(neg_loss)(params))
@@ -207,14 +207,14 @@ def test_base_row_weights_by_hand():
 
 
 def test_branch_ratio_is_eq5():
-  """``step_ratio='branch'``: one ratio per branch, exp of the summed log-ratio, clipped per branch."""
+  """``state_ratio='branch'``: one ratio per branch, exp of the summed log-ratio, clipped per branch."""
   rng = np.random.default_rng(1)
   n, s, z, g = 2, 1, 2, 4
   logp = jnp.asarray(rng.normal(-1.0, 0.3, (n, s, z, g)), jnp.float32)
   old = logp - jnp.asarray(rng.normal(0.0, 0.2, (n, s, z, g)), jnp.float32)
   adv = jnp.asarray([[[1.0, -1.0]], [[0.5, -0.5]]], jnp.float32)
   mask = jnp.asarray(rng.uniform(size=(n, s, z, g)) < 0.7).at[..., 0].set(True)
-  loss, diag = rl.dispo_step_loss(logp, old, None, adv, mask, beta=0.0, normaliser="sum",
+  loss, diag = rl.state_term_loss(logp, old, None, adv, mask, beta=0.0, normaliser="sum",
                                   ratio="branch", epsilon_low=0.2, epsilon_high=0.2)
   expected = 0.0
   lp, od, m, a = (np.asarray(x, np.float64) for x in (logp, old, mask, adv))
@@ -224,12 +224,12 @@ def test_branch_ratio_is_eq5():
     expected += per_branch.sum() / z
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
   branch_means = np.abs(((lp - od) * m).sum(-1) / m.sum(-1)).ravel()  # every branch has a token
-  np.testing.assert_allclose(float(diag["step/log_ratio_median"]), np.median(branch_means),
+  np.testing.assert_allclose(float(diag["state/log_ratio_median"]), np.median(branch_means),
                              rtol=1e-5)
-  np.testing.assert_allclose(float(diag["step/log_ratio_p99"]), np.percentile(branch_means, 99),
+  np.testing.assert_allclose(float(diag["state/log_ratio_p99"]), np.percentile(branch_means, 99),
                              rtol=1e-5)
   with pytest.raises(ValueError, match="needs normaliser 'branch' or 'sum'"):
-    rl.dispo_step_loss(logp, old, None, adv, mask, normaliser="tokens", ratio="branch")
+    rl.state_term_loss(logp, old, None, adv, mask, normaliser="tokens", ratio="branch")
 
 
 def test_only_action_positions_receive_gradient():
@@ -244,7 +244,7 @@ def test_only_action_positions_receive_gradient():
 
   def loss(lg):
     logp = rl.token_logprobs(lg, targets, mask_id).reshape(n, s, z, g)
-    return rl.dispo_step_loss(logp, old, ref, adv, action_mask, beta=0.04)[0]
+    return rl.state_term_loss(logp, old, ref, adv, action_mask, beta=0.04)[0]
 
   grad = np.asarray(jax.grad(loss)(logits)).reshape(n, s, g, v)
   am = np.asarray(action_mask)
@@ -309,7 +309,7 @@ def test_log_ratio_stats_average_within_each_unit_before_the_quantiles():
 
 @pytest.mark.parametrize("normaliser, ratio", [("branch", "token"), ("tokens", "token"),
                                                ("branch", "branch")])
-def test_step_term_kl_and_its_gradient_away_from_the_reference(normaliser, ratio):
+def test_state_term_kl_and_its_gradient_away_from_the_reference(normaliser, ratio):
   """θ ≠ θ_ref, zero advantages: the step loss is β times the normalised k3 KL and its gradient
   per token is ``β (1 − exp(ref − logp)) · weight``, computed here in NumPy (float64)."""
   rng = np.random.default_rng(4)
@@ -318,7 +318,7 @@ def test_step_term_kl_and_its_gradient_away_from_the_reference(normaliser, ratio
   ref = jnp.asarray(rng.normal(-2.0, 0.5, (n, s, z, g)), jnp.float32)
   mask = jnp.asarray(rng.uniform(size=(n, s, z, g)) < 0.6).at[..., 0].set(True)
   adv = jnp.zeros((n, s, z))
-  loss_of = lambda lp: rl.dispo_step_loss(lp, logp, ref, adv, mask, beta=beta,
+  loss_of = lambda lp: rl.state_term_loss(lp, logp, ref, adv, mask, beta=beta,
                                           normaliser=normaliser, ratio=ratio)[0]
   loss, grad = jax.value_and_grad(loss_of)(logp)
   lp, rf, m = (np.asarray(x, np.float64) for x in (logp, ref, mask))
@@ -334,16 +334,16 @@ def test_step_term_kl_and_its_gradient_away_from_the_reference(normaliser, ratio
   assert float(loss) > 1e-3
 
 
-def test_step_normalisers():
+def test_state_normalisers():
   n, s, z, g = 2, 1, 2, 3
   logp = jnp.zeros((n, s, z, g))
   adv = jnp.asarray([[[1.0, -1.0]], [[0.0, 0.0]]])
   action = jnp.asarray([[[1, 1, 0]], [[1, 1, 1]]], bool)
   # at ratio 1 and β = 0 each action token contributes −A
-  tokens = rl.dispo_step_loss(logp, logp, None, adv, action, beta=0.0, normaliser="tokens")[0]
+  tokens = rl.state_term_loss(logp, logp, None, adv, action, beta=0.0, normaliser="tokens")[0]
   assert float(tokens) == 0.0
   adv2 = jnp.asarray([[[1.0, 0.0]], [[0.0, 0.0]]])
-  results = {name: float(rl.dispo_step_loss(logp, logp, None, adv2, action, beta=0.0,
+  results = {name: float(rl.state_term_loss(logp, logp, None, adv2, action, beta=0.0,
                                             normaliser=name)[0])
              for name in ("tokens", "nonzero_tokens", "branch", "sum")}
   np.testing.assert_allclose(results["tokens"], -2 / 10)      # 2 tokens × −1 over 10 tokens
@@ -354,12 +354,12 @@ def test_step_normalisers():
   # group: rows 0 and 1 in groups of one: row 0 sums −2 over its 4 tokens, row 1 0 over 6; the
   # mean over the 2 groups is −0.25 (one group of two rows is the token mean, −0.2)
   for group_size, expected in ((1, -2 / 4 / 2), (2, -2 / 10)):
-    weights = rl.step_row_weights(rl.branch_mask(action, z), group_size)
-    loss = rl.dispo_step_loss(logp, logp, None, adv2, action, beta=0.0, normaliser="group",
+    weights = rl.state_row_weights(rl.branch_mask(action, z), group_size)
+    loss = rl.state_term_loss(logp, logp, None, adv2, action, beta=0.0, normaliser="group",
                               row_weights=weights)[0]
     np.testing.assert_allclose(float(loss), expected)
   with pytest.raises(ValueError, match="unknown step normaliser"):
-    rl.dispo_step_loss(logp, logp, None, adv, action, normaliser="bogus")
+    rl.state_term_loss(logp, logp, None, adv, action, normaliser="bogus")
 
 
 def test_advantages():
@@ -379,12 +379,12 @@ def test_timestep_weights_and_sampler():
   np.testing.assert_allclose(w, np.array([1, 16, 81, 256]) / 354)
   np.testing.assert_allclose(rl.timestep_weights(4, "early", 4), np.array([256, 81, 16, 1]) / 354)
   np.testing.assert_allclose(rl.timestep_weights(5, "uniform"), np.full(5, 0.2))
-  steps = np.asarray(rl.sample_branch_steps(jax.random.key(0), 3000, 4, 8, states_per_prompt=2))
+  steps = np.asarray(rl.sample_branch_timesteps(jax.random.key(0), 3000, 4, 8, states_per_prompt=2))
   assert steps.shape == (12000, 2)
   groups = steps.reshape(3000, 4, 2)
   assert (groups == groups[:, :1]).all()  # shared by the K trajectories of a prompt
   assert (groups[..., 0] < groups[..., 1]).all()  # distinct, sorted
-  one = np.asarray(rl.sample_branch_steps(jax.random.key(1), 20000, 1, 8))[:, 0]
+  one = np.asarray(rl.sample_branch_timesteps(jax.random.key(1), 20000, 1, 8))[:, 0]
   freq = np.bincount(one, minlength=8) / one.size
   expected = rl.timestep_weights(8)
   assert (np.abs(freq - expected) <= 5 * np.sqrt(expected * (1 - expected) / one.size)).all()
@@ -397,10 +397,10 @@ def test_branch_diagnostics_by_bin():
   adv = rl.get_advantage("mean")(rewards)
   steps = jnp.asarray([[1], [5], [9], [-1]])  # T = 10: early, mid, late, unused
   d = rl.branch_diagnostics(rewards, adv, steps, 10)
-  np.testing.assert_allclose([d["step/distinguishable_early"], d["step/distinguishable_mid"],
-                              d["step/distinguishable_late"]], [1.0, 0.0, 1.0])
-  np.testing.assert_allclose(d["step/zero_adv_frac"], 1 / 3)
-  assert int(d["step/states_late"]) == 1
+  np.testing.assert_allclose([d["state/distinguishable_early"], d["state/distinguishable_mid"],
+                              d["state/distinguishable_late"]], [1.0, 0.0, 1.0])
+  np.testing.assert_allclose(d["state/zero_adv_frac"], 1 / 3)
+  assert int(d["state/states_late"]) == 1
 
 
 def test_credited_tokens_count_scored_tokens_with_a_non_zero_advantage():
@@ -437,16 +437,16 @@ def test_branches_share_one_forward(micro):
     np.testing.assert_allclose(together[:, zi], alone, atol=1e-6)
 
 
-def test_step_token_mask_by_hand():
+def test_state_token_mask_by_hand():
   filled = jnp.asarray([[[[2, 1, 0, 2], [2, 0, 2, 0]]]], jnp.int32)  # [N=1, S=1, Z=2, G=4]
   action_mask = jnp.asarray([[[False, True, True, True]]])  # [N, S, G]
   expected = {"action": [[0, 1, 0, 0], [0, 1, 1, 1]],  # branch 0 ends at its EOS (id 1)
               "action_with_tail": [[0, 1, 1, 1], [0, 1, 1, 1]],
               "all": [[1, 1, 0, 0], [1, 1, 1, 1]]}  # every token up to the EOS
   for name, rows in expected.items():
-    got = rl_losses.step_token_mask(action_mask, filled, 1, name)
+    got = rl_losses.state_token_mask(action_mask, filled, 1, name)
     np.testing.assert_array_equal(np.asarray(got)[0, 0], np.asarray(rows, bool), err_msg=name)
-  unused = rl_losses.step_token_mask(jnp.zeros_like(action_mask), filled, 1, "all")
+  unused = rl_losses.state_token_mask(jnp.zeros_like(action_mask), filled, 1, "all")
   assert not np.asarray(unused).any()  # an unused state slot scores nothing
 
 

@@ -11,7 +11,7 @@ from dispo_jax.model import llada
 from dispo_jax.model.config import get_config
 from dispo_jax.sampling import (SamplerSettings, completion_mask, generate, sample_branches,
                                 sample_rollout_branches)
-from dispo_jax.sampling.sampler import _step_keys
+from dispo_jax.sampling.sampler import _timestep_keys
 
 _fwd = jax.jit(llada.forward, static_argnums=0)
 
@@ -19,7 +19,7 @@ _fwd = jax.jit(llada.forward, static_argnums=0)
 def llada_schedule(x, p, s: SamplerSettings):
   """LLaDA's block schedule: yields ``(global step, block start, block end, [B] tokens to commit)``;
   the counts are taken from the canvas ``x`` (updated by the caller) at each block's first step."""
-  steps_b = s.steps // s.num_blocks
+  steps_b = s.num_timesteps // s.num_blocks
   for blk in range(s.num_blocks):
     lo, hi = p + blk * s.block_length, p + (blk + 1) * s.block_length
     n_masked = (x[:, lo:hi] == s.mask_id).sum(1)
@@ -51,7 +51,7 @@ def reference_generate(graphdef, state, prompt, lengths, key, s: SamplerSettings
       logits = un + (s.cfg_scale + 1) * (logits - un)
     logits = logits.copy()
     logits[..., s.mask_id] = -np.inf
-    gumbel_key, remask_key = _step_keys(key, t)
+    gumbel_key, remask_key = _timestep_keys(key, t)
     block_logits = logits[:, lo:hi]
     if s.temperature == 0:
       x0_block = block_logits.argmax(-1)
@@ -88,7 +88,7 @@ def llada_generate_reference(graphdef, state, prompt, key, s: SamplerSettings):
   for t, lo, hi, num_transfer in llada_schedule(x, p, s):
     mask_index = x == s.mask_id
     logits = np.asarray(_fwd(graphdef, state, jnp.asarray(x, jnp.int32), None), np.float64)
-    gumbel_key, remask_key = _step_keys(key, t)
+    gumbel_key, remask_key = _timestep_keys(key, t)
     completion_logits = logits[:, p:]
     if s.temperature == 0:
       x0_c = completion_logits.argmax(-1)
@@ -161,7 +161,7 @@ CASES = [
 def test_matches_numpy_reference(model, gen, block, steps, remasking, temperature, cfg_scale,
                                  mask_padding):
   cfg, graphdef, state = model
-  s = SamplerSettings(gen_length=gen, block_length=block, steps=steps, remasking=remasking,
+  s = SamplerSettings(gen_length=gen, block_length=block, num_timesteps=steps, remasking=remasking,
                       temperature=temperature, cfg_scale=cfg_scale, mask_id=cfg.mask_token_id,
                       mask_padding=mask_padding)
   prompt, lengths = _prompts(cfg)
@@ -177,7 +177,7 @@ def test_matches_numpy_reference_with_unsaturated_confidences(soft_model, temper
   """At τ ≠ 1 with confidences well inside (0, 1), ranking by the tempered softmax would commit
   other positions than LLaDA's untempered ``softmax(logits)[x0]``."""
   cfg, graphdef, state = soft_model
-  s = SamplerSettings(gen_length=16, block_length=8, steps=4, temperature=temperature,
+  s = SamplerSettings(gen_length=16, block_length=8, num_timesteps=4, temperature=temperature,
                       mask_id=cfg.mask_token_id)
   prompt, lengths = _prompts(cfg)
   key = jax.random.key(7)
@@ -192,7 +192,7 @@ def test_matches_numpy_reference_with_unsaturated_confidences(soft_model, temper
 def test_allow_mask_action_matches_llada_generate(model, gen, block, steps, remasking,
                                                   temperature):
   cfg, graphdef, state = model
-  s = SamplerSettings(gen_length=gen, block_length=block, steps=steps, remasking=remasking,
+  s = SamplerSettings(gen_length=gen, block_length=block, num_timesteps=steps, remasking=remasking,
                       temperature=temperature, mask_id=cfg.mask_token_id, mask_padding=False,
                       allow_mask_action=True)
   prompt, lengths = _prompts(cfg)
@@ -209,7 +209,7 @@ def test_allow_mask_action_can_leave_mask_in_the_completion(model):
   state = jax.tree.map(jnp.copy, state)
   state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...].at[:, cfg.mask_token_id].add(
       0.6 * jnp.abs(state["ff_out"]["kernel"][...]).max())
-  s = SamplerSettings(gen_length=12, block_length=4, steps=6, temperature=1.0,
+  s = SamplerSettings(gen_length=12, block_length=4, num_timesteps=6, temperature=1.0,
                       mask_id=cfg.mask_token_id, mask_padding=False, allow_mask_action=True)
   prompt, lengths = _prompts(cfg)
   rollout = generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(lengths),
@@ -221,31 +221,31 @@ def test_allow_mask_action_can_leave_mask_in_the_completion(model):
 
 def test_same_key_same_output_different_key_differs(model):
   cfg, graphdef, state = model
-  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=1.0,
+  s = SamplerSettings(gen_length=16, block_length=8, num_timesteps=8, temperature=1.0,
                       mask_id=cfg.mask_token_id)
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
   a = generate(graphdef, state, prompt, lengths, jax.random.key(0), s)
   b = generate(graphdef, state, prompt, lengths, jax.random.key(0), s)
   c = generate(graphdef, state, prompt, lengths, jax.random.key(1), s)
   np.testing.assert_array_equal(a.tokens, b.tokens)
-  np.testing.assert_array_equal(a.commit_step, b.commit_step)
+  np.testing.assert_array_equal(a.commit_timestep, b.commit_timestep)
   assert (np.asarray(a.tokens) != np.asarray(c.tokens)).any()
 
 
 @pytest.mark.parametrize("gen, block, steps", [(16, 8, 6), (12, 4, 9), (8, 4, 10)])
 def test_commit_counts_blocks_and_no_remasking(model, gen, block, steps):
   cfg, graphdef, state = model
-  s = SamplerSettings(gen_length=gen, block_length=block, steps=steps, temperature=0.7,
+  s = SamplerSettings(gen_length=gen, block_length=block, num_timesteps=steps, temperature=0.7,
                       mask_id=cfg.mask_token_id)
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
-  every_step = jnp.tile(jnp.arange(steps, dtype=jnp.int32)[None], (prompt.shape[0], 1))
-  r = generate(graphdef, state, prompt, lengths, jax.random.key(5), s, branch_steps=every_step)
-  commit = np.asarray(r.commit_step)
+  every_timestep = jnp.tile(jnp.arange(steps, dtype=jnp.int32)[None], (prompt.shape[0], 1))
+  r = generate(graphdef, state, prompt, lengths, jax.random.key(5), s, branch_timesteps=every_timestep)
+  commit = np.asarray(r.commit_timestep)
   for row in commit:
-    np.testing.assert_array_equal(np.bincount(row, minlength=steps), s.commits_per_step())
+    np.testing.assert_array_equal(np.bincount(row, minlength=steps), s.commits_per_timestep())
   # a block's tokens are committed only during that block's steps
   block_of_pos = np.arange(gen) // block
-  assert (commit // s.steps_per_block == block_of_pos[None]).all()
+  assert (commit // s.timesteps_per_block == block_of_pos[None]).all()
   # the canvas at step t holds exactly the tokens committed before t, never remasked
   canvases = np.asarray(r.branch_canvas)  # [B, T, G]
   final = np.asarray(r.completion)
@@ -258,16 +258,16 @@ def test_commit_counts_blocks_and_no_remasking(model, gen, block, steps):
 
 def test_cached_logits_equal_a_separate_forward(model):
   cfg, graphdef, state = model
-  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.9,
+  s = SamplerSettings(gen_length=16, block_length=8, num_timesteps=8, temperature=0.9,
                       mask_id=cfg.mask_token_id)
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
-  branch_steps = jnp.asarray([[2, 7], [0, -1], [5, 6]], jnp.int32)
-  r = generate(graphdef, state, prompt, lengths, jax.random.key(2), s, branch_steps=branch_steps)
+  branch_timesteps = jnp.asarray([[2, 7], [0, -1], [5, 6]], jnp.int32)
+  r = generate(graphdef, state, prompt, lengths, jax.random.key(2), s, branch_timesteps=branch_timesteps)
   p = prompt.shape[1]
   key_mask = jnp.arange(p + 16)[None] >= (p - lengths)[:, None]
   for row in range(3):
     for slot in range(2):
-      if int(branch_steps[row, slot]) < 0:
+      if int(branch_timesteps[row, slot]) < 0:
         continue
       canvas = jnp.concatenate([prompt[row], r.branch_canvas[row, slot]])[None]
       logits = _fwd(graphdef, state, canvas, key_mask[row][None])[0, p:]
@@ -279,13 +279,13 @@ def test_cached_logits_equal_a_separate_forward(model):
 
 def test_top_k_cache_is_the_top_of_the_full_cache(model):
   cfg, graphdef, state = model
-  args = dict(gen_length=8, block_length=8, steps=4, temperature=0.5, mask_id=cfg.mask_token_id)
+  args = dict(gen_length=8, block_length=8, num_timesteps=4, temperature=0.5, mask_id=cfg.mask_token_id)
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
   steps = jnp.asarray([[1], [2], [3]], jnp.int32)
   full = generate(graphdef, state, prompt, lengths, jax.random.key(4), SamplerSettings(**args),
-                  branch_steps=steps)
+                  branch_timesteps=steps)
   top = generate(graphdef, state, prompt, lengths, jax.random.key(4),
-                 SamplerSettings(**args, cache_top_k=5), branch_steps=steps)
+                 SamplerSettings(**args, cache_top_k=5), branch_timesteps=steps)
   np.testing.assert_array_equal(full.tokens, top.tokens)
   assert top.branch_logits.shape == (3, 1, 8, 5)
   expected = jax.lax.top_k(full.branch_logits.at[..., cfg.mask_token_id].set(-jnp.inf), 5)
@@ -328,11 +328,11 @@ def test_branch_top_k_and_greedy():
 
 def test_rollout_branches_fill_only_masked_positions(model):
   cfg, graphdef, state = model
-  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.9,
+  s = SamplerSettings(gen_length=16, block_length=8, num_timesteps=8, temperature=0.9,
                       mask_id=cfg.mask_token_id)
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
   r = generate(graphdef, state, prompt, lengths, jax.random.key(2), s,
-               branch_steps=jnp.asarray([[3], [5], [7]], jnp.int32))
+               branch_timesteps=jnp.asarray([[3], [5], [7]], jnp.int32))
   filled, action = sample_rollout_branches(jax.random.key(9), r, 4, 0.9, cfg.mask_token_id)
   filled, action, canvas = map(np.asarray, (filled, action, r.branch_canvas))
   assert filled.shape == (3, 1, 4, 16)
@@ -352,7 +352,7 @@ def test_completion_mask_includes_first_eos():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(gen_length=10, block_length=4), "not a multiple of block_length"),
-    (dict(gen_length=16, block_length=8, steps=5), "multiple of the number of blocks"),
+    (dict(gen_length=16, block_length=8, num_timesteps=5), "multiple of the number of blocks"),
     (dict(remasking="entropy"), "remasking"),
     (dict(temperature=-1.0), "temperature"),
 ])
@@ -362,9 +362,9 @@ def test_settings_validation(bad, match):
 
 
 def test_schedule_matches_llada_remainders():
-  s = SamplerSettings(gen_length=64, block_length=32, steps=10)
+  s = SamplerSettings(gen_length=64, block_length=32, num_timesteps=10)
   np.testing.assert_array_equal(s.transfer_schedule(), [7, 7, 6, 6, 6])
-  assert s.commits_per_step().sum() == 64
+  assert s.commits_per_timestep().sum() == 64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,14 +392,14 @@ def test_dual_cache_refreshed_every_step_equals_the_plain_sampler(model, tempera
   cache) equals the plain sampler's; with several steps per block it is an approximation."""
   cfg, graphdef, state = model
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
-  branch_steps = jnp.asarray([[1], [3], [-1]], jnp.int32)
+  branch_timesteps = jnp.asarray([[1], [3], [-1]], jnp.int32)
   runs = {}
   for cache in ("none", "dual"):
-    s = SamplerSettings(gen_length=16, block_length=4, steps=4, temperature=temperature,
+    s = SamplerSettings(gen_length=16, block_length=4, num_timesteps=4, temperature=temperature,
                         mask_id=cfg.mask_token_id, kv_cache=cache)
-    runs[cache] = generate(graphdef, state, prompt, lengths, jax.random.key(3), s, branch_steps)
+    runs[cache] = generate(graphdef, state, prompt, lengths, jax.random.key(3), s, branch_timesteps)
   np.testing.assert_array_equal(runs["none"].tokens, runs["dual"].tokens)
-  np.testing.assert_array_equal(runs["none"].commit_step, runs["dual"].commit_step)
+  np.testing.assert_array_equal(runs["none"].commit_timestep, runs["dual"].commit_timestep)
   np.testing.assert_allclose(runs["none"].branch_logits, runs["dual"].branch_logits, atol=1e-5)
 
 
@@ -414,11 +414,11 @@ def test_one_layer_dual_cache_is_exact_with_several_steps_per_block():
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
   runs = {}
   for cache in ("none", "dual"):
-    s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.7,
+    s = SamplerSettings(gen_length=16, block_length=8, num_timesteps=8, temperature=0.7,
                         mask_id=cfg.mask_token_id, kv_cache=cache)
     runs[cache] = generate(graphdef, state, prompt, lengths, jax.random.key(4), s)
   np.testing.assert_array_equal(runs["none"].tokens, runs["dual"].tokens)
-  np.testing.assert_array_equal(runs["none"].commit_step, runs["dual"].commit_step)
+  np.testing.assert_array_equal(runs["none"].commit_timestep, runs["dual"].commit_timestep)
 
 
 @pytest.mark.parametrize("threshold", [None, 0.3])
@@ -428,13 +428,13 @@ def test_dual_cache_rollout_does_not_depend_on_branch_steps(model, threshold):
   rollouts of diffu-GRPO and DiSPO stay matched)."""
   cfg, graphdef, state = model
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
-  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.9,
+  s = SamplerSettings(gen_length=16, block_length=8, num_timesteps=8, temperature=0.9,
                       mask_id=cfg.mask_token_id, kv_cache="dual", threshold=threshold)
   plain = generate(graphdef, state, prompt, lengths, jax.random.key(6), s)
   branched = generate(graphdef, state, prompt, lengths, jax.random.key(6), s,
                       jnp.asarray([[1, 6], [3, -1], [2, 5]], jnp.int32))
   np.testing.assert_array_equal(plain.tokens, branched.tokens)
-  np.testing.assert_array_equal(plain.commit_step, branched.commit_step)
+  np.testing.assert_array_equal(plain.commit_timestep, branched.commit_timestep)
 
 
 def test_dual_cache_branch_logits_are_a_full_forward_of_the_branch_state(model):
@@ -442,17 +442,17 @@ def test_dual_cache_branch_logits_are_a_full_forward_of_the_branch_state(model):
   full forward, so the cached logits are exactly the full model's at that state."""
   cfg, graphdef, state = model
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
-  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.9,
+  s = SamplerSettings(gen_length=16, block_length=8, num_timesteps=8, temperature=0.9,
                       mask_id=cfg.mask_token_id, kv_cache="dual")
-  branch_steps = jnp.asarray([[2], [5], [7]], jnp.int32)
-  r = generate(graphdef, state, prompt, lengths, jax.random.key(2), s, branch_steps=branch_steps)
+  branch_timesteps = jnp.asarray([[2], [5], [7]], jnp.int32)
+  r = generate(graphdef, state, prompt, lengths, jax.random.key(2), s, branch_timesteps=branch_timesteps)
   p = prompt.shape[1]
   key_mask = jnp.arange(p + 16)[None] >= (p - lengths)[:, None]
   for row in range(3):
     canvas = jnp.concatenate([prompt[row], r.branch_canvas[row, 0]])[None]
     logits = _fwd(graphdef, state, canvas, key_mask[row][None])[0, p:]
     np.testing.assert_allclose(r.branch_logits[row, 0], logits, atol=1e-5, rtol=1e-5)
-  counts = [(np.asarray(r.commit_step) == t).sum(-1) for t in range(8)]
+  counts = [(np.asarray(r.commit_timestep) == t).sum(-1) for t in range(8)]
   assert all((c == 2).all() for c in counts)  # the schedule is unchanged: 8 tokens in 4 steps
 
 
@@ -461,7 +461,7 @@ def test_dual_cache_on_an_8_device_mesh_matches_one_device(model):
   from dispo_jax.model import sharding
   prompt, lengths = _prompts(cfg, b=6)
   prompt, lengths = np.tile(prompt, (4, 1))[:8], np.tile(lengths, 4)[:8]
-  s = SamplerSettings(gen_length=16, block_length=8, steps=8, temperature=0.0,
+  s = SamplerSettings(gen_length=16, block_length=8, num_timesteps=8, temperature=0.0,
                       mask_id=cfg.mask_token_id, kv_cache="dual")
   one = generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(lengths), jax.random.key(0), s)
   mesh = sharding.make_mesh(8, 1, 1)
@@ -479,7 +479,7 @@ def test_dual_cache_on_an_8_device_mesh_matches_one_device(model):
 
 
 def fast_dllm_reference(graphdef, state, prompt, lengths, key, s: SamplerSettings):
-  """Fast-dLLM's threshold decoding step by step in NumPy: each block is decoded until it has no
+  """Fast-dLLM's threshold timestep by step in NumPy: each block is decoded until it has no
   MASK left; at each step every row with masks in the block commits its most confident masked
   position and every other one with confidence >= threshold (confidence: the untempered softmax
   at the Gumbel-max candidate). Returns ``(tokens [B, P+G], steps taken)``; shares only the
@@ -493,7 +493,7 @@ def fast_dllm_reference(graphdef, state, prompt, lengths, key, s: SamplerSetting
     while (x[:, lo:hi] == s.mask_id).any():
       logits = np.array(_fwd(graphdef, state, jnp.asarray(x), key_mask), np.float32)[:, lo:hi]
       logits[..., s.mask_id] = -np.inf
-      gumbel_key, _ = _step_keys(key, t)
+      gumbel_key, _ = _timestep_keys(key, t)
       g = np.asarray(jax.random.gumbel(gumbel_key, logits.shape, jnp.float32))
       x0 = (logits / np.float32(s.temperature) + g).argmax(-1)
       z = np.exp(logits - logits.max(-1, keepdims=True))
@@ -514,15 +514,15 @@ def test_a_threshold_above_every_confidence(model, kv_cache):
   schedule-plus rule commits the schedule's (the plain sampler at the configured T)."""
   cfg, graphdef, state = model
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
-  branch_steps = jnp.asarray([[1, 5], [3, -1], [0, 7]], jnp.int32)
-  for rule, plain_steps in (("schedule_plus", 8), ("fast_dllm", 16)):
-    plain = SamplerSettings(gen_length=16, block_length=8, steps=plain_steps, temperature=0.9,
+  branch_timesteps = jnp.asarray([[1, 5], [3, -1], [0, 7]], jnp.int32)
+  for rule, plain_timesteps in (("schedule_plus", 8), ("fast_dllm", 16)):
+    plain = SamplerSettings(gen_length=16, block_length=8, num_timesteps=plain_timesteps, temperature=0.9,
                             mask_id=cfg.mask_token_id, kv_cache=kv_cache)
-    a = generate(graphdef, state, prompt, lengths, jax.random.key(5), plain, branch_steps)
+    a = generate(graphdef, state, prompt, lengths, jax.random.key(5), plain, branch_timesteps)
     b = generate(graphdef, state, prompt, lengths, jax.random.key(5), dataclasses.replace(
-        plain, steps=8, threshold=2.0, threshold_rule=rule), branch_steps)
+        plain, num_timesteps=8, threshold=2.0, threshold_rule=rule), branch_timesteps)
     np.testing.assert_array_equal(a.tokens, b.tokens, err_msg=rule)
-    np.testing.assert_array_equal(a.commit_step, b.commit_step, err_msg=rule)
+    np.testing.assert_array_equal(a.commit_timestep, b.commit_timestep, err_msg=rule)
     if rule == "schedule_plus":  # the same states (Fast-dLLM's: progress levels of T = 8)
       np.testing.assert_array_equal(a.branch_canvas, b.branch_canvas)
       np.testing.assert_allclose(a.branch_logits, b.branch_logits, atol=1e-5)
@@ -532,15 +532,15 @@ def test_a_threshold_above_every_confidence(model, kv_cache):
 def test_fast_dllm_threshold_rule_matches_numpy_reference(soft_model, threshold):
   cfg, graphdef, state = soft_model
   prompt, lengths = _prompts(cfg)
-  s = SamplerSettings(gen_length=16, block_length=8, steps=4, temperature=0.7,
+  s = SamplerSettings(gen_length=16, block_length=8, num_timesteps=4, temperature=0.7,
                       mask_id=cfg.mask_token_id, threshold=threshold)
   key = jax.random.key(2)
   r = generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(lengths), key, s)
-  expected, steps_taken = fast_dllm_reference(graphdef, state, prompt, lengths, key, s)
+  expected, timesteps_taken = fast_dllm_reference(graphdef, state, prompt, lengths, key, s)
   np.testing.assert_array_equal(np.asarray(r.tokens), expected)
-  commit = np.asarray(r.commit_step)
-  assert commit.max() == steps_taken - 1
-  per_step = np.stack([(commit == t).sum(-1) for t in range(steps_taken)])  # [steps, B]
+  commit = np.asarray(r.commit_timestep)
+  assert commit.max() == timesteps_taken - 1
+  per_step = np.stack([(commit == t).sum(-1) for t in range(timesteps_taken)])  # [steps, B]
   assert (per_step == 1).any() and (per_step > 1).any()  # both halves of the rule fire
 
 
@@ -548,21 +548,21 @@ def test_fast_dllm_threshold_rule_matches_numpy_reference(soft_model, threshold)
 def test_a_low_threshold_finishes_early_and_records_what_it_did(model, kv_cache):
   cfg, graphdef, state = model
   prompt, lengths = map(jnp.asarray, _prompts(cfg))
-  s = SamplerSettings(gen_length=16, block_length=8, steps=16, temperature=0.0,
+  s = SamplerSettings(gen_length=16, block_length=8, num_timesteps=16, temperature=0.0,
                       mask_id=cfg.mask_token_id, threshold=0.3, kv_cache=kv_cache)
-  branch_steps = jnp.asarray([[4], [8], [12]], jnp.int32)
-  r = generate(graphdef, state, prompt, lengths, jax.random.key(0), s, branch_steps)
-  commit = np.asarray(r.commit_step)
+  branch_timesteps = jnp.asarray([[4], [8], [12]], jnp.int32)
+  r = generate(graphdef, state, prompt, lengths, jax.random.key(0), s, branch_timesteps)
+  commit = np.asarray(r.commit_timestep)
   assert (commit >= 0).all() and (np.asarray(r.completion) != cfg.mask_token_id).all()
-  assert commit.max() < s.steps - 1  # the sharpened model is confident: fewer steps than planned
+  assert commit.max() < s.num_timesteps - 1  # the sharpened model is confident: fewer steps than planned
   assert (commit[:, :8].max(-1) < commit[:, 8:].min(-1)).all()  # blocks stay left to right
-  planned = np.concatenate([[0], np.cumsum(s.commits_per_step())])
+  planned = np.concatenate([[0], np.cumsum(s.commits_per_timestep())])
   p = prompt.shape[1]
   key_mask = jnp.arange(p + 16)[None] >= (p - lengths)[:, None]
   for row in range(3):
     canvas = np.asarray(r.branch_canvas[row, 0])
     filled = (canvas != cfg.mask_token_id).sum()
-    level = planned[int(branch_steps[row, 0])]
+    level = planned[int(branch_timesteps[row, 0])]
     assert filled <= level < (commit[row] <= commit[row][canvas == cfg.mask_token_id].min()).sum()
     logits = _fwd(graphdef, state, jnp.concatenate([prompt[row], canvas])[None],
                   key_mask[row][None])[0, p:]

@@ -343,7 +343,7 @@ def test_sequence_weights_normalise_per_group_and_average_groups():
 def test_spg_settings_are_validated():
   with pytest.raises(ValueError, match="beta must be 0"):
     learner.ObjectiveSettings(method="spg", beta=0.04)
-  learner.ObjectiveSettings(method="dispo_spg", beta=0.04)  # the KL belongs to the step term
+  learner.ObjectiveSettings(method="dispo_spg", beta=0.04)  # the KL belongs to the state term
   with pytest.raises(ValueError, match="negative_bound='upper' is not one of"):
     spg.SPGSettings(negative_bound="upper")
   with pytest.raises(ValueError, match="mix_weight"):

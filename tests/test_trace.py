@@ -21,7 +21,7 @@ def rollout():
   cfg = get_config("tiny", vocab_size=48, n_layers=2)
   graphdef, state = llada.init_model(cfg, seed=3)
   state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 10
-  s = SamplerSettings(gen_length=12, block_length=6, steps=6, temperature=1.0,
+  s = SamplerSettings(gen_length=12, block_length=6, num_timesteps=6, temperature=1.0,
                       mask_id=cfg.mask_token_id)
   rng = np.random.default_rng(0)
   b, p = 4, 5
@@ -29,9 +29,9 @@ def rollout():
   prompt = np.full((b, p), cfg.pad_token_id, np.int32)
   for i, n in enumerate(lengths):
     prompt[i, p - n:] = rng.integers(0, cfg.vocab_size - 3, n)
-  every_step = jnp.tile(jnp.arange(s.steps, dtype=jnp.int32), (b, 1))  # cache every state
+  every_timestep = jnp.tile(jnp.arange(s.num_timesteps, dtype=jnp.int32), (b, 1))  # cache every state
   result = generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(lengths),
-                    jax.random.key(1), s, every_step)
+                    jax.random.key(1), s, every_timestep)
   key_mask = jnp.asarray(np.arange(p)[None] >= (p - lengths)[:, None])
   apply = lambda tokens, m: llada.forward(graphdef, state, tokens, m)
   return cfg, s, jnp.asarray(prompt), key_mask, result, apply
@@ -54,19 +54,19 @@ def test_n_equals_t_reproduces_the_samplers_own_log_probs(rollout):
   """N = T, τ = 1, no prompt masking: each token's log-prob is the log-softmax of the logits the
   sampler drew it from (cached at every step), to 1e-5."""
   cfg, s, prompt, key_mask, result, apply = rollout
-  logp = trace.trace_logprobs(apply, prompt, key_mask, result.completion, result.commit_step,
-                              jax.random.key(0), jnp.arange(prompt.shape[0]), segments=s.steps,
-                              total_steps=s.steps, p_mask_prompt=0.0, mask_id=cfg.mask_token_id)
+  logp = trace.trace_logprobs(apply, prompt, key_mask, result.completion, result.commit_timestep,
+                              jax.random.key(0), jnp.arange(prompt.shape[0]), segments=s.num_timesteps,
+                              total_timesteps=s.num_timesteps, p_mask_prompt=0.0, mask_id=cfg.mask_token_id)
   cached = token_logprobs(result.branch_logits.reshape(-1, *result.branch_logits.shape[2:]),
-                          jnp.repeat(result.completion, s.steps, axis=0), cfg.mask_token_id)
+                          jnp.repeat(result.completion, s.num_timesteps, axis=0), cfg.mask_token_id)
   cached = cached.reshape(result.branch_logits.shape[:3])  # [B, T, G]: every token at every step
-  expected = jnp.take_along_axis(cached, result.commit_step[:, None, :], axis=1)[:, 0]
-  assert (np.asarray(result.commit_step) >= 0).all()
+  expected = jnp.take_along_axis(cached, result.commit_timestep[:, None, :], axis=1)[:, 0]
+  assert (np.asarray(result.commit_timestep) >= 0).all()
   np.testing.assert_allclose(logp, expected, atol=1e-5)
   # the canvas matters: scoring every token on the all-MASK canvas gives other numbers
-  one_step = trace.trace_logprobs(apply, prompt, key_mask, result.completion, result.commit_step,
+  one_step = trace.trace_logprobs(apply, prompt, key_mask, result.completion, result.commit_timestep,
                                   jax.random.key(0), jnp.arange(prompt.shape[0]), segments=1,
-                                  total_steps=s.steps, p_mask_prompt=0.0,
+                                  total_timesteps=s.num_timesteps, p_mask_prompt=0.0,
                                   mask_id=cfg.mask_token_id)
   assert float(jnp.abs(one_step - expected).max()) > 1e-2
 
@@ -79,23 +79,23 @@ def test_n_equals_t_at_the_rollout_temperature_with_prompt_masking_against_numpy
   graphdef, state = llada.init_model(cfg, seed=5)
   state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 10
   tau, p_mask, b, p = 0.7, 0.4, 3, 5
-  s = SamplerSettings(gen_length=8, block_length=4, steps=4, temperature=tau,
+  s = SamplerSettings(gen_length=8, block_length=4, num_timesteps=4, temperature=tau,
                       mask_id=cfg.mask_token_id)
   prompt = jnp.asarray(np.random.default_rng(2).integers(0, cfg.vocab_size - 3, (b, p)), jnp.int32)
-  every_step = jnp.tile(jnp.arange(s.steps, dtype=jnp.int32), (b, 1))
+  every_timestep = jnp.tile(jnp.arange(s.num_timesteps, dtype=jnp.int32), (b, 1))
   r = generate(graphdef, state, prompt, jnp.full((b,), p, jnp.int32), jax.random.key(8), s,
-               every_step)
+               every_timestep)
   key, row_ids = jax.random.key(9), jnp.arange(b) + 10
   apply = lambda tokens, m: llada.forward(graphdef, state, tokens, m)
-  logp = trace.trace_logprobs(apply, prompt, None, r.completion, r.commit_step, key, row_ids,
-                              segments=s.steps, total_steps=s.steps, p_mask_prompt=p_mask,
+  logp = trace.trace_logprobs(apply, prompt, None, r.completion, r.commit_timestep, key, row_ids,
+                              segments=s.num_timesteps, total_timesteps=s.num_timesteps, p_mask_prompt=p_mask,
                               mask_id=cfg.mask_token_id, temperature=tau)
   masked = np.stack([np.asarray(jax.random.bernoulli(jax.random.fold_in(key, int(i)), p_mask,
                                                      (p,))) for i in row_ids])
   assert masked.any() and not masked.all()
   expected = np.zeros(r.completion.shape)
   for row in range(b):
-    for j, t in enumerate(np.asarray(r.commit_step[row])):
+    for j, t in enumerate(np.asarray(r.commit_timestep[row])):
       canvas = np.concatenate([np.where(masked[row], cfg.mask_token_id, prompt[row]),
                                r.branch_canvas[row, t]])
       logits = np.array(llada.forward(graphdef, state, jnp.asarray(canvas)[None])[0, p + j],
@@ -104,8 +104,8 @@ def test_n_equals_t_at_the_rollout_temperature_with_prompt_masking_against_numpy
       z = logits / tau
       expected[row, j] = z[r.completion[row, j]] - z.max() - np.log(np.exp(z - z.max()).sum())
   np.testing.assert_allclose(logp, expected, atol=2e-5)
-  at_one = trace.trace_logprobs(apply, prompt, None, r.completion, r.commit_step, key, row_ids,
-                                segments=s.steps, total_steps=s.steps, p_mask_prompt=p_mask,
+  at_one = trace.trace_logprobs(apply, prompt, None, r.completion, r.commit_timestep, key, row_ids,
+                                segments=s.num_timesteps, total_timesteps=s.num_timesteps, p_mask_prompt=p_mask,
                                 mask_id=cfg.mask_token_id)
   assert float(jnp.abs(at_one - expected).max()) > 1e-2  # the temperature matters here
 
@@ -117,9 +117,9 @@ def test_one_segment_is_diffu_grpos_surrogate(rollout):
                           completion=result.completion,
                           completion_mask=completion_mask(result.completion, cfg.eos_token_id),
                           advantages=jnp.zeros((n,)), row_ids=jnp.arange(n),
-                          commit_step=result.commit_step)
+                          commit_timestep=result.commit_timestep)
   key = jax.random.key(4)
-  settings = dict(p_mask_prompt=0.3, mask_id=cfg.mask_token_id, denoising_steps=s.steps)
+  settings = dict(p_mask_prompt=0.3, mask_id=cfg.mask_token_id, num_timesteps=s.num_timesteps)
   logprobs = lambda s: s.base_term.logprobs(apply, batch, key, s)
   grpo = logprobs(learner.ObjectiveSettings(method="diffu_grpo", **settings))
   one = logprobs(learner.ObjectiveSettings(method="trace", trace=TraceSettings(1), **settings))
@@ -130,7 +130,7 @@ def test_one_segment_is_diffu_grpos_surrogate(rollout):
 
 def test_trace_settings_are_validated():
   with pytest.raises(ValueError, match=r"trace.segments=9 must be in"):
-    learner.ObjectiveSettings(method="dispo_trace", trace=TraceSettings(9), denoising_steps=6)
+    learner.ObjectiveSettings(method="dispo_trace", trace=TraceSettings(9), num_timesteps=6)
 
 
 def _behaviour_and_trace_logprobs(s: SamplerSettings):
@@ -144,8 +144,8 @@ def _behaviour_and_trace_logprobs(s: SamplerSettings):
   prompt = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size - 3, (b, p)), jnp.int32)
   r = generate(graphdef, state, prompt, jnp.full((b,), p, jnp.int32), jax.random.key(2), s)
   apply = lambda tokens, m: llada.forward(graphdef, state, tokens, m)
-  logp = trace.trace_logprobs(apply, prompt, None, r.completion, r.commit_step, jax.random.key(0),
-                              jnp.arange(b), segments=s.steps, total_steps=s.steps,
+  logp = trace.trace_logprobs(apply, prompt, None, r.completion, r.commit_timestep, jax.random.key(0),
+                              jnp.arange(b), segments=s.num_timesteps, total_timesteps=s.num_timesteps,
                               p_mask_prompt=0.0, mask_id=cfg.mask_token_id,
                               temperature=s.temperature)
   return r, logp
@@ -158,7 +158,7 @@ def test_the_samplers_behaviour_log_probs_are_trace_at_n_equals_t(temperature, k
   at the same temperature, without prompt masking."""
   r, logp = _behaviour_and_trace_logprobs(SamplerSettings(
       gen_length=12, block_length=3 if kv_cache == "dual" else 6,
-      steps=4 if kv_cache == "dual" else 6, temperature=temperature, kv_cache=kv_cache))
+      num_timesteps=4 if kv_cache == "dual" else 6, temperature=temperature, kv_cache=kv_cache))
   np.testing.assert_allclose(r.behaviour_logp, logp, atol=2e-5)
   assert float(jnp.min(r.behaviour_logp)) < -1e-3  # not trivially certain
 
@@ -167,7 +167,7 @@ def test_the_dual_caches_behaviour_log_probs_differ_from_the_full_forwards():
   """Several steps per block: the block path's logits are approximate and the recorded log-probs
   are theirs, not the full model's (the gap the importance weight corrects)."""
   r, logp = _behaviour_and_trace_logprobs(SamplerSettings(
-      gen_length=12, block_length=6, steps=6, temperature=1.0, kv_cache="dual"))
+      gen_length=12, block_length=6, num_timesteps=6, temperature=1.0, kv_cache="dual"))
   gap = np.abs(np.asarray(r.behaviour_logp) - np.asarray(logp))
-  first_steps = np.isin(np.asarray(r.commit_step), [0, 3])  # each block's refresh step is exact
+  first_steps = np.isin(np.asarray(r.commit_timestep), [0, 3])  # each block's refresh step is exact
   assert gap[first_steps].max() < 2e-5 and gap[~first_steps].max() > 1e-4

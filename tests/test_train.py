@@ -18,7 +18,7 @@ from tests.helpers import (REPO, fresh_workdir, read_metrics, small_config, tiny
                            trainable_leaves)
 
 @pytest.mark.parametrize("key, value, match", [
-    ("rl.alpha_step", -0.5, r"config\.rl: alpha_step=-0\.5 must be >= 0"),
+    ("rl.alpha_state", -0.5, r"config\.rl: alpha_state=-0\.5 must be >= 0"),
     ("method", "ppo", r"config\.method='ppo' is invalid"),
     ("rollout.group_size", 1, r"config\.rollout: group_size=1 must be >= 2"),
     ("rl.num_microbatches", 3, r"config\.rl\.num_microbatches=3 is invalid"),
@@ -30,8 +30,8 @@ from tests.helpers import (REPO, fresh_workdir, read_metrics, small_config, tiny
     ("checkpoint_every", 3, r"config\.checkpoint_every=3 is invalid: must be a positive multiple"),
     ("max_steps", 3, r"config\.max_steps=3 is invalid"),
     ("rl.base_normaliser", "device", r"base_normaliser='device' is not one of"),
-    ("rl.step_ratio", "branch", r"step_ratio='branch' \(Eq. 5\) needs step_normaliser"),
-    ("rl.step_tokens", "some", r"step_tokens='some' is not one of"),
+    ("rl.state_ratio", "branch", r"state_ratio='branch' \(Eq. 5\) needs state_normaliser"),
+    ("rl.state_tokens", "some", r"state_tokens='some' is not one of"),
     ("sampler.allow_mask_action", True, r"allow_mask_action=True is invalid for training"),
     ("sampler.threshold_rule", "greedy", r"threshold_rule='greedy' is not one of"),
     ("rollout.reward_text", "all", r"reward_text"),
@@ -50,7 +50,7 @@ from tests.helpers import (REPO, fresh_workdir, read_metrics, small_config, tiny
      r"finite"),
     ("data.train_file", "/tmp/x.csv", r"config\.data\.train_file / eval_file are set but the tiny"),
     ("rl.beta", float("inf"), r"config\.rl: beta=inf must be finite"),
-    ("rl.alpha_step", float("inf"), r"config\.rl: alpha_step=inf must be finite"),
+    ("rl.alpha_state", float("inf"), r"config\.rl: alpha_state=inf must be finite"),
     ("rl.epsilon_high", float("inf"), r"config\.rl: epsilon_high=inf must be finite"),
     ("sampler.temperature", float("nan"), r"config\.sampler: temperature=nan must be finite"),
     ("sampler.cfg_scale", float("inf"), r"config\.sampler: cfg_scale=inf must be finite"),
@@ -73,7 +73,7 @@ def test_bad_config_values_fail_before_compute(key, value, match):
 
 @pytest.mark.parametrize("flag, line", [
     ("--config.rl.alpha_stepp=0.1", "error: --config.rl.alpha_stepp: the config has no key "
-     "'alpha_stepp' (did you mean 'alpha_step'?)"),
+     "'alpha_stepp' (did you mean 'alpha_state'?)"),
     ("--config.log_every=3", "error: --config.log_every: the config has no key 'log_every'")])
 def test_unknown_config_key_is_named_on_one_line(tmp_path, flag, line):
   result = subprocess.run(
@@ -94,9 +94,9 @@ def test_tiny_run_logs_checkpoints_and_exports(tmp_path, base_dir):
   assert [r["rollout"] for r in rows if "reward_mean" in r] == [0, 0, 1, 1]  # μ = 2
   assert any("eval/accuracy" in r for r in rows)
   train_rows = [r for r in rows if "reward_mean" in r]
-  for name in ("reward_mean", "base/kl", "base/clip_frac", "step/distinguishable_frac",
-               "step/distinguishable_late", "loss", "grad_norm", "step/log_ratio_median",
-               "step/log_ratio_p99", "base/log_ratio_p99", "policy_nll"):
+  for name in ("reward_mean", "base/kl", "base/clip_frac", "state/distinguishable_frac",
+               "state/distinguishable_late", "loss", "grad_norm", "state/log_ratio_median",
+               "state/log_ratio_p99", "base/log_ratio_p99", "policy_nll"):
     assert name in train_rows[0], name
   assert final["skipped_updates"] == 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"
@@ -203,7 +203,7 @@ def test_every_task_has_a_tiny_variant_that_trains(tmp_path, task):
   c.model.overrides.d_model, c.model.overrides.n_layers = 32, 1
   c.model.overrides.n_heads, c.model.overrides.mlp_hidden_size = 2, 64
   c.base.steps, c.num_steps, c.data.num_train, c.data.num_test = 20, 1, 100, 8
-  c.rollout.prompts_per_step, c.rollout.group_size, c.rl.num_iterations = 2, 4, 1
+  c.rollout.prompts_per_batch, c.rollout.group_size, c.rl.num_iterations = 2, 4, 1
   c.eval_rows, c.eval_every, c.export_hf, c.mesh.data = 4, 1, False, 1
   final = train_lib.train(c, str(tmp_path))
   assert final["skipped_updates"] == 0 and 0.0 <= final["eval/accuracy"] <= 1.0
@@ -224,7 +224,7 @@ def test_tiny_config_reward_rises(tmp_path, base_dir, monkeypatch):
                                           reward_terms={"ones": ones}))
   workdir = fresh_workdir(tmp_path, "rise")
   train_lib.train(small_config(**{"num_steps": 16, "optim.learning_rate": 1e-3,
-                                  "rollout.prompts_per_step": 4}), workdir)
+                                  "rollout.prompts_per_batch": 4}), workdir)
   per_rollout = {r["rollout"]: r["reward_mean"] for r in read_metrics(workdir) if "reward_mean" in r}
   rewards = [per_rollout[i] for i in sorted(per_rollout)]
   assert len(rewards) == 8
@@ -240,7 +240,7 @@ def test_spg_variants_of_the_tiny_config_train(tmp_path, base_dir, variant, meth
   workdir = fresh_workdir(tmp_path, method)
   final = train_lib.train(small, workdir)
   assert final["skipped_updates"] == 0 and np.isfinite(final["loss"])
-  assert "base/elbo" in final and ("step/loss" in final) == (method == "dispo_spg")
+  assert "base/elbo" in final and ("state/loss" in final) == (method == "dispo_spg")
 
 
 @pytest.mark.parametrize("method, segments", [("trace", 2), ("dispo_trace", 6)])
@@ -248,7 +248,7 @@ def test_trace_methods_train_the_tiny_config(tmp_path, base_dir, method, segment
   workdir = fresh_workdir(tmp_path, method)
   final = train_lib.train(small_config(method=method, **{"rl.trace.segments": segments}), workdir)
   assert final["skipped_updates"] == 0 and np.isfinite(final["loss"])
-  assert ("step/loss" in final) == (method == "dispo_trace") and "base/kl" in final
+  assert ("state/loss" in final) == (method == "dispo_trace") and "base/kl" in final
   with pytest.raises(ValueError, match=r"trace\.segments=7 must be in"):
     train_lib.validate_config(small_config(method=method, **{"rl.trace.segments": 7}))
 
@@ -261,8 +261,8 @@ def test_config_variants_carry_the_spg_recipe():
     c = module.get_config("dispo_spg")  # the DiSPO paper's SPG runs (App. D.3)
     assert (c.method, c.num_steps, c.rl.spg.eubo_beta, c.optim.learning_rate) == (
         "dispo_spg", steps, beta, 3e-6)
-    assert (c.rollout.prompts_per_step, c.rollout.group_size, c.sampler.gen_length,
-            c.sampler.steps, c.sampler.block_length, c.rl.beta) == (16, 6, 256, 128, 32, 0.0)
+    assert (c.rollout.prompts_per_batch, c.rollout.group_size, c.sampler.gen_length,
+            c.sampler.num_timesteps, c.sampler.block_length, c.rl.beta) == (16, 6, 256, 128, 32, 0.0)
     assert c.sampler.temperature == 0.9 and c.rl.spg.block_choice == "spg"
     assert module.get_config("spg,spg_repo").num_steps == repo_steps  # SPG's own repository
   assert sudoku_config.get_config("spg,spg_repo").sampler.temperature == 0.3
@@ -334,7 +334,7 @@ def test_a_cached_run_logs_its_mismatch_and_weights_its_tokens(tmp_path, base_di
   metrics row carries the sampler-vs-old-policy mismatch of its rollout batch."""
   workdir = fresh_workdir(tmp_path, "cached")
   c = small_config(**{"num_steps": 2, "rl.num_iterations": 2, "sampler.kv_cache": "dual",
-                      "sampler.block_length": 8, "sampler.steps": 6})
+                      "sampler.block_length": 8, "sampler.num_timesteps": 6})
   assert train_lib.run_settings(c).objective.importance_weight == "token"
   train_lib.train(c, workdir)
   rows = [r for r in read_metrics(workdir) if "loss" in r]
@@ -372,15 +372,15 @@ def test_resuming_a_finished_run_keeps_its_final_evaluation(tmp_path, base_dir):
 def test_credit_line_averages_each_rollout_batch_once():
   rows = [{"step": 0, "eval/accuracy": 0.5},
           {"step": 0, "rollout": 0, "group_zero_adv_frac": 0.5, "base/credited_tokens": 100.0,
-           "step/distinguishable_frac": 0.25, "step/credited_tokens": 30.0},
+           "state/distinguishable_frac": 0.25, "state/credited_tokens": 30.0},
           {"step": 1, "rollout": 0, "loss": 1.0},  # the batch's second update
           {"step": 2, "rollout": 1, "group_zero_adv_frac": 0.0, "base/credited_tokens": 200.0,
-           "step/distinguishable_frac": 0.75, "step/credited_tokens": 10.0}]
+           "state/distinguishable_frac": 0.75, "state/credited_tokens": 10.0}]
   assert train_lib.credit_line(rows) == (
       "credit per rollout batch (mean of 2): 25.0% of prompt groups tied (no terminal signal), "
       "150 tokens credited by the terminal term; 50.0% of branch states reward-distinguishable, "
       "20 tokens credited by the state term")
-  terminal_only = [{k: v for k, v in r.items() if not k.startswith("step/")} for r in rows]
+  terminal_only = [{k: v for k, v in r.items() if not k.startswith("state/")} for r in rows]
   assert train_lib.credit_line(terminal_only).endswith("150 tokens credited by the terminal term")
   assert train_lib.credit_line(rows[:1]) is None
 
@@ -399,7 +399,7 @@ def test_a_sparse_reward_run_trains_on_it_and_reports_puzzles_solved(tmp_path, b
   train_lib.train(small_config(reward="solved", eval_every=4), workdir)
   rows = read_metrics(workdir)
   rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
-  group = small_config().rollout.group_size * small_config().rollout.prompts_per_step
+  group = small_config().rollout.group_size * small_config().rollout.prompts_per_batch
   assert all(abs(r * group - round(r * group)) < 1e-4 for r in rewards)  # each completion 0 or 1
   assert "held-out puzzles solved over 8 rows" in capsys.readouterr().out
   assert json.load(open(os.path.join(workdir, "config.json")))["config"]["reward"] == "solved"
@@ -437,7 +437,7 @@ def test_an_objective_registered_in_this_file_trains_alone_and_with_dispos_term(
       rows = [r for r in read_metrics(workdir) if "loss" in r]
       assert final["skipped_updates"] == 0 and len(rows) == 4
       assert all(r["toy/rows"] == 8 and np.isfinite(r["base/loss"]) for r in rows)
-      assert all(("step/loss" in r) == method.startswith("dispo_") for r in rows)
+      assert all(("state/loss" in r) == method.startswith("dispo_") for r in rows)
     assert calls  # traced by both runs' updates
   finally:
     del objectives.OBJECTIVES["toy_reinforce"]

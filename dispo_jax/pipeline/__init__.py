@@ -4,11 +4,11 @@
 task's reward functions) and the assembly of an :class:`dispo_jax.rl.batch.RLBatch`.
 """
 
-from dispo_jax.pipeline.rewards import make_reward_fn, prompts_for_step, shuffle_within_groups
+from dispo_jax.pipeline.rewards import make_reward_fn, prompts_for_batch, shuffle_within_groups
 from dispo_jax.pipeline.rollout import CollectSettings, RolloutSettings, collect
-from dispo_jax.pipeline.step import (StepFunctions, TrainState, make_step_functions, rl_step,
-                                     setup_step)
+from dispo_jax.pipeline.step import (StepFunctions, TrainState, make_step_functions,
+                                     rollout_and_update, setup_step)
 
 __all__ = ["CollectSettings", "RolloutSettings", "StepFunctions", "TrainState",
-           "collect", "make_reward_fn", "make_step_functions", "prompts_for_step", "rl_step",
-           "setup_step", "shuffle_within_groups"]
+           "collect", "make_reward_fn", "make_step_functions", "prompts_for_batch",
+           "rollout_and_update", "setup_step", "shuffle_within_groups"]

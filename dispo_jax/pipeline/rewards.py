@@ -45,10 +45,11 @@ def make_reward_fn(task: ScoresCompletions, decode: Callable[[np.ndarray], list]
   return reward_fn
 
 
-def prompts_for_step(rows: list, step: int, per_step: int, seed: int) -> list:
-  """The rows of rollout batch ``step``: consecutive slices of a per-epoch seeded permutation."""
+def prompts_for_batch(rows: list, rollout_index: int, per_batch: int, seed: int) -> list:
+  """The rows of rollout batch ``rollout_index``: consecutive slices of a per-epoch seeded
+  permutation."""
   out = []
-  for position in range(step * per_step, (step + 1) * per_step):
+  for position in range(rollout_index * per_batch, (rollout_index + 1) * per_batch):
     epoch, offset = divmod(position, len(rows))
     order = np.random.default_rng([seed, epoch]).permutation(len(rows))
     out.append(rows[order[offset]])

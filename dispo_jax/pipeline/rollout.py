@@ -2,7 +2,7 @@
 
 Two parts: the terminal part (sample K completions per prompt, score them, group advantages, loss
 weights) and the branch part (DiSPO: refill each cached branch state Z times, score the fillings,
-branch advantages). The branch steps are drawn from ω(t) *before* the rollout, so the sampler
+branch advantages). The branch timesteps are drawn from ω(t) *before* the rollout, so the sampler
 caches logits only at those states. Rewards arrive as a plain host function (see
 :mod:`dispo_jax.pipeline.rewards`): nothing here imports a task.
 """
@@ -24,7 +24,7 @@ from dispo_jax.rl.advantages import ADVANTAGES, get_advantage, group_advantages
 from dispo_jax.rl.batch import RLBatch
 from dispo_jax.rl.diagnostics import branch_diagnostics, credited_tokens, group_diagnostics
 from dispo_jax.rl.learner import ObjectiveSettings
-from dispo_jax.rl.losses import step_row_weights, step_token_mask
+from dispo_jax.rl.losses import state_row_weights, state_token_mask
 from dispo_jax.sampling import SamplerSettings, completion_mask, generate, sample_branches
 from dispo_jax.sampling.decoding import REWARD_TEXTS
 from dispo_jax.sampling.sampler import Rollout
@@ -35,7 +35,7 @@ class RolloutSettings:
   """How one rollout batch is produced (config section ``rollout``, one key per field).
 
   Attributes:
-    prompts_per_step: prompts of one rollout batch.
+    prompts_per_batch: prompts of one rollout batch.
     group_size: K completions per prompt.
     max_prompt_length: prompts are left-truncated to this many tokens.
     num_branches: Z fillings per branch state (DiSPO).
@@ -48,7 +48,7 @@ class RolloutSettings:
       also after an EOS; d1's rule) or ``first_eos`` (the text before the first EOS).
   """
 
-  prompts_per_step: int = 16
+  prompts_per_batch: int = 16
   group_size: int = 6
   max_prompt_length: int = 200
   num_branches: int = 2
@@ -62,7 +62,7 @@ class RolloutSettings:
 
   def __post_init__(self):
     checks = [
-        ("prompts_per_step", self.prompts_per_step >= 1, ">= 1"),
+        ("prompts_per_batch", self.prompts_per_batch >= 1, ">= 1"),
         ("group_size", self.group_size >= 2, ">= 2 (group-centred advantages)"),
         ("max_prompt_length", self.max_prompt_length >= 1, ">= 1"),
         ("num_branches", self.num_branches >= 2, ">= 2"),
@@ -118,19 +118,19 @@ def collect(key: jax.Array, graphdef, params: Any, prompt_tokens: np.ndarray,
   host_prompts = np.repeat(np.asarray(prompt_tokens, np.int32), k, axis=0)
   host_lengths = np.repeat(np.asarray(prompt_lengths, np.int32), k, axis=0)
   prompt_index = np.repeat(np.arange(len(prompt_tokens)), k)  # [rows] the prompt of each row
-  host_steps = None
+  host_timesteps = None
   if settings.objective.adds_state_term:
-    host_steps = to_host(timesteps.sample_branch_steps(
-        step_key, len(prompt_tokens), k, settings.sampler.steps,
+    host_timesteps = to_host(timesteps.sample_branch_timesteps(
+        step_key, len(prompt_tokens), k, settings.sampler.num_timesteps,
         settings.rollout.states_per_prompt, settings.rollout.timestep_schedule,
         settings.rollout.timestep_degree))
   result = generate(graphdef, params, place(host_prompts), place(host_lengths), sample_key,
-                    settings.sampler, None if host_steps is None else place(host_steps))
+                    settings.sampler, None if host_timesteps is None else place(host_timesteps))
   batch, metrics = _terminal_part(result, host_prompts, host_lengths, prompt_index,
                                   reward_fn, settings, row_offset, place)
-  if host_steps is not None:
+  if host_timesteps is not None:
     batch, branch_metrics, _ = _branch_part(
-        branch_key, batch, result, host_steps, prompt_index, reward_fn, settings, place)
+        branch_key, batch, result, host_timesteps, prompt_index, reward_fn, settings, place)
     metrics.update(branch_metrics)
   batch.check_shapes()
   return batch, metrics
@@ -144,8 +144,8 @@ def weight_fields(completion_mask: jax.Array | None, action_mask: jax.Array | No
   fields = {}
   if completion_mask is not None:
     fields.update(objective.base_term.row_weights(completion_mask, group_size, objective))
-  if action_mask is not None and objective.step_normaliser == "group":
-    fields["step_row_weights"] = step_row_weights(action_mask, group_size)
+  if action_mask is not None and objective.state_normaliser == "group":
+    fields["state_row_weights"] = state_row_weights(action_mask, group_size)
   return fields
 
 
@@ -165,17 +165,17 @@ def _terminal_part(result: Rollout, host_prompts: np.ndarray, host_lengths: np.n
     key_mask = place(np.arange(width)[None] >= (width - host_lengths)[:, None])
   done = completion_mask(result.completion, settings.eos_id)
   metrics["base/credited_tokens"] = float(credited_tokens(to_host(done), advantages))
-  metrics["sampler/denoising_steps"] = float(to_host(result.commit_step).max() + 1)
+  metrics["sampler/timesteps_taken"] = float(to_host(result.commit_timestep).max() + 1)
   batch = RLBatch(prompt_tokens=place(host_prompts), prompt_key_mask=key_mask,
                   completion=result.completion, completion_mask=done,
-                  advantages=place(to_host(advantages)), commit_step=result.commit_step,
+                  advantages=place(to_host(advantages)), commit_timestep=result.commit_timestep,
                   behaviour_logp=result.behaviour_logp,
                   row_ids=place(np.arange(rows, dtype=np.int32) + row_offset))
   batch = batch.replace(**weight_fields(done, None, k, settings.objective))
   return batch, metrics
 
 
-def _branch_part(key: jax.Array, batch: RLBatch, result: Rollout, host_steps: np.ndarray,
+def _branch_part(key: jax.Array, batch: RLBatch, result: Rollout, host_timesteps: np.ndarray,
                  prompt_index: np.ndarray, reward_fn: RewardFn, settings: CollectSettings,
                  place) -> tuple[RLBatch, Dict[str, float], np.ndarray]:
   """DiSPO's branches: Z fillings of every cached state, their rewards and advantages."""
@@ -190,16 +190,16 @@ def _branch_part(key: jax.Array, batch: RLBatch, result: Rollout, host_steps: np
   branch_rewards = checked_rewards(
       reward_fn(flat, np.repeat(prompt_index, n_states * z)), flat.shape[0], "branches")
   branch_rewards = branch_rewards.reshape(rows, n_states, z)
-  used = host_steps >= 0
+  used = host_timesteps >= 0
   branch_adv = np.asarray(get_advantage(rollout.branch_advantage)(jnp.asarray(branch_rewards)))
   branch_adv = np.where(used[..., None], branch_adv, 0.0).astype(np.float32)
-  action_mask = step_token_mask(action_mask & place(used)[..., None], filled, settings.eos_id,
-                                settings.objective.step_tokens)
+  action_mask = state_token_mask(action_mask & place(used)[..., None], filled, settings.eos_id,
+                                settings.objective.state_tokens)
   batch = batch.replace(state_canvas=result.branch_canvas, actions=filled,
                         action_mask=action_mask, branch_advantages=place(branch_adv))
   batch = batch.replace(**weight_fields(None, action_mask, rollout.group_size,
                                         settings.objective))
   metrics = branch_diagnostics(jnp.asarray(branch_rewards), jnp.asarray(branch_adv),
-                               jnp.asarray(host_steps), sampler.steps)
-  metrics["step/credited_tokens"] = credited_tokens(to_host(action_mask), jnp.asarray(branch_adv))
+                               jnp.asarray(host_timesteps), sampler.num_timesteps)
+  metrics["state/credited_tokens"] = credited_tokens(to_host(action_mask), jnp.asarray(branch_adv))
   return batch, {name: float(v) for name, v in metrics.items()}, branch_rewards

@@ -1,4 +1,4 @@
-"""One RL step: a rollout batch and its μ optimizer updates, on one :class:`TrainState`.
+"""A rollout batch and its μ optimizer updates, on one :class:`TrainState`.
 
 Named levels (as Tunix's learner): the *global step* counts optimizer updates; every μ =
 ``ObjectiveSettings.num_iterations`` updates a new *rollout batch* is generated (d1 / TRL), its
@@ -29,7 +29,7 @@ from dispo_jax.rl.state import TrainState
 
 @dataclasses.dataclass(frozen=True)
 class StepFunctions:
-  """The compiled pieces of :func:`rl_step`, built once by :func:`make_step_functions`.
+  """The compiled pieces of :func:`rollout_and_update`, built once by :func:`make_step_functions`.
 
   Attributes:
     policy: the parameterisation (``bind``, ``bind_reference``, ``model_state``).
@@ -70,7 +70,7 @@ def setup_step(cfg, graphdef, model_state, settings: CollectSettings, optimizer,
                lora: LoRAConfig | None = None, *, mesh=None, seed: int = 0,
                copy_reference: bool = True, row_sharding=None
                ) -> tuple[StepFunctions, TrainState]:
-  """The one set-up of an RL step: the policy over a loaded model, the step-0
+  """The one set-up of RL training: the policy over a loaded model, the step-0
   :class:`TrainState` and the compiled :class:`StepFunctions` (train, the benchmarks and the
   tests build it here).
 
@@ -103,9 +103,9 @@ def setup_step(cfg, graphdef, model_state, settings: CollectSettings, optimizer,
   return fns, state
 
 
-def rl_step(fns: StepFunctions, state: TrainState, prompt_tokens: np.ndarray,
-            prompt_lengths: np.ndarray, reward_fn: RewardFn, key: jax.Array,
-            num_updates: int | None = None) -> tuple[TrainState, list[dict[str, float]]]:
+def rollout_and_update(fns: StepFunctions, state: TrainState, prompt_tokens: np.ndarray,
+                       prompt_lengths: np.ndarray, reward_fn: RewardFn, key: jax.Array,
+                       num_updates: int | None = None) -> tuple[TrainState, list[dict[str, float]]]:
   """One rollout batch from ``state`` and its updates (μ, or ``num_updates`` at a run's end).
 
   Args:

@@ -24,13 +24,13 @@ class ReplayLogprobs:
 
   Attributes:
     base_old, base_ref: ``[μ, N, G]`` float32.
-    step_old, step_ref: ``[μ, N, S, Z, G]`` float32.
+    state_old, state_ref: ``[μ, N, S, Z, G]`` float32.
   """
 
   base_old: Optional[Array] = None
   base_ref: Optional[Array] = None
-  step_old: Optional[Array] = None
-  step_ref: Optional[Array] = None
+  state_old: Optional[Array] = None
+  state_ref: Optional[Array] = None
 
   def at(self, iteration) -> "ReplayLogprobs":
     """The ``[N, ...]`` slices of inner iteration ``iteration``."""
@@ -50,18 +50,18 @@ class RLBatch:
     completion_mask: ``[N, G]`` bool, up to and including the first EOS.
     advantages: ``[N]`` float32 terminal advantages.
     row_ids: ``[N]`` int32 global row indices (prompt masks per row).
-    commit_step: ``[N, G]`` int32 denoising step at which each token was committed.
+    commit_timestep: ``[N, G]`` int32 timestep at which each token was committed.
     behaviour_logp: ``[N, G]`` float32 log-prob of each token under the distribution the sampler
       drew it from (:attr:`dispo_jax.sampling.sampler.Rollout.behaviour_logp`).
     base_row_weights: ``[N]`` float32 normaliser of each row's token sum in the base loss
       (:func:`dispo_jax.rl.losses.base_row_weights`, computed on the whole batch).
-    step_row_weights: ``[N]`` float32 the same for the step term under its ``group`` normaliser
-      (:func:`dispo_jax.rl.losses.step_row_weights`), else None.
+    state_row_weights: ``[N]`` float32 the same for the state term under its ``group`` normaliser
+      (:func:`dispo_jax.rl.losses.state_row_weights`), else None.
     sequence_weights: ``[N]`` float32 SPG loss weights ``L_j / Σ_group L / groups`` (SPG only).
     state_canvas: ``[N, S, G]`` int32 branch-state completions (MASK at the action positions).
     actions: ``[N, S, Z, G]`` int32 filled canvases of the Z branches.
-    action_mask: ``[N, S, Z, G]`` bool tokens the step term scores in each branch (see
-      ``ObjectiveSettings.step_tokens``; all False for unused slots).
+    action_mask: ``[N, S, Z, G]`` bool tokens the state term scores in each branch (see
+      ``ObjectiveSettings.state_tokens``; all False for unused slots).
     branch_advantages: ``[N, S, Z]`` float32.
     replay: :class:`ReplayLogprobs` (μ on axis 0), filled by :func:`with_old_and_ref_logprobs`.
   """
@@ -72,10 +72,10 @@ class RLBatch:
   completion_mask: Array
   advantages: Array
   row_ids: Array
-  commit_step: Optional[Array] = None
+  commit_timestep: Optional[Array] = None
   behaviour_logp: Optional[Array] = None
   base_row_weights: Optional[Array] = None
-  step_row_weights: Optional[Array] = None
+  state_row_weights: Optional[Array] = None
   sequence_weights: Optional[Array] = None
   state_canvas: Optional[Array] = None
   actions: Optional[Array] = None
@@ -93,9 +93,9 @@ class RLBatch:
     n, g = self.completion.shape
     p = self.prompt_tokens.shape[1]
     expected = {"prompt_key_mask": (n, p), "completion_mask": (n, g), "advantages": (n,),
-                "row_ids": (n,), "commit_step": (n, g), "behaviour_logp": (n, g),
+                "row_ids": (n,), "commit_timestep": (n, g), "behaviour_logp": (n, g),
                 "base_row_weights": (n,),
-                "step_row_weights": (n,), "sequence_weights": (n,)}
+                "state_row_weights": (n,), "sequence_weights": (n,)}
     if self.actions is not None:
       _, s, z, _ = self.actions.shape
       chex.assert_shape(self.actions, (n, s, z, g), custom_message="RLBatch.actions")

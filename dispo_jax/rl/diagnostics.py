@@ -40,33 +40,33 @@ def credited_tokens(token_mask: Array, advantages: Array) -> Array:
   return jnp.sum(token_mask & (advantages != 0)[..., None]).astype(jnp.float32)
 
 
-def branch_diagnostics(branch_rewards: Array, branch_advantages: Array, branch_steps: Array,
-                       num_steps: int) -> Dict[str, Array]:
+def branch_diagnostics(branch_rewards: Array, branch_advantages: Array, branch_timesteps: Array,
+                       num_timesteps: int) -> Dict[str, Array]:
   """Branch-state diagnostics.
 
   Args:
     branch_rewards, branch_advantages: ``[N, S, Z]``.
-    branch_steps: ``[N, S]`` int32 (−1 = unused slot).
-    num_steps: T.
+    branch_timesteps: ``[N, S]`` int32 (−1 = unused slot).
+    num_timesteps: T.
 
   Returns the zero-advantage fraction over used states and, per timestep bin (early < 0.3T ≤ mid
   < 0.7T ≤ late), the number of states and the fraction whose Z rewards are not all equal
   ("reward-distinguishable"; the paper reports 4.5 / 9.2 / 43.8 %). Empty bins report NaN.
   """
-  used = branch_steps >= 0
+  used = branch_timesteps >= 0
   r = branch_rewards.astype(jnp.float32)
   distinguishable = jnp.any(r != r[..., :1], axis=-1) & used
   zero_adv = jnp.all(branch_advantages == 0, axis=-1) & used
   n_used = jnp.maximum(used.sum(), 1)
-  out = {"step/zero_adv_frac": zero_adv.sum() / n_used,
-         "step/distinguishable_frac": distinguishable.sum() / n_used,
-         "step/branch_reward_mean": jnp.sum(r.mean(-1) * used) / n_used}
-  bins = timestep_bins(branch_steps, num_steps)
+  out = {"state/zero_adv_frac": zero_adv.sum() / n_used,
+         "state/distinguishable_frac": distinguishable.sum() / n_used,
+         "state/branch_reward_mean": jnp.sum(r.mean(-1) * used) / n_used}
+  bins = timestep_bins(branch_timesteps, num_timesteps)
   for index, name in enumerate(BIN_NAMES):
     in_bin = bins == index
     count = in_bin.sum()
-    out[f"step/states_{name}"] = count
-    out[f"step/distinguishable_{name}"] = jnp.where(
+    out[f"state/states_{name}"] = count
+    out[f"state/distinguishable_{name}"] = jnp.where(
         count > 0, (distinguishable & in_bin).sum() / jnp.maximum(count, 1), jnp.nan)
-  out.update(advantage_stats(jnp.where(used[..., None], branch_advantages, 0.0), "step/"))
+  out.update(advantage_stats(jnp.where(used[..., None], branch_advantages, 0.0), "state/"))
   return out

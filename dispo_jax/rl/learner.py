@@ -39,7 +39,7 @@ from dispo_jax.rl.objectives import trace as trace_lib
 Array = jax.Array
 # (params, dropout_key | None) -> the policy's forward with those parameters
 Bind = Callable[[Any, Optional[Array]], Apply]
-STEP_TOKENS = ("action", "action_with_tail", "all")
+STATE_TOKENS = ("action", "action_with_tail", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,18 +55,18 @@ class ObjectiveSettings:
     num_microbatches: gradient-accumulation micro-batches of one update.
     base_loss: the token-level loss of ratio objectives (diffu-GRPO, trace), a name of
       :data:`dispo_jax.rl.losses.LOSSES`; "" = diffu-GRPO's clipped loss.
-    alpha_base, alpha_step: L = α_base·L_base + α_step·L_step.
-    epsilon_low, epsilon_high: PPO clip range ``[1−ε_low, 1+ε_high]`` (diffu-GRPO and step term).
-    beta: KL coefficient (k3 estimator against the reference policy) of the diffu-GRPO and step
+    alpha_base, alpha_state: L = α_base·L_base + α_state·L_state.
+    epsilon_low, epsilon_high: PPO clip range ``[1−ε_low, 1+ε_high]`` (diffu-GRPO and state term).
+    beta: KL coefficient (k3 estimator against the reference policy) of the diffu-GRPO and state
       terms; 0 skips the reference. SPG's own term has no KL.
     p_mask_prompt: prompt-token mask probability of the surrogates and of SPG's earlier blocks.
-    step_normaliser: see :data:`dispo_jax.rl.losses.STEP_NORMALISERS`.
+    state_normaliser: see :data:`dispo_jax.rl.losses.STATE_NORMALISERS`.
     base_normaliser: ``group`` (d1 as run: token mean within each prompt group, then the mean
       over groups) or ``batch`` (one token mean over the batch); see
       :data:`dispo_jax.rl.losses.BASE_NORMALISERS`.
-    step_ratio: ``token`` (per-token ratios, GRPO-style) or ``branch`` (Eq. 5: one ratio per
+    state_ratio: ``token`` (per-token ratios, GRPO-style) or ``branch`` (Eq. 5: one ratio per
       branch, clipped per branch).
-    step_tokens: which tokens of a branch the step term scores (:data:`STEP_TOKENS`):
+    state_tokens: which tokens of a branch the state term scores (:data:`STATE_TOKENS`):
       ``action`` — the state's masked positions up to and including the branch's first EOS;
       ``action_with_tail`` — every masked position, the EOS padding tail included (the behaviour
       before the EOS cut); ``all`` — the "all tokens" ablation (Table 3a, Prop. A.3): every
@@ -77,8 +77,8 @@ class ObjectiveSettings:
     trace: the trajectory-consistent surrogate (:class:`dispo_jax.rl.objectives.trace.TraceSettings`).
     behaviour: the importance correction for approximate rollouts
       (:class:`dispo_jax.rl.behaviour.BehaviourSettings`; see :attr:`importance_weight`).
-    denoising_steps: T of the rollouts (derived from the sampler; the trace surrogate maps
-      commit steps to segments).
+    num_timesteps: T of the rollouts (derived from the sampler; the trace surrogate maps
+      commit timesteps to segments).
     approximate_sampler: whether the rollouts come from the dual cache or threshold decoding
       (derived from the sampler; resolves ``behaviour.weight="auto"``).
     mask_id: MASK token id (derived from the model).
@@ -89,20 +89,20 @@ class ObjectiveSettings:
   num_microbatches: int = 1
   base_loss: str = ""
   alpha_base: float = 1.0
-  alpha_step: float = 0.5
+  alpha_state: float = 0.5
   epsilon_low: float = 0.5
   epsilon_high: float = 0.5
   beta: float = 0.04
   p_mask_prompt: float = 0.15
-  step_normaliser: str = "branch"
+  state_normaliser: str = "branch"
   base_normaliser: str = "group"
-  step_ratio: str = "token"
-  step_tokens: str = "action"
+  state_ratio: str = "token"
+  state_tokens: str = "action"
   spg: spg_lib.SPGSettings = dataclasses.field(default_factory=spg_lib.SPGSettings)
   trace: trace_lib.TraceSettings = dataclasses.field(default_factory=trace_lib.TraceSettings)
   behaviour: behaviour_lib.BehaviourSettings = dataclasses.field(
       default_factory=behaviour_lib.BehaviourSettings)
-  denoising_steps: int = 128
+  num_timesteps: int = 128
   approximate_sampler: bool = False
   mask_id: int = 126336
 
@@ -120,23 +120,23 @@ class ObjectiveSettings:
     except ValueError as e:
       yield str(e)
       return
-    yield from one_of("step_normaliser", self.step_normaliser, losses_lib.STEP_NORMALISERS)
+    yield from one_of("state_normaliser", self.state_normaliser, losses_lib.STATE_NORMALISERS)
     yield from one_of("base_normaliser", self.base_normaliser, losses_lib.BASE_NORMALISERS)
-    yield from one_of("step_ratio", self.step_ratio, losses_lib.STEP_RATIOS)
-    yield from one_of("step_tokens", self.step_tokens, STEP_TOKENS)
+    yield from one_of("state_ratio", self.state_ratio, losses_lib.STATE_RATIOS)
+    yield from one_of("state_tokens", self.state_tokens, STATE_TOKENS)
     positive = {"num_iterations": self.num_iterations, "num_microbatches": self.num_microbatches,
                 "epsilon_low": self.epsilon_low, "epsilon_high": self.epsilon_high}
     for name, value in positive.items():
       if not value > 0:
         yield f"{name}={value!r} must be > 0"
-    for name in ("alpha_base", "alpha_step", "beta"):
+    for name in ("alpha_base", "alpha_state", "beta"):
       if not getattr(self, name) >= 0:
         yield f"{name}={getattr(self, name)!r} must be >= 0 (and finite)"
     if not 0 <= self.p_mask_prompt < 1:
       yield f"p_mask_prompt={self.p_mask_prompt!r} must be in [0, 1)"
-    if self.step_ratio == "branch" and self.step_normaliser not in ("branch", "sum"):
-      yield (f"step_ratio='branch' (Eq. 5) needs step_normaliser 'branch' or 'sum', got "
-             f"{self.step_normaliser!r}")
+    if self.state_ratio == "branch" and self.state_normaliser not in ("branch", "sum"):
+      yield (f"state_ratio='branch' (Eq. 5) needs state_normaliser 'branch' or 'sum', got "
+             f"{self.state_normaliser!r}")
     yield from self.base_term.problems(self)
 
   @property
@@ -181,9 +181,9 @@ def with_old_and_ref_logprobs(old: Apply, ref: Apply | None, batch: RLBatch, mas
       if ref is not None:
         out["base_ref"] = base_term.logprobs(ref, batch, key, s)
     if s.adds_state_term:
-      out["step_old"] = state_term.logprobs(old, batch, key, s)
+      out["state_old"] = state_term.logprobs(old, batch, key, s)
       if ref is not None:
-        out["step_ref"] = state_term.logprobs(ref, batch, key, s)
+        out["state_ref"] = state_term.logprobs(ref, batch, key, s)
     return ReplayLogprobs(**out)
 
   replay = jax.lax.map(per_key, mask_keys)
@@ -225,20 +225,20 @@ def loss_denominators(batch: RLBatch, s: ObjectiveSettings) -> Dict[str, Array]:
   (The base terms' per-row weights are global by construction: the objective's
   :meth:`~dispo_jax.rl.objectives.Objective.row_weights`, filled at rollout time.)
   """
-  return {"step": state_term.denominator(batch, s)} if s.adds_state_term else {}
+  return {"state": state_term.denominator(batch, s)} if s.adds_state_term else {}
 
 
 def policy_loss(apply: Apply, batch: RLBatch, iteration: Array, mask_key: Array,
                 s: ObjectiveSettings, denominators: Dict[str, Array] | None = None
                 ) -> tuple[Array, Dict[str, Array]]:
-  """``L = α_base·L_base + α_step·L_step`` for inner iteration ``iteration`` (its mask key)."""
+  """``L = α_base·L_base + α_state·L_state`` for inner iteration ``iteration`` (its mask key)."""
   denominators = denominators or loss_denominators(batch, s)
   replay = (batch.replay or ReplayLogprobs()).at(iteration)
   base = s.base_term.loss(apply, batch, replay, mask_key, s)
-  step = None
+  state = None
   if s.adds_state_term:
-    step = state_term.loss(apply, batch, replay, mask_key, s, denominators["step"])
-  return losses_lib.combine_losses(base, step, s.alpha_base, s.alpha_step)
+    state = state_term.loss(apply, batch, replay, mask_key, s, denominators["state"])
+  return losses_lib.combine_losses(base, state, s.alpha_base, s.alpha_state)
 
 
 def split_microbatches(batch: RLBatch, num_microbatches: int) -> RLBatch:

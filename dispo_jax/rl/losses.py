@@ -1,6 +1,6 @@
 """Policy losses, registered by name, and their diagnostics.
 
-Token-level losses (``diffu_grpo``, ``dispo_step`` and any plug-in base loss) work on per-token
+Token-level losses (``diffu_grpo``, ``dispo_state`` and any plug-in base loss) work on per-token
 arrays (log-probs of the current, old and reference policies, an advantage broadcast to tokens, and
 a weight mask); the sequence-level ``spg`` loss works on one bound per completion
 (:mod:`dispo_jax.rl.objectives.spg`). Every loss returns ``(scalar loss, diagnostics dict)``.
@@ -8,7 +8,7 @@ a weight mask); the sequence-level ``spg`` loss works on one bound per completio
 Diagnostics (per update; with micro-batches, the mean over them): ``clip_frac`` (the fraction of
 scored tokens, or of branches under Eq. 5's ratio, where clipping binds), ratio min / max / median,
 the k3 KL, and App. J's ``log_ratio_median`` / ``log_ratio_p99`` (:func:`log_ratio_stats`), each
-for the terminal (``base/``) and the state (``step/``) term separately.
+for the terminal (``base/``) and the state (``state/``) term separately.
 
 * ``diffu_grpo`` (d1): per token ``−min(ρA, clip(ρ, 1−ε, 1+ε)A) + β·KL``, ``ρ = exp(logp − old)``,
   KL the k3 estimator ``exp(ref − logp) − (ref − logp) − 1``, over completion tokens up to and
@@ -18,12 +18,12 @@ for the terminal (``base/``) and the state (``step/``) term separately.
     - ``batch``: one token mean over the whole batch (groups weighted by their token counts).
 * ``spg`` (SPG): ratio-free REINFORCE on sequence bounds, ``Σ_j −A_j w_j s̄_j`` with
   ``w_j = L_j / Σ_group L / number of groups``; no clipping, no KL.
-* ``dispo_step``: the same per-token clipped surrogate and KL on the *action tokens* of branch
-  states, ``A = A_{k,t,z}``; per state ``L_step = −(1/Z) Σ_z ρ_z A_z`` with the token-level ratio of
+* ``dispo_state``: the same per-token clipped surrogate and KL on the *action tokens* of branch
+  states, ``A = A_{k,t,z}``; per state ``L_state = −(1/Z) Σ_z ρ_z A_z`` with the token-level ratio of
   GRPO-style PPO (``ratio="branch"``: the paper's literal Eq. 5, one ratio per branch,
   ``ρ_z = exp(Σ_{i∈M} Δ log π)``, clipped per branch). The scored tokens of a branch are a mask
   ``[N, S, Z, G]`` (by default the action positions up to and including the branch's first EOS).
-  The normaliser is explicit (:data:`STEP_NORMALISERS`):
+  The normaliser is explicit (:data:`STATE_NORMALISERS`):
     - ``branch`` (App. J, the recipe's): token mean within each branch, then the mean over the Z
       branches and over the states with a scored token;
     - ``group``: token sum / token count within each prompt group (all branches of its K rows'
@@ -50,9 +50,9 @@ LossFn = Callable[..., tuple[Array, Dict[str, Array]]]
 LOSSES: Registry[LossFn] = Registry("loss")
 register_loss = LOSSES.register
 get_loss = LOSSES.get
-STEP_NORMALISERS = ("branch", "group", "tokens", "nonzero_tokens", "sum")
+STATE_NORMALISERS = ("branch", "group", "tokens", "nonzero_tokens", "sum")
 BASE_NORMALISERS = ("group", "batch")
-STEP_RATIOS = ("token", "branch")
+STATE_RATIOS = ("token", "branch")
 
 
 def k3_kl(logp: Array, ref_logp: Array) -> Array:
@@ -130,8 +130,8 @@ def base_row_weights(completion_mask: Array, group_size: int, normaliser: str) -
   return jnp.repeat(weights, group_size)
 
 
-def step_row_weights(action_mask: Array, group_size: int) -> Array:
-  """``[N]`` float32 weight of each row's step-term token sum under the ``group`` normaliser:
+def state_row_weights(action_mask: Array, group_size: int) -> Array:
+  """``[N]`` float32 weight of each row's state-term token sum under the ``group`` normaliser:
   ``1 / (scored branch tokens of the row's group) / groups`` (rows of a group are contiguous).
 
   ``action_mask`` is ``[N, S, Z, G]`` bool, the scored tokens of every branch of the whole batch.
@@ -194,19 +194,19 @@ def spg_loss(sequence_logp: Array, advantages: Array, sequence_weights: Array
   return loss, {"base/loss": loss}
 
 
-def step_token_mask(action_mask: jax.Array, filled: jax.Array, eos_id: int, step_tokens: str
+def state_token_mask(action_mask: jax.Array, filled: jax.Array, eos_id: int, state_tokens: str
                     ) -> jax.Array:
-  """``[N, S, Z, G]`` tokens the step term scores (``ObjectiveSettings.step_tokens``).
+  """``[N, S, Z, G]`` tokens the state term scores (``ObjectiveSettings.state_tokens``).
 
   Args:
     action_mask: ``[N, S, G]`` bool, the positions the branches filled (False for unused slots).
     filled: ``[N, S, Z, G]`` int32 filled branch completions.
   """
   positions = jnp.broadcast_to(action_mask[:, :, None, :], filled.shape)
-  if step_tokens == "action_with_tail":
+  if state_tokens == "action_with_tail":
     return positions
   upto_eos = completion_mask(filled, eos_id)
-  if step_tokens == "all":
+  if state_tokens == "all":
     used = jnp.any(action_mask, -1)[:, :, None, None]
     return upto_eos & used
   return positions & upto_eos
@@ -239,8 +239,8 @@ def _branch_ratio_loss(logp: Array, old_logp: Array, ref_logp: Array | None, adv
   return per_branch, {**aux, "kl": branch_kl}
 
 
-@register_loss("dispo_step")
-def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
+@register_loss("dispo_state")
+def state_term_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
                     action_mask: Array, *, epsilon_low: float = 0.5, epsilon_high: float = 0.5,
                     beta: float = 0.04, normaliser: str = "branch", ratio: str = "token",
                     denominator: Array | None = None, row_weights: Array | None = None
@@ -252,23 +252,23 @@ def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
     advantages: ``[N, S, Z]`` float32 branch advantages.
     action_mask: ``[N, S, Z, G]`` bool scored tokens of each branch, or ``[N, S, G]`` shared by the
       Z branches of a state; states of unused slots have an all-False mask.
-    normaliser: one of :data:`STEP_NORMALISERS`.
+    normaliser: one of :data:`STATE_NORMALISERS`.
     ratio: ``token`` (GRPO-style per-token ratios) or ``branch`` (Eq. 5: one ratio per branch;
       normalisers ``branch`` or ``sum`` only).
     denominator: the global count the normaliser divides by (tokens, non-zero-state tokens or
-      states; see :func:`step_denominator`) when a batch is split into micro-batches.
-    row_weights: ``[N]`` float32 (``group`` normaliser only): :func:`step_row_weights` of the
+      states; see :func:`state_denominator`) when a batch is split into micro-batches.
+    row_weights: ``[N]`` float32 (``group`` normaliser only): :func:`state_row_weights` of the
       whole batch; default: computed from these rows as one group.
   """
-  if normaliser not in STEP_NORMALISERS:
-    raise ValueError(f"unknown step normaliser {normaliser!r}; choose one of {STEP_NORMALISERS}")
-  if ratio not in STEP_RATIOS:
-    raise ValueError(f"unknown step ratio {ratio!r}; choose one of {STEP_RATIOS}")
+  if normaliser not in STATE_NORMALISERS:
+    raise ValueError(f"unknown state normaliser {normaliser!r}; choose one of {STATE_NORMALISERS}")
+  if ratio not in STATE_RATIOS:
+    raise ValueError(f"unknown state ratio {ratio!r}; choose one of {STATE_RATIOS}")
   z = logp.shape[2]
   mask = branch_mask(action_mask, z)
   w = mask.astype(jnp.float32)
   if denominator is None:
-    denominator = step_denominator(advantages, mask, normaliser)
+    denominator = state_denominator(advantages, mask, normaliser)
   if ratio == "branch":
     if normaliser not in ("branch", "sum"):
       raise ValueError(f"the per-branch ratio (Eq. 5) needs normaliser 'branch' or 'sum', got "
@@ -278,7 +278,7 @@ def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
     has_tokens = jnp.any(mask, -1)  # [N, S, Z]
     total = jnp.sum(jnp.where(has_tokens, per_branch, 0.0)) / z
     loss = total if normaliser == "sum" else total / jnp.maximum(denominator, 1.0)
-    diag = _token_diagnostics(aux, has_tokens, "step/")
+    diag = _token_diagnostics(aux, has_tokens, "state/")
   else:
     per_token, aux = clipped_token_loss(logp, old_logp, ref_logp, advantages[..., None],
                                         epsilon_low, epsilon_high, beta)
@@ -291,14 +291,14 @@ def dispo_step_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advant
       loss = jnp.sum(per_branch.mean(-1)) / jnp.maximum(denominator, 1.0)
     elif normaliser == "group":
       if row_weights is None:
-        row_weights = step_row_weights(mask, logp.shape[0])
+        row_weights = state_row_weights(mask, logp.shape[0])
       loss = jnp.sum(per_token * w * row_weights[:, None, None, None])
     else:  # "sum": Σ_S −(1/Z) Σ_z Σ_i ρ_i A_z (+ β·KL)
       loss = jnp.sum(per_token * w) / z
-    diag = _token_diagnostics(aux, mask, "step/")
-  diag.update(log_ratio_stats(logp, old_logp, mask, "step/"))
-  diag["step/loss"] = loss
-  diag["step/num_tokens"] = jnp.sum(mask.astype(jnp.float32))
+    diag = _token_diagnostics(aux, mask, "state/")
+  diag.update(log_ratio_stats(logp, old_logp, mask, "state/"))
+  diag["state/loss"] = loss
+  diag["state/num_tokens"] = jnp.sum(mask.astype(jnp.float32))
   return loss, diag
 
 
@@ -316,10 +316,10 @@ def log_ratio_stats(logp: Array, old_logp: Array, mask: Array, prefix: str) -> D
           f"{prefix}log_ratio_p99": jnp.nanpercentile(values, 99.0)}
 
 
-def step_denominator(advantages: Array, action_mask: Array, normaliser: str) -> Array:
-  """What :func:`dispo_step_loss` divides by: scored tokens of all branches, those of states with
+def state_denominator(advantages: Array, action_mask: Array, normaliser: str) -> Array:
+  """What :func:`state_term_loss` divides by: scored tokens of all branches, those of states with
   a non-zero advantage, or the number of states with a scored token; 1 for ``sum`` and ``group``
-  (whose whole-batch normaliser is :func:`step_row_weights`).
+  (whose whole-batch normaliser is :func:`state_row_weights`).
 
   ``action_mask`` is ``[N, S, Z, G]`` or ``[N, S, G]`` (shared by the branches).
   """
@@ -335,16 +335,16 @@ def step_denominator(advantages: Array, action_mask: Array, normaliser: str) -> 
 
 
 def combine_losses(base: tuple[Array, Dict[str, Array]] | None,
-                   step: tuple[Array, Dict[str, Array]] | None, alpha_base: float = 1.0,
-                   alpha_step: float = 0.5) -> tuple[Array, Dict[str, Array]]:
-  """``L = α_base·L_base + α_step·L_step`` with the diagnostics of both."""
+                   state: tuple[Array, Dict[str, Array]] | None, alpha_base: float = 1.0,
+                   alpha_state: float = 0.5) -> tuple[Array, Dict[str, Array]]:
+  """``L = α_base·L_base + α_state·L_state`` with the diagnostics of both."""
   loss = jnp.float32(0.0)
   diag: Dict[str, Array] = {}
   if base is not None:
     loss = loss + alpha_base * base[0]
     diag.update(base[1])
-  if step is not None:
-    loss = loss + alpha_step * step[0]
-    diag.update(step[1])
+  if state is not None:
+    loss = loss + alpha_state * state[0]
+    diag.update(state[1])
   diag["loss"] = loss
   return loss, diag

@@ -50,6 +50,64 @@ class LoopSettings:
     return self.num_steps if self.max_steps <= 0 else min(self.num_steps, self.max_steps)
 
 
+# Keys renamed so that "step" means one optimizer update only (old name -> current name). An old
+# name is still accepted, with a warning naming the current one: on the command line
+# (:func:`current_flags`), in a run folder's recorded ``config.json`` (:func:`current_names`), and
+# in an export's or an evaluation's recorded sampler (:func:`current_fields`). Run folders' default
+# names hash the keys under their first names (:func:`first_names`), so a rename never moves them.
+RENAMED_KEYS = {
+    "sampler.steps": "sampler.num_timesteps",
+    "rollout.prompts_per_step": "rollout.prompts_per_batch",
+    "rl.alpha_step": "rl.alpha_state",
+    "rl.step_normaliser": "rl.state_normaliser",
+    "rl.step_ratio": "rl.state_ratio",
+    "rl.step_tokens": "rl.state_tokens",
+}
+_FIRST_NAMES = {new: old for old, new in RENAMED_KEYS.items()}
+
+
+def _warn_renamed(old: str, new: str, where: str) -> None:
+  from absl import logging
+  logging.warning("%s: %s is now called %s; accepted under its old name (rename it)", where, old,
+                  new)
+
+
+def current_names(flat: Mapping[str, Any], where: str) -> dict:
+  """``flat`` (dotted keys, as ``config.json`` records them) with every renamed key under its
+  current name; ``where`` (the file) is named in the warning."""
+  out = {}
+  for key, value in flat.items():
+    new = RENAMED_KEYS.get(key, key)
+    if new != key:
+      _warn_renamed(key, new, where)
+    out[new] = value
+  return out
+
+
+def first_names(flat: Mapping[str, Any]) -> dict:
+  """``flat`` with every renamed key under its first name (the inverse of :func:`current_names`)."""
+  return {_FIRST_NAMES.get(key, key): value for key, value in flat.items()}
+
+
+def current_fields(section: str, fields: Mapping[str, Any], where: str) -> dict:
+  """One section's fields (``section="sampler"``: ``{"steps": 6, ...}``) under current names."""
+  flat = current_names({f"{section}.{k}": v for k, v in fields.items()}, where)
+  return {k[len(section) + 1:]: v for k, v in flat.items()}
+
+
+def current_flags(argv: list[str], name: str = "config") -> list[str]:
+  """``argv`` with every ``--<name>.<old key>`` override under the key's current name."""
+  out = []
+  for arg in argv:
+    flag, sep, value = arg.partition("=")
+    old = flag[len(f"--{name}."):] if flag.startswith(f"--{name}.") else ""
+    if old in RENAMED_KEYS:
+      _warn_renamed(flag, f"--{name}.{RENAMED_KEYS[old]}", "command line")
+      arg = f"--{name}.{RENAMED_KEYS[old]}{sep}{value}"
+    out.append(arg)
+  return out
+
+
 def _as_dict(section: Any) -> dict:
   return section.to_dict() if hasattr(section, "to_dict") else dict(section)
 
@@ -175,6 +233,7 @@ def define_config_flag(name: str, default: str | None, help_text: str):
   :func:`parse_flags` to ``app.run``); it raises a bare ``AttributeError`` or ``KeyError``."""
   from absl import flags
   from ml_collections.config_flags import config_flags
+  sys.argv[:] = current_flags(sys.argv, name)  # ml_collections reads overrides from sys.argv
   try:
     flag = config_flags._ConfigFlag(  # noqa: SLF001 - DEFINE_config_file's flag, another parser
         parser=_config_parser(name), serializer=flags.ArgumentSerializer(), name=name,
@@ -187,8 +246,9 @@ def define_config_flag(name: str, default: str | None, help_text: str):
 def parse_flags(argv: list[str]) -> list[str]:
   """``absl.flags.FLAGS(argv)`` for ``app.run(main, flags_parser=parse_flags)``: unknown
   ``--config.<key>`` overrides (see :func:`define_config_flag`) and bad flag values end in one
-  line."""
+  line. Renamed keys (:data:`RENAMED_KEYS`) are accepted under their old names."""
   from absl import flags
+  argv = current_flags(argv)
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:

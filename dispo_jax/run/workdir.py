@@ -27,7 +27,7 @@ import time
 from absl import logging
 from etils import epath
 
-from dispo_jax.run.config import ConfigError
+from dispo_jax.run.config import ConfigError, current_names, first_names
 from dispo_jax.run.storage import is_object_store, replace_text
 
 # Keys that may differ between a run and its resumption: they do not change what is trained.
@@ -55,7 +55,9 @@ def run_identity(c) -> dict:
 
 
 def config_hash(c) -> str:
-  blob = json.dumps(run_identity(c), sort_keys=True, default=str)
+  """Eight hex digits of the run identity's SHA-256, over the keys' first names
+  (:func:`~dispo_jax.run.config.first_names`: renaming a key never moves a run's folder)."""
+  blob = json.dumps(first_names(run_identity(c)), sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
@@ -160,7 +162,7 @@ def _recorded_config(path: epath.Path) -> dict:
     raise ConfigError(f"{path}: unreadable run record ({e.__class__.__name__}: {e}); restore it, "
                       f"or use another --workdir") from None
   if isinstance(record, dict) and isinstance(record.get("config"), dict):
-    return record["config"]
+    return current_names(record["config"], str(path))
   model = isinstance(record, dict) and ("model_type" in record or "architectures" in record)
   what = ("an HF model's config.json: --workdir names a model folder" if model else
           f"not a dispo_jax run record (a JSON {type(record).__name__} without a 'config' object)")

@@ -1,7 +1,7 @@
 """The interface of a terminal-reward objective, its registry, and how a method name composes one
 with DiSPO's fixed-state term.
 
-An objective is the base term ``L_base`` of ``L = α_base·L_base + α_step·L_step``: it scores the
+An objective is the base term ``L_base`` of ``L = α_base·L_base + α_state·L_state``: it scores the
 K completions of each prompt against their terminal advantages. It answers four questions, one
 method each, and nothing else in the learner or the rollout branches on which objective runs:
 

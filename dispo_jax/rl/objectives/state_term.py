@@ -1,8 +1,8 @@
-"""DiSPO's fixed-state term ``L_step``, composable on any objective (method ``dispo_<name>``).
+"""DiSPO's fixed-state term ``L_state``, composable on any objective (method ``dispo_<name>``).
 
 At S cached intermediate states per completion, Z fillings of the masked positions were drawn
 from the state's own logits and scored by the reward; the term pushes up the better fillings with
-the clipped ratio and the k3 KL (:func:`dispo_jax.rl.losses.dispo_step_loss`). One forward per
+the clipped ratio and the k3 KL (:func:`dispo_jax.rl.losses.state_term_loss`). One forward per
 state scores its Z branches.
 """
 
@@ -45,15 +45,15 @@ def logprobs(apply: Apply, batch: RLBatch, key: Array, s: "ObjectiveSettings") -
 
 def denominator(batch: RLBatch, s: "ObjectiveSettings") -> Array:
   """The term's global normaliser (float32 scalar), from the whole batch before micro-batching."""
-  return losses_lib.step_denominator(batch.branch_advantages, batch.action_mask,
-                                     s.step_normaliser)
+  return losses_lib.state_denominator(batch.branch_advantages, batch.action_mask,
+                                     s.state_normaliser)
 
 
 def loss(apply: Apply, batch: RLBatch, replay: ReplayLogprobs, key: Array,
          s: "ObjectiveSettings", denominator_value: Array) -> tuple[Array, Dict[str, Array]]:
-  """``(L_step, diagnostics)`` of one inner iteration (``replay``: its ``[N, ...]`` slices)."""
-  return losses_lib.dispo_step_loss(
-      logprobs(apply, batch, key, s), replay.step_old, replay.step_ref, batch.branch_advantages,
+  """``(L_state, diagnostics)`` of one inner iteration (``replay``: its ``[N, ...]`` slices)."""
+  return losses_lib.state_term_loss(
+      logprobs(apply, batch, key, s), replay.state_old, replay.state_ref, batch.branch_advantages,
       batch.action_mask, epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high, beta=s.beta,
-      normaliser=s.step_normaliser, ratio=s.step_ratio, denominator=denominator_value,
-      row_weights=batch.step_row_weights)
+      normaliser=s.state_normaliser, ratio=s.state_ratio, denominator=denominator_value,
+      row_weights=batch.state_row_weights)

@@ -1,18 +1,19 @@
-"""Seconds per whole RL step with fast rollouts, on the `small` preset, measured in one run.
+"""Seconds per rollout batch (its rollout and μ updates) with fast rollouts, on the `small` preset,
+measured in one run.
 
-  python -m benchmarks.rl_step [--prompts 2] [--group 4] [--gen 256] [--steps 128] [--mu 12]
-                               [--head-scale 1.0] [--threshold 0.9] [--repeats 3]
+  python -m benchmarks.rollout_batch [--prompts 2] [--group 4] [--gen 256] [--timesteps 128]
+                                     [--mu 12] [--head-scale 1.0] [--threshold 0.9] [--repeats 3]
 
-One DiSPO step (Z = 2, |S| = 1 state per rollout, the branch states included) at the paper's
-rollout shapes (256 tokens, blocks of 32, 128 steps, μ = 12 inner updates): the rollout, the
+One DiSPO rollout batch (Z = 2, |S| = 1 state per rollout, the branch states included) at the
+paper's rollout shapes (256 tokens, blocks of 32, 128 timesteps, μ = 12 inner updates): the rollout, the
 replayed old / reference log-probs for the μ mask keys, and the μ updates, for three samplers —
 plain, the dual KV cache, and the dual cache with Fast-dLLM's threshold rule — with the importance
-weight on for the two approximate ones (``rl.behaviour.weight=auto``). Prints seconds per step,
-the speed-up over plain (goal ≥ 2.5× for cache + threshold), the denoising steps the threshold
+weight on for the two approximate ones (``rl.behaviour.weight=auto``). Prints seconds per rollout
+batch, the speed-up over plain (goal ≥ 2.5× for cache + threshold), the timesteps the threshold
 used, and the mismatch metrics of the cached rollouts.
 
-Random weights are not confident, so Fast-dLLM's rule (at least one token per step) can take up
-to ``gen`` steps; ``--head-scale`` multiplies the LM head (a trained model's confidence) and is
+Random weights are not confident, so Fast-dLLM's rule (at least one token per timestep) can take
+up to ``gen`` timesteps; ``--head-scale`` multiplies the LM head (a trained model's confidence) and is
 printed with the results.
 """
 
@@ -43,43 +44,43 @@ def reward_fn(completions, prompt_index):
 
 def build(args, cfg, graphdef, state, options):
   """The initial :class:`TrainState` and compiled step functions of DiSPO with one sampler."""
-  sampler = SamplerSettings(gen_length=args.gen, block_length=32, steps=args.steps,
+  sampler = SamplerSettings(gen_length=args.gen, block_length=32, num_timesteps=args.timesteps,
                             temperature=0.9, mask_id=cfg.mask_token_id, **options)
   objective = learner.ObjectiveSettings(method="dispo", mask_id=cfg.mask_token_id,
-                                        num_iterations=args.mu, denoising_steps=sampler.max_steps,
+                                        num_iterations=args.mu, num_timesteps=sampler.max_timesteps,
                                         approximate_sampler=sampler.approximate)
-  rollout = pipeline.RolloutSettings(prompts_per_step=args.prompts, group_size=args.group)
+  rollout = pipeline.RolloutSettings(prompts_per_batch=args.prompts, group_size=args.group)
   opt = make_optimizer(OptimizerSettings(learning_rate=3e-6, grad_clip=1e9))
   settings = pipeline.CollectSettings(sampler, objective, rollout, cfg.eos_token_id)
   fns, train_state = pipeline.setup_step(cfg, graphdef, state, settings, opt, LORA)
   return train_state, fns
 
 
-def time_steps(fns, train_state, prompts, lengths, repeats: int) -> tuple[float, list, object]:
-  """Median seconds of ``repeats`` RL steps (after one compiling step), the last step's metric
-  rows and the state after it (the updates donate the state passed in)."""
+def time_rollout_batches(fns, train_state, prompts, lengths, repeats: int) -> tuple[float, list, object]:
+  """Median seconds of ``repeats`` rollout batches (after one that compiles), the last one's
+  metric rows and the state after it (the updates donate the state passed in)."""
   holder = {"state": train_state}
 
-  def step(seed):
-    holder["state"], rows = pipeline.rl_step(fns, holder["state"], prompts, lengths, reward_fn,
+  def one_batch(seed):
+    holder["state"], rows = pipeline.rollout_and_update(fns, holder["state"], prompts, lengths, reward_fn,
                                              jax.random.key(seed))
     return rows
 
-  step(100)
+  one_batch(100)
   times, rows = [], []
   for r in range(repeats):
     start = time.perf_counter()
-    rows = step(r)
+    rows = one_batch(r)
     times.append(time.perf_counter() - start)
   return float(np.median(times)), rows, holder["state"]
 
 
-def denoising_steps_used(fns, train_state, prompts, lengths) -> int:
-  """The most commit steps any row of one rollout took (the threshold's saving)."""
+def timesteps_taken(fns, train_state, prompts, lengths) -> int:
+  """The most timesteps any row of one rollout took (the threshold's saving)."""
   _, metrics = pipeline.collect(jax.random.key(7), fns.policy.graphdef,
                                 fns.policy.model_state(train_state.params), prompts, lengths,
                                 reward_fn, fns.settings)
-  return int(metrics["sampler/denoising_steps"])
+  return int(metrics["sampler/timesteps_taken"])
 
 
 def main() -> None:
@@ -88,7 +89,7 @@ def main() -> None:
   parser.add_argument("--group", type=int, default=4)
   parser.add_argument("--prompt-len", type=int, default=32)
   parser.add_argument("--gen", type=int, default=256)
-  parser.add_argument("--steps", type=int, default=128)
+  parser.add_argument("--timesteps", "--steps", type=int, default=128)
   parser.add_argument("--mu", type=int, default=12)
   parser.add_argument("--threshold", type=float, default=0.9)
   parser.add_argument("--head-scale", type=float, default=1.0)
@@ -102,19 +103,19 @@ def main() -> None:
   prompts = np.random.default_rng(0).integers(0, 100, (args.prompts, args.prompt_len)).astype(np.int32)
   lengths = np.full((args.prompts,), args.prompt_len, np.int32)
   print(f"backend={jax.default_backend()} preset={args.preset} rows={args.prompts * args.group} "
-        f"prompt={args.prompt_len} gen={args.gen} block=32 steps={args.steps} mu={args.mu} "
+        f"prompt={args.prompt_len} gen={args.gen} block=32 timesteps={args.timesteps} mu={args.mu} "
         f"method=dispo (Z=2) threshold={args.threshold} head-scale={args.head_scale} (LoRA r16)")
   seconds = {}
   for name, options in SAMPLERS.items():
     options = {k: (args.threshold if k == "threshold" else v) for k, v in options.items()}
     train_state, fns = build(args, cfg, graphdef, state, options)
-    seconds[name], rows, train_state = time_steps(fns, train_state, prompts, lengths,
-                                                  args.repeats)
-    used = denoising_steps_used(fns, train_state, prompts, lengths)
+    seconds[name], rows, train_state = time_rollout_batches(
+        fns, train_state, prompts, lengths, args.repeats)
+    used = timesteps_taken(fns, train_state, prompts, lengths)
     mismatch = " | ".join(f"{k.split('/')[1]} {rows[0][k]:.4f}" for k in
                           ("behaviour/abs_log_ratio_mean", "behaviour/truncated_frac",
                            "behaviour/kl") if k in rows[0])
-    print(f"{name}: {seconds[name]:.2f} s per RL step, {used} denoising steps, importance weight "
+    print(f"{name}: {seconds[name]:.2f} s per rollout batch, {used} timesteps, importance weight "
           f"{fns.settings.objective.importance_weight} | {mismatch}")
   plain = seconds["plain"]
   print(f"speed-up over plain: dual cache {plain / seconds['dual cache']:.2f}x | dual cache + "
