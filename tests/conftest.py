@@ -44,3 +44,28 @@ def base_dir():
   spec = train.base_spec(small_config())
   tiny.prepare_base(spec, progress=False)
   return tiny.base_folder(spec)
+
+
+@pytest.fixture(scope="session")
+def micro():
+  """A 1-layer model over a 5-token vocabulary (ids 0..3 are actions, 4 is MASK), whose policy is
+  spread out and non-uniform: ``(cfg, apply_fn(params, tokens, key_mask), params)``."""
+  from dispo_jax.model import llada
+  from dispo_jax.model.config import get_config
+  cfg = get_config("tiny", vocab_size=5, d_model=16, n_layers=1, n_heads=2, mlp_hidden_size=32)
+  graphdef, state = llada.init_model(cfg, seed=7)
+  state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 6
+  apply_fn = lambda params, tokens, key_mask: llada.forward(graphdef, params, tokens, key_mask)
+  return cfg, apply_fn, state
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, base_dir):
+  """A finished 4-update run of ``helpers.small_config()`` with checkpoints at 2 and 4."""
+  import os
+  from dispo_jax import train
+  from tests.helpers import small_config
+  workdir = str(tmp_path_factory.mktemp("finished") / "run")
+  os.makedirs(workdir)
+  train.train(small_config(num_steps=4, checkpoint_every=2), workdir)
+  return workdir

@@ -15,6 +15,8 @@ from dispo_jax.model.config import get_config
 from tests.helpers import SafetensorsReadSpy, random_hf_tensors, write_hf_folder
 
 
+
+
 @pytest.fixture()
 def folder(tmp_path, tiny_cfg):
   path = str(tmp_path / "hf")
@@ -232,3 +234,16 @@ def test_real_llada_config_json_maps_to_the_8b_preset():
         "scale_logits": False, "vocab_size": 126464, "weight_tying": False, "bos_token_id": 126080,
         "torch_dtype": "bfloat16"}
   assert checkpoint.config_from_hf(hf) == get_config("llada_8b")
+
+
+def test_exported_weights_are_readable_by_the_group(tmp_path):
+  from dispo_jax.model import checkpoint, llada
+  from dispo_jax.model.config import get_config
+  cfg = get_config("tiny", vocab_size=64, d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=64)
+  _, state = llada.init_model(cfg)
+  old = os.umask(0o022)
+  try:
+    files = checkpoint.export_hf_checkpoint(cfg, state, str(tmp_path / "export"), dtype="float32")
+  finally:
+    os.umask(old)
+  assert all(os.stat(f).st_mode & 0o777 == 0o644 for f in files)

@@ -14,6 +14,8 @@ from dispo_jax.run import config as config_lib
 from tests.helpers import REPO, tiny_flags
 
 
+
+
 def _cli(module, args, cwd, timeout=300):
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
@@ -146,3 +148,14 @@ def test_a_warning_is_printed_once(tmp_path):
   assert os.path.exists(workdir / "metrics.jsonl.before-1")
   assert f"work folder: {workdir}" in out.stdout and f"run folder:  {workdir}" in out.stdout
   assert f"metrics:     {workdir}/metrics.jsonl" in out.stdout
+
+
+def test_configuration_errors_print_one_line_without_a_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "dispo_jax.train", "--config=configs/sudoku.py:tiny",
+       f"--workdir={tmp_path}", "--config.optim.b2=-1.0"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: config.optim: b2=-1.0 must be in [0, 1)")

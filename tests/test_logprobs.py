@@ -1,11 +1,13 @@
-"""Token log-probs against a NumPy log-softmax, and a backward whose memory does not grow with the
-number of branches sharing the logits."""
+"""rl/logprobs.py: token log-probs against a NumPy log-softmax, a backward whose memory does not
+grow with the number of branches sharing the logits, per-row prompt masks, and one forward shared
+by a state's branches."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dispo_jax import rl
 from dispo_jax.rl.logprobs import token_logprobs
 
 MASK = 49
@@ -92,3 +94,29 @@ def test_chunked_head_keeps_no_vocab_tensor_through_the_backward():
   plain_bytes, split_bytes = temp_bytes(plain), temp_bytes(split)  # 112 MiB and 26 MiB here
   assert plain_bytes >= 3 * fp32_vocab
   assert split_bytes < fp32_vocab and split_bytes < plain_bytes / 3
+
+
+def test_prompt_masks_are_per_row_and_independent_of_batch_split():
+  key = jax.random.key(0)
+  full = np.asarray(rl.prompt_mask(key, jnp.arange(64), 200, 0.15))
+  half = np.asarray(rl.prompt_mask(key, jnp.arange(32, 64), 200, 0.15))
+  np.testing.assert_array_equal(full[32:], half)
+  assert abs(full.mean() - 0.15) < 0.01
+  other = np.asarray(rl.prompt_mask(jax.random.key(1), jnp.arange(64), 200, 0.15))
+  assert (full != other).any()
+
+
+def test_branches_share_one_forward(micro):
+  """Log-probs of Z targets read from one forward equal Z separate passes."""
+  cfg, apply_fn, params = micro
+  mask = cfg.mask_token_id
+  prompt = jnp.asarray([[1, 0, 2]], jnp.int32)
+  canvas = jnp.asarray([[mask, 1, mask, mask]], jnp.int32)
+  targets = jnp.asarray([[[0, 1, 2, 3], [3, 1, 0, 0], [1, 1, 1, 1]]], jnp.int32)
+  args = dict(p_mask_prompt=0.15, mask_id=mask)
+  together = rl.surrogate_logprobs(lambda t, k: apply_fn(params, t, k), prompt, None, canvas, targets,
+                                   jax.random.key(4), jnp.zeros(1, jnp.int32), **args)
+  for zi in range(3):
+    alone = rl.surrogate_logprobs(lambda t, k: apply_fn(params, t, k), prompt, None, canvas, targets[:, zi],
+                                  jax.random.key(4), jnp.zeros(1, jnp.int32), **args)
+    np.testing.assert_allclose(together[:, zi], alone, atol=1e-6)

@@ -1,6 +1,7 @@
 """Rewards, parsers and data: hand-written d1 cases, properties, generators, malformed files."""
 
 import math
+import re
 import time
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dispo_jax.tasks import countdown, data, get_task, gsm8k, math500, metric, sudoku
-from dispo_jax.tasks.base import Score, last_answer_block, split_answer
+from dispo_jax.tasks.base import Score, find_delimited, last_answer_block, split_answer
 
 SUDOKU_ROW = {"puzzle": "3102200002100320", "solution": "3142243142131324"}  # 8 blanks
 CD_ROW = {"numbers": [30, 100, 93], "target": 23}
@@ -431,3 +432,46 @@ def test_digit_confusion_counts_each_blank_by_its_true_digit():
   # blank 1 (true 1): written 1, then unparsed; blank 16 (true 1): written 4, then unparsed
   np.testing.assert_allclose(table[0], [0.5, 0.25, 0, 0, 0.25])
   assert table[1:].sum() == 0
+
+
+PIECES = ["<answer>", "</answer>", "<answer>\n", "\\boxed{", "<reasoning>", "</reasoning>",
+          "</reasoning>\n<answer>", "\n</reasoning>\n<answer>\n", "{", "}", "\n", "1", "=", "####",
+          "\\frac{", "$", "\\\\", "<reasoning>\n"]
+
+
+@pytest.mark.parametrize("name", ["sudoku", "countdown", "gsm8k", "math500"])
+def test_every_reward_and_metric_is_fast_on_100k_characters(name):
+  """The answer regexes were quadratic (5-18 s on these strings); linear code takes milliseconds.
+  The bound is loose (0.5 s) so a busy CI machine cannot fail it; a quadratic parser would."""
+  row = {"sudoku": {"puzzle": "0" * 16, "solution": "1234" * 4},
+         "countdown": {"numbers": [1, 2, 3], "target": 6},
+         "gsm8k": {"question": "q", "answer": "x\n#### 3"},
+         "math500": {"problem": "p", "answer": "3"}}[name]
+  for d1_compat in (False, True):
+    task = get_task(name, d1_compat)
+    fns = {**task.reward_terms, "score": task.score}
+    for i, piece in enumerate(PIECES):
+      prefix = "<reasoning>" if i % 2 else ""
+      text = (prefix + piece * (100_000 // len(piece)))[:100_000]
+      for term, fn in fns.items():
+        start = time.perf_counter()
+        fn(text, row)
+        assert time.perf_counter() - start < 0.5, (name, d1_compat, term, piece)
+
+
+def test_linear_parsers_agree_with_the_regexes_they_replace():
+  rng = np.random.default_rng(0)
+  alphabet = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\n", " ", "a", "\\boxed{",
+              "}", "<reasoning>\n", "\n</answer>\n"]
+  for _ in range(20_000):
+    text = "".join(rng.choice(alphabet, rng.integers(0, 10)))
+    if rng.random() < 0.5:
+      text = "<reasoning>" + text
+    for dotall in (True, False):
+      flags = re.DOTALL if dotall else 0
+      assert find_delimited(text, "<answer>", "</answer>", dotall) == re.findall(
+          r"<answer>(.*?)</answer>", text, flags)
+      assert find_delimited(text, "\\boxed{", "}", dotall) == re.findall(
+          r"\\boxed{(.*?)}", text, flags)
+      assert gsm8k.soft_format_match(text, dotall) == bool(re.match(gsm8k._SOFT, text, flags))
+      assert gsm8k.strict_format_match(text, dotall) == bool(re.match(gsm8k._STRICT, text, flags))

@@ -1,6 +1,5 @@
 """Tokenizer: a byte-level BPE with LLaDA's special tokens, loaded through AutoTokenizer."""
 
-
 import numpy as np
 import pytest
 

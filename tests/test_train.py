@@ -17,6 +17,8 @@ from dispo_jax.rl import learner
 from tests.helpers import (REPO, fresh_workdir, read_metrics, small_config, tiny_flags,
                            trainable_leaves)
 
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("rl.alpha_state", -0.5, r"config\.rl: alpha_state=-0\.5 must be >= 0"),
     ("method", "ppo", r"config\.method='ppo' is invalid"),
@@ -441,3 +443,27 @@ def test_an_objective_registered_in_this_file_trains_alone_and_with_dispos_term(
     assert calls  # traced by both runs' updates
   finally:
     del objectives.OBJECTIVES["toy_reinforce"]
+
+
+def test_max_steps_caps_the_step_reached_and_a_resume_announces_itself(tmp_path, base_dir, capsys):
+  workdir = fresh_workdir(tmp_path, "capped")
+  c = small_config(num_steps=4, max_steps=2)
+  train_lib.train(c, workdir)
+  capsys.readouterr()
+  train_lib.train(c, workdir)  # the same command again: the run is already at its cap
+  out = capsys.readouterr().out
+  assert f"resuming {workdir} from step 2 of 2" in out
+  assert trainable_leaves(workdir)[0] == 2
+  assert [r["step"] for r in read_metrics(workdir) if "loss" in r] == [0, 1]
+
+
+def test_a_full_disk_ends_on_one_line_naming_the_folder():
+  try:
+    try:
+      raise OSError(28, "No space left on device")
+    except OSError:
+      raise ImportError("cannot import name 'x' (partially initialized module)")
+  except ImportError as e:
+    message = train_lib.fatal_message(e, "/data/run")
+  assert message == "error: No space left on device while writing the work folder /data/run"
+  assert train_lib.fatal_message(ValueError("a bug"), "/data/run") is None

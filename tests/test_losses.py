@@ -1,4 +1,5 @@
-"""RL objectives: exact estimator tests on an enumerable model, and the loss properties."""
+"""rl/losses.py: the token losses' exact estimator tests on an enumerable model (DiSPO's state term,
+diffu-GRPO), and their properties (clipping, KL, normalisers, row weights, the tokens scored)."""
 
 import itertools
 
@@ -8,20 +9,8 @@ import numpy as np
 import pytest
 
 from dispo_jax import rl
-from dispo_jax.model import llada
-from dispo_jax.model.config import get_config
 from dispo_jax.rl import losses as rl_losses
 from dispo_jax.sampling import completion_mask, sample_branches
-
-
-@pytest.fixture(scope="module")
-def micro():
-  """A 1-layer model over a 5-token vocabulary (ids 0..3 are actions, 4 is MASK)."""
-  cfg = get_config("tiny", vocab_size=5, d_model=16, n_layers=1, n_heads=2, mlp_hidden_size=32)
-  graphdef, state = llada.init_model(cfg, seed=7)
-  state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * 6  # a spread-out, non-uniform policy
-  apply_fn = lambda params, tokens, key_mask: llada.forward(graphdef, params, tokens, key_mask)
-  return cfg, apply_fn, state
 
 
 def _flat(tree):
@@ -253,18 +242,6 @@ def test_only_action_positions_receive_gradient():
   assert (grad[..., mask_id] == 0).all()  # MASK is outside the action space
 
 
-def test_eos_truncation_of_the_completion_mask():
-  logp = jnp.log(jnp.full((1, 5), 0.5))
-  cmask = completion_mask(jnp.asarray([[4, 4, 1, 4, 4]]), eos_id=1)
-  base, _ = rl.diffu_grpo_loss(logp, logp - 0.1, None, jnp.asarray([1.0]), cmask, beta=0.0)
-  after_eos = logp.at[0, 3:].set(-9.0)
-  moved, _ = rl.diffu_grpo_loss(after_eos, logp - 0.1, None, jnp.asarray([1.0]), cmask, beta=0.0)
-  assert float(base) == float(moved)
-  before = logp.at[0, 2].set(-2.0)  # the EOS token itself counts
-  assert float(rl.diffu_grpo_loss(before, logp - 0.1, None, jnp.asarray([1.0]), cmask,
-                                  beta=0.0)[0]) != float(base)
-
-
 def test_clipping_on_both_sides():
   eps = 0.5
   old = jnp.zeros((4, 1))
@@ -358,83 +335,8 @@ def test_state_normalisers():
     loss = rl.state_term_loss(logp, logp, None, adv2, action, beta=0.0, normaliser="group",
                               row_weights=weights)[0]
     np.testing.assert_allclose(float(loss), expected)
-  with pytest.raises(ValueError, match="unknown step normaliser"):
+  with pytest.raises(ValueError, match="unknown state normaliser"):
     rl.state_term_loss(logp, logp, None, adv, action, normaliser="bogus")
-
-
-def test_advantages():
-  r = jnp.asarray([[1.0, 0.0, 0.5], [2.0, 2.0, 2.0]])
-  np.testing.assert_allclose(rl.get_advantage("mean")(r), [[0.5, -0.5, 0.0], [0, 0, 0]])
-  loo = np.asarray(rl.get_advantage("leave_one_out")(r))
-  np.testing.assert_allclose(loo[0], [1 - 0.25, 0 - 0.75, 0.5 - 0.5])
-  np.testing.assert_allclose(rl.group_advantages(jnp.asarray([1.0, 0, 3, 5]), 2), [0.5, -0.5, -1, 1])
-  with pytest.raises(KeyError, match="unknown advantage 'bogus'"):
-    rl.get_advantage("bogus")
-  with pytest.raises(ValueError, match="groups of 3"):
-    rl.group_advantages(jnp.ones(4), 3)
-
-
-def test_timestep_weights_and_sampler():
-  w = rl.timestep_weights(4, "late", 4)
-  np.testing.assert_allclose(w, np.array([1, 16, 81, 256]) / 354)
-  np.testing.assert_allclose(rl.timestep_weights(4, "early", 4), np.array([256, 81, 16, 1]) / 354)
-  np.testing.assert_allclose(rl.timestep_weights(5, "uniform"), np.full(5, 0.2))
-  steps = np.asarray(rl.sample_branch_timesteps(jax.random.key(0), 3000, 4, 8, states_per_prompt=2))
-  assert steps.shape == (12000, 2)
-  groups = steps.reshape(3000, 4, 2)
-  assert (groups == groups[:, :1]).all()  # shared by the K trajectories of a prompt
-  assert (groups[..., 0] < groups[..., 1]).all()  # distinct, sorted
-  one = np.asarray(rl.sample_branch_timesteps(jax.random.key(1), 20000, 1, 8))[:, 0]
-  freq = np.bincount(one, minlength=8) / one.size
-  expected = rl.timestep_weights(8)
-  assert (np.abs(freq - expected) <= 5 * np.sqrt(expected * (1 - expected) / one.size)).all()
-  with pytest.raises(ValueError, match="unknown timestep schedule"):
-    rl.timestep_weights(4, "middle")
-
-
-def test_branch_diagnostics_by_bin():
-  rewards = jnp.asarray([[[1.0, 0.0]], [[1.0, 1.0]], [[0.0, 0.5]], [[0.2, 0.2]]])
-  adv = rl.get_advantage("mean")(rewards)
-  steps = jnp.asarray([[1], [5], [9], [-1]])  # T = 10: early, mid, late, unused
-  d = rl.branch_diagnostics(rewards, adv, steps, 10)
-  np.testing.assert_allclose([d["state/distinguishable_early"], d["state/distinguishable_mid"],
-                              d["state/distinguishable_late"]], [1.0, 0.0, 1.0])
-  np.testing.assert_allclose(d["state/zero_adv_frac"], 1 / 3)
-  assert int(d["state/states_late"]) == 1
-
-
-def test_credited_tokens_count_scored_tokens_with_a_non_zero_advantage():
-  from dispo_jax.rl.diagnostics import credited_tokens
-  mask = jnp.asarray([[True, True, False], [True, True, True], [True, False, False]])
-  assert float(credited_tokens(mask, jnp.asarray([0.5, 0.0, -1.0]))) == 3.0  # rows 0 and 2
-  fillings = jnp.ones((2, 1, 2, 4), bool).at[0, 0, 1, 2:].set(False)  # [N, S, Z, G]
-  assert float(credited_tokens(fillings, jnp.asarray([[[1.0, -1.0]], [[0.0, 0.0]]]))) == 6.0
-
-
-def test_prompt_masks_are_per_row_and_independent_of_batch_split():
-  key = jax.random.key(0)
-  full = np.asarray(rl.prompt_mask(key, jnp.arange(64), 200, 0.15))
-  half = np.asarray(rl.prompt_mask(key, jnp.arange(32, 64), 200, 0.15))
-  np.testing.assert_array_equal(full[32:], half)
-  assert abs(full.mean() - 0.15) < 0.01
-  other = np.asarray(rl.prompt_mask(jax.random.key(1), jnp.arange(64), 200, 0.15))
-  assert (full != other).any()
-
-
-def test_branches_share_one_forward(micro):
-  """Log-probs of Z targets read from one forward equal Z separate passes."""
-  cfg, apply_fn, params = micro
-  mask = cfg.mask_token_id
-  prompt = jnp.asarray([[1, 0, 2]], jnp.int32)
-  canvas = jnp.asarray([[mask, 1, mask, mask]], jnp.int32)
-  targets = jnp.asarray([[[0, 1, 2, 3], [3, 1, 0, 0], [1, 1, 1, 1]]], jnp.int32)
-  args = dict(p_mask_prompt=0.15, mask_id=mask)
-  together = rl.surrogate_logprobs(lambda t, k: apply_fn(params, t, k), prompt, None, canvas, targets,
-                                   jax.random.key(4), jnp.zeros(1, jnp.int32), **args)
-  for zi in range(3):
-    alone = rl.surrogate_logprobs(lambda t, k: apply_fn(params, t, k), prompt, None, canvas, targets[:, zi],
-                                  jax.random.key(4), jnp.zeros(1, jnp.int32), **args)
-    np.testing.assert_allclose(together[:, zi], alone, atol=1e-6)
 
 
 def test_state_token_mask_by_hand():
@@ -448,53 +350,3 @@ def test_state_token_mask_by_hand():
     np.testing.assert_array_equal(np.asarray(got)[0, 0], np.asarray(rows, bool), err_msg=name)
   unused = rl_losses.state_token_mask(jnp.zeros_like(action_mask), filled, 1, "all")
   assert not np.asarray(unused).any()  # an unused state slot scores nothing
-
-
-# ----------------------------------------------------------------------------------------------
-# Importance correction for approximate rollouts
-# ----------------------------------------------------------------------------------------------
-
-
-def test_importance_weights_by_hand():
-  from dispo_jax.rl import behaviour
-  old = jnp.log(jnp.asarray([[0.5, 0.2, 0.9], [0.3, 0.3, 0.3]]))
-  drawn = jnp.log(jnp.asarray([[0.25, 0.4, 0.9], [0.3, 0.05, 0.6]]))
-  mask = jnp.asarray([[1, 1, 0], [1, 1, 1]], bool)
-  token = behaviour.importance_weights(old, drawn, mask, "token", cap=3.0)
-  np.testing.assert_allclose(token, [[2.0, 0.5, 1.0], [1.0, 3.0, 0.5]], rtol=1e-6)  # 6 → C = 3
-  sequence = behaviour.importance_weights(old, drawn, mask, "sequence", cap=3.0)
-  np.testing.assert_allclose(sequence, [[1.0, 1.0, 1.0], [3.0, 3.0, 3.0]], rtol=1e-6)  # 2·½; 1·6·½
-  agree = behaviour.importance_weights(old, old, mask, "token", cap=3.0)
-  np.testing.assert_array_equal(agree, 1.0)
-  m = behaviour.mismatch_metrics(old, drawn, mask, cap=3.0)
-  d = np.log([2.0, 0.5, 1.0, 6.0, 0.5])
-  np.testing.assert_allclose(float(m["behaviour/abs_log_ratio_mean"]), np.abs(d).mean(), rtol=1e-6)
-  np.testing.assert_allclose(float(m["behaviour/abs_log_ratio_max"]), np.log(6.0), rtol=1e-6)
-  np.testing.assert_allclose(float(m["behaviour/truncated_frac"]), 1 / 5)
-  np.testing.assert_allclose(float(m["behaviour/kl"]), (np.exp(d) - d - 1).mean(), rtol=1e-5)
-  with pytest.raises(ValueError, match="cap=0.0 must be finite and > 0"):
-    behaviour.BehaviourSettings(cap=0.0)
-  assert behaviour.BehaviourSettings().resolved(True) == "token"
-  assert behaviour.BehaviourSettings().resolved(False) == "none"
-
-
-def test_token_weights_scale_the_policy_gradient_term_only():
-  rng = np.random.default_rng(0)
-  logp = jnp.asarray(rng.normal(-1.0, 0.3, (2, 3)), jnp.float32)
-  old = logp + 0.1
-  ref = logp - 0.2
-  adv = jnp.asarray([1.0, -0.5])
-  mask = jnp.ones((2, 3), bool)
-  weights = jnp.asarray([[2.0, 1.0, 0.5], [1.0, 1.5, 0.0]])
-  loss_of = lambda lp, w: rl.diffu_grpo_loss(lp, old, ref, adv, mask, epsilon_low=0.2,
-                                             epsilon_high=0.2, beta=0.1, token_weights=w)[0]
-  weighted, grad = jax.value_and_grad(loss_of)(logp, weights)
-  lp, od, rf, a, w = (np.asarray(x, np.float64) for x in (logp, old, ref, adv, weights))
-  rho = np.exp(lp - od)
-  pg = -np.minimum(rho * a[:, None], np.clip(rho, 0.8, 1.2) * a[:, None])
-  kl = np.exp(rf - lp) - (rf - lp) - 1
-  np.testing.assert_allclose(float(weighted), ((w * pg + 0.1 * kl) / 6).sum(), rtol=1e-5)
-  np.testing.assert_allclose(float(loss_of(logp, None)), ((pg + 0.1 * kl) / 6).sum(), rtol=1e-5)
-  # the weights are constants: no gradient flows into them
-  np.testing.assert_array_equal(jax.grad(loss_of, argnums=1)(logp, weights), 0.0)
-  assert np.isfinite(np.asarray(grad)).all()
