@@ -156,12 +156,15 @@ def test_a_tiny_runs_export_scores_as_the_run_scored_it(tmp_path):
   assert list(out) == ["sudoku"] and list(out["sudoku"]) == [24]  # the run's gen_length
   assert out["sudoku"][24]["n"] == 8  # the run's eval_rows
   assert out["sudoku"][24]["accuracy"] == final["eval/accuracy"]
-  for path in (os.path.join(workdir, "export", "dispo_jax_export.json"),  # as recorded before
-               str(tmp_path / "eval" / "sudoku_24.jsonl.fingerprint.json")):  # the key's rename
+  def as_before_the_rename(path):  # the sampler's steps key, renamed num_timesteps
     record = json.load(open(path))
     record["sampler"]["steps"] = record["sampler"].pop("num_timesteps")
     json.dump(record, open(path, "w"))
-  assert evaluate.run(c, str(tmp_path / "eval")) == out  # resumed: the same evaluation
+  as_before_the_rename(str(tmp_path / "eval" / "sudoku_24.jsonl.fingerprint.json"))
+  resumed = evaluate.run(c, str(tmp_path / "eval"))["sudoku"][24]  # all 8 rows found done
+  assert resumed == {**out["sudoku"][24], "resumed_from": 8}
+  as_before_the_rename(os.path.join(workdir, "export", "dispo_jax_export.json"))
+  assert evaluate.run(c, str(tmp_path / "eval_old_export")) == out
   c.prompt_format, c.limit = "d1", 8
   out = evaluate.run(c, str(tmp_path / "eval_d1"))
   assert list(out["sudoku"]) == [32] and out["sudoku"][32]["n"] == 8
