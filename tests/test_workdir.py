@@ -156,6 +156,7 @@ def test_an_empty_lock_left_by_a_failed_start_is_taken_over(tmp_path, caplog):
 
 TAKE_LOCK = """
 import sys, time
+from dispo_jax.run import workdir as wd
 try:
   wd.WorkdirLock(sys.argv[1]).acquire()
 except wd.WorkdirError:
@@ -176,7 +177,9 @@ def test_a_stale_lock_is_taken_over_by_exactly_one_of_several_starts(tmp_path):
     starts = [subprocess.Popen([sys.executable, "-c", TAKE_LOCK, str(workdir)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for _ in range(4)]
-    results = [p.communicate(timeout=120)[0].split()[-1] for p in starts]
+    outputs = [p.communicate(timeout=120) for p in starts]
+    assert all(out.split() for out, _ in outputs), [err[-2000:] for _, err in outputs]
+    results = [out.split()[-1] for out, _ in outputs]
     assert sorted(results) == ["lost"] * 3 + ["won"], (trial, results)
 
 
