@@ -3,7 +3,7 @@ threshold decoding, with and without the truncated importance weight, on a three
 
   python experiments/fast_rollout_study.py --root=/tmp/fast_rollouts --seeds=0,1,2
 
-Every run is the main command's setting (``sudoku:tiny``: trace N 2, 40 rollout batches × μ 4,
+Every run is the tiny config's setting with trace (``sudoku:tiny``, ``method=trace``, N 2, 40 rollout batches × μ 4,
 β 0.01, lr 1.5e-4, the 800-step flawed-demonstrator base, shared by all runs) with the completion
 decoded in three blocks of 8 (6 timesteps, 2 per block) so that the cache matters. Arms differ
 only in how rollouts are drawn and corrected:
@@ -45,6 +45,7 @@ MISMATCH = ("behaviour/abs_log_ratio_mean", "behaviour/abs_log_ratio_max",
 def make_config(args, arm: str, seed: int):
   kv_cache, threshold, weight = ARMS[arm]
   c = recipes.task_config("sudoku", "tiny")
+  c.method = "trace"  # the registered setting (the main command's method when it was registered)
   c.seed = seed
   c.sampler.block_length = args.block_length
   c.sampler.kv_cache = kv_cache

@@ -94,7 +94,7 @@ for t in range(settings.num_timesteps):
 
 DISPO_CELLS = [
     ("markdown", badge("dispo_vs_diffu_grpo.ipynb") + "# DiSPO, trace and diffu-GRPO on tiny "
-     "Sudoku\n\n**Run time**: about 25 minutes on a 2-core CPU (four training runs of 160 "
+     "Sudoku\n\n**Run time**: about 35 minutes on a 2-core CPU (five training runs of 160 "
      "updates each), a few minutes on a GPU. Run the first cell, restart the runtime when it says "
      "so, then run all cells.\n\nAll methods use the same rollouts, the "
      "same number of optimizer steps and μ inner updates (matched updates). trace scores each "
@@ -102,7 +102,9 @@ DISPO_CELLS = [
      "per update) instead of diffu-GRPO's fully masked completion. DiSPO adds a "
      "fixed-state term: at one intermediate state per trajectory (drawn from a late-biased ω(t)) "
      "it draws Z = 2 fillings of the masked cells from the cached logits, scores them with the "
-     "same reward, and pushes up the better filling. A third run is the no-signal control: "
+     "same reward, and pushes up the better filling; DiSPO + trace (the main command's method, "
+     "`python -m dispo_jax.train`) adds the same term to trace. The last run is the no-signal "
+     "control: "
      "diffu-GRPO with the rewards shuffled within each prompt's group (same update size, no "
      "information). A method is learning only where it beats the control. See `docs/RESULTS.md` "
      "for the multi-seed study.\n\n**The testbed.** The tiny base is SFT'd on answers from a "
@@ -123,6 +125,7 @@ import matplotlib.pyplot as plt
 from dispo_jax import recipes, train
 
 RUNS = {"diffu_grpo": ("diffu_grpo", False), "dispo": ("dispo", False), "trace": ("trace", False),
+        "dispo_trace": ("dispo_trace", False),  # the main command's method
         "control": ("diffu_grpo", True)}   # name -> (method, shuffled rewards)
 
 def config(name):
@@ -155,15 +158,17 @@ a.legend(); b.legend(); plt.tight_layout(); plt.show()
 # The runs draw the same prompts at every step, so subtracting the control's rollout reward step by
 # step removes prompt difficulty, the largest source of noise in the curves above.
 control = {r["step"]: r["reward_mean"] for r in runs["control"] if "reward_mean" in r}
-for name in ("diffu_grpo", "dispo", "trace"):
+for name in ("diffu_grpo", "dispo", "trace", "dispo_trace"):
     diff = [r["reward_mean"] - control[r["step"]] for r in runs[name] if "reward_mean" in r]
     print(f"{name}: rollout reward − control, mean over steps = {np.mean(diff):+.3f}")"""),
     ("code", """\
 # DiSPO's diagnostics: how often do the Z = 2 branches of a state get different rewards, by timestep bin?
-dispo = [r for r in runs["dispo"] if "state/distinguishable_frac" in r]
-for name in ("early", "mid", "late"):
-    vals = [r[f"state/distinguishable_{name}"] for r in dispo if r.get(f"state/states_{name}", 0) > 0]
-    print(f"{name:5s}: {sum(vals) / len(vals):.3f} over {len(vals)} steps" if vals else f"{name:5s}: no states")
+for run in ("dispo", "dispo_trace"):
+    rows = [r for r in runs[run] if "state/distinguishable_frac" in r]
+    for name in ("early", "mid", "late"):
+        vals = [r[f"state/distinguishable_{name}"] for r in rows if r.get(f"state/states_{name}", 0) > 0]
+        print(f"{run} {name:5s}: {sum(vals) / len(vals):.3f} over {len(vals)} steps" if vals
+              else f"{run} {name:5s}: no states")
 
 # Where each run's credit came from (the line `python -m dispo_jax.train` prints at the end): groups
 # whose K rewards tie give the terminal term nothing; DiSPO's term credits the tokens of its branches.
