@@ -96,7 +96,7 @@ def test_print_config_prints_the_resolved_config_and_folder(tmp_path):
   config = json.loads(text)
   assert config["task"] == "countdown" and config["rl"]["beta"] == 0.02
   assert config["model"]["preset"] == "tiny"
-  assert os.path.basename(folder.strip()).startswith("countdown-trace-")
+  assert os.path.basename(folder.strip()).startswith("countdown-dispo_trace-")
   assert not os.path.exists(folder.strip())
 
 
