@@ -3,10 +3,10 @@ threshold decoding, with and without the truncated importance weight, on a three
 
   python experiments/fast_rollout_study.py --root=/tmp/fast_rollouts --seeds=0,1,2
 
-Every run is the tiny config's setting with trace (``sudoku:tiny``, ``method=trace``, N 2, 40 rollout batches × μ 4,
-β 0.01, lr 1.5e-4, the 800-step flawed-demonstrator base, shared by all runs) with the completion
-decoded in three blocks of 8 (6 timesteps, 2 per block) so that the cache matters. Arms differ
-only in how rollouts are drawn and corrected:
+Every run is the tiny config's setting with trace (``sudoku:tiny``, ``method=trace``, N 2, 40
+rollout batches × μ 4, β 0.01, lr 1.5e-4, the 800-step flawed-demonstrator base, shared by all
+runs) with the completion decoded in three blocks of 8 (6 timesteps, 2 per block) so that the
+cache matters. Arms differ only in how rollouts are drawn and corrected:
 
 * ``plain``: full forwards at every step (the sampler is the policy the objective scores);
 * ``fast_corrected``: ``sampler.kv_cache=dual``, ``sampler.threshold=0.9`` and the per-token
