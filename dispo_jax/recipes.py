@@ -130,6 +130,7 @@ def _data_section() -> ml_collections.ConfigDict:
   s.num_test_grids = 0      # tiny Sudoku: >0 keeps this many test grids (random subset)
   s.rl_on_test_grids = False  # tiny Sudoku: RL puzzles on the (never SFT'd) test grids, none a test puzzle
   s.num_blanks = (6, 10)
+  s.countdown_numbers = (1, 99)  # tiny Countdown: (smallest, largest) number of a problem
   s.unique_solutions = True  # tiny Sudoku: False admits puzzles with several solutions
   s.sft_error = "next_digit"  # tiny Sudoku: the SFT demonstrator's error: next_digit | next_digit_per_answer | four_as_one
   s.sft_error_rate = 0.0     # ... made at this rate (0: exact demonstrations)

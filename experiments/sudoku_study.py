@@ -74,8 +74,7 @@ def make_config(args, name: str, seed: int):
   c.data.rl_grid_fraction = 0.0 if args.rl_on_test_grids else args.rl_grid_fraction
   c.data.rl_on_test_grids = args.rl_on_test_grids
   c.data.num_test_grids = args.test_grids
-  if args.task == "sudoku":
-    tiny_data_flags.apply(c, args)
+  tiny_data_flags.apply(c, args)
   c.rl.num_iterations = args.mu
   c.rollout.terminal_advantage = c.rollout.branch_advantage = args.advantage
   if objectives.parse_method(method)[0] != "spg":  # SPG's base term has no KL: its variant's β 0 stays

@@ -144,6 +144,25 @@ def test_rl_prompts_on_test_grids_and_a_subset_of_test_grids():
   DataSettings(num_blanks=(10, 14), unique_solutions=False)
 
 
+def test_tiny_countdown_draws_its_numbers_from_the_configured_range():
+  from dispo_jax.tasks import tiny
+  from dispo_jax.tasks.base import DataSettings
+  train, test = tiny.countdown_rows(DataSettings(num_train=300, num_test=50,
+                                                 countdown_numbers=(1, 9)))
+  assert len(test) == 50 and 0 < len(train) <= 300
+  held_out = {(tuple(sorted(r["numbers"])), r["target"]) for r in test}
+  assert not any((tuple(sorted(r["numbers"])), r["target"]) in held_out for r in train)
+  for row in train + test:
+    assert all(1 <= n <= 9 for n in row["numbers"]), row
+    assert countdown.equation_reward(row["solution"], row) == 1.0, row  # each number once, hits it
+  default = tiny.countdown_rows(DataSettings(num_train=300, num_test=50))
+  assert default == tiny.countdown_rows(DataSettings(num_train=300, num_test=50,
+                                                     countdown_numbers=(1, 99)))
+  assert max(n for rows in default for row in rows for n in row["numbers"]) > 9
+  with pytest.raises(ValueError, match="countdown_numbers"):
+    DataSettings(countdown_numbers=(9, 1))
+
+
 def test_sft_answers_carry_the_next_digit_error_and_nothing_else_changes():
   from dispo_jax.tasks import tiny
   from dispo_jax.tasks.base import DataSettings

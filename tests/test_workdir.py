@@ -195,6 +195,20 @@ def test_a_symlinked_run_part_stops_the_run_and_releases_the_lock(tmp_path):
   assert not (workdir / "lock").exists() and not (workdir / "config.json").exists()
 
 
+def test_a_key_added_at_its_default_does_not_move_the_run_folder():
+  """A run recorded before a key existed keeps its folder; the key at another value moves it."""
+  from dispo_jax import recipes
+  c = recipes.get_config("sudoku", "tiny")
+  flat = wd.flatten(c.to_dict())
+  assert {k: flat[k] for k in config_lib.ADDED_KEYS} == config_lib.ADDED_KEYS  # the recipe's defaults
+  folder = wd.config_hash(c)
+  before_the_key = recipes.get_config("sudoku", "tiny")
+  del before_the_key.data["countdown_numbers"]
+  assert wd.config_hash(before_the_key) == folder
+  c.data.countdown_numbers = (1, 9)
+  assert wd.config_hash(c) != folder
+
+
 def test_the_default_work_folder_is_under_the_users_own_cache(monkeypatch, tmp_path):
   monkeypatch.delenv("DISPO_JAX_RUNS", raising=False)
   monkeypatch.setenv("HOME", str(tmp_path))

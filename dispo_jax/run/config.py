@@ -65,6 +65,23 @@ RENAMED_KEYS = {
 }
 _FIRST_NAMES = {new: old for old, new in RENAMED_KEYS.items()}
 
+# Keys added after run folders and tiny bases were first keyed, with the default that keeps the
+# earlier behaviour (flat dotted names, values as ``config.json`` records them). At that default a
+# key stays out of a run folder's hash and a base's cache key, so adding a key never moves them.
+ADDED_KEYS = {
+    "data.countdown_numbers": [1, 99],
+}
+
+
+def without_added_defaults(flat: Mapping[str, Any]) -> dict:
+  """``flat`` (dotted keys) without the :data:`ADDED_KEYS` that hold their added default."""
+  return {k: v for k, v in flat.items()
+          if not (k in ADDED_KEYS and _as_recorded(v) == ADDED_KEYS[k])}
+
+
+def _as_recorded(value: Any) -> Any:
+  return list(value) if isinstance(value, tuple) else value
+
 
 def _warn_renamed(old: str, new: str, where: str) -> None:
   from absl import logging

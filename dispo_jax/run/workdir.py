@@ -27,7 +27,8 @@ import time
 from absl import logging
 from etils import epath
 
-from dispo_jax.run.config import ConfigError, current_names, first_names
+from dispo_jax.run.config import (ConfigError, current_names, first_names,
+                                  without_added_defaults)
 from dispo_jax.run.storage import is_object_store, replace_text
 
 # Keys that may differ between a run and its resumption: they do not change what is trained.
@@ -55,9 +56,11 @@ def run_identity(c) -> dict:
 
 
 def config_hash(c) -> str:
-  """Eight hex digits of the run identity's SHA-256, over the keys' first names
-  (:func:`~dispo_jax.run.config.first_names`: renaming a key never moves a run's folder)."""
-  blob = json.dumps(first_names(run_identity(c)), sort_keys=True, default=str)
+  """Eight hex digits of the run identity's SHA-256, over the keys' first names, without the keys
+  added at their defaults (:mod:`dispo_jax.run.config`: renaming or adding a key never moves a
+  run's folder)."""
+  identity = without_added_defaults(run_identity(c))
+  blob = json.dumps(first_names(identity), sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 

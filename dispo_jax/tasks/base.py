@@ -110,6 +110,7 @@ class DataSettings:
       those grids.
     num_test_grids: tiny Sudoku: > 0 keeps only this many test grids (a fixed random subset).
     num_blanks: tiny Sudoku: (fewest, most) blank cells of a generated puzzle.
+    countdown_numbers: tiny Countdown: (smallest, largest) number of a generated problem.
     unique_solutions: tiny Sudoku: only puzzles with one solution (False: any number; the reward
       then scores an answer against the puzzle's solution closest to it).
     sft_error, sft_error_rate: tiny Sudoku: the SFT answers come from a demonstrator with a
@@ -130,6 +131,7 @@ class DataSettings:
   rl_on_test_grids: bool = False
   num_test_grids: int = 0
   num_blanks: tuple[int, int] = (6, 10)
+  countdown_numbers: tuple[int, int] = (1, 99)
   unique_solutions: bool = True
   sft_error: str = "next_digit"
   sft_error_rate: float = 0.0
@@ -138,6 +140,7 @@ class DataSettings:
 
   def __post_init__(self):
     object.__setattr__(self, "num_blanks", tuple(self.num_blanks))
+    object.__setattr__(self, "countdown_numbers", tuple(self.countdown_numbers))
     checks = [
         ("num_train", self.num_train >= 1, ">= 1"),
         ("num_test", self.num_test >= 1, ">= 1"),
@@ -149,6 +152,9 @@ class DataSettings:
         ("num_blanks", len(self.num_blanks) == 2 and 1 <= self.num_blanks[0]
          <= self.num_blanks[1] <= (12 if self.unique_solutions else 16),
          "(fewest, most) with 1 <= fewest <= most <= 12 (16 with unique_solutions=False)"),
+        ("countdown_numbers", len(self.countdown_numbers) == 2
+         and 1 <= self.countdown_numbers[0] <= self.countdown_numbers[1],
+         "(smallest, largest) with 1 <= smallest <= largest"),
         ("sft_error_rate", 0 <= self.sft_error_rate < 1, "in [0, 1)"),
         ("sft_error", self.sft_error in SFT_ERRORS, f"one of {SFT_ERRORS}"),
         ("seed", self.seed >= 0, ">= 0"),
@@ -169,12 +175,15 @@ class TinySetting:
     completion: row -> the target completion the base model is SFT'd on.
     rows: ``DataSettings -> (RL train rows, held-out test rows)``.
     sft_rows: ``DataSettings -> rows`` the base is SFT'd on (None: the RL train rows).
+    rows_revision: raised when the rows a setting generates change, so that cached bases SFT'd
+      on the earlier rows are not reused (0: the rows as first generated).
   """
 
   prompt: Callable[[Example], str]
   completion: Callable[[Example], str]
   rows: Callable[[DataSettings], tuple[list, list]]
   sft_rows: Callable[[DataSettings], list] | None = None
+  rows_revision: int = 0
 
   def base_rows(self, data: DataSettings) -> list:
     return self.sft_rows(data) if self.sft_rows is not None else self.rows(data)[0]

@@ -109,12 +109,20 @@ SUDOKU = TinySetting(prompt=lambda row: f"Sudoku {row['puzzle']}",
 # ----------------------------------------------------------------------------------------------
 
 
+def _countdown_key(row: dict) -> tuple:
+  return tuple(sorted(row["numbers"])), row["target"]
+
+
 def countdown_rows(data: DataSettings) -> tuple[list[dict], list[dict]]:
-  """Generated problems without d1's test problems: (train, test)."""
-  test_keys = {(tuple(sorted(r["numbers"])), r["target"]) for r in data_lib.load_rows("countdown")}
-  rows = [r for r in countdown.generate_problems(data.num_train + data.num_test, seed=data.seed)
-          if (tuple(sorted(r["numbers"])), r["target"]) not in test_keys]
-  return rows[data.num_test:], rows[:data.num_test]
+  """Generated problems without d1's test problems: (train, test), no test problem in train."""
+  d1_keys = {_countdown_key(r) for r in data_lib.load_rows("countdown")}
+  low, high = data.countdown_numbers
+  rows = [r for r in countdown.generate_problems(data.num_train + data.num_test, seed=data.seed,
+                                                 low=low, high=high)
+          if _countdown_key(r) not in d1_keys]
+  test = rows[:data.num_test]
+  held_out = {_countdown_key(r) for r in test}
+  return [r for r in rows[data.num_test:] if _countdown_key(r) not in held_out], test
 
 
 def _countdown_prompt(row: Example) -> str:
@@ -122,7 +130,7 @@ def _countdown_prompt(row: Example) -> str:
 
 
 COUNTDOWN = TinySetting(prompt=_countdown_prompt, completion=lambda row: _answer(row["solution"]),
-                        rows=countdown_rows)
+                        rows=countdown_rows, rows_revision=1)  # 1: no held-out problem in train
 
 
 def arithmetic_rows(task: str, count: int, seed: int) -> list[dict]:
