@@ -200,7 +200,7 @@ def test_a_key_added_at_its_default_does_not_move_the_run_folder():
   from dispo_jax import recipes
   c = recipes.get_config("sudoku", "tiny")
   flat = wd.flatten(c.to_dict())
-  assert {k: flat[k] for k in config_lib.ADDED_KEYS} == config_lib.ADDED_KEYS  # the recipe's defaults
+  assert {k: flat[k] for k in config_lib.ADDED_KEYS} == config_lib.ADDED_KEYS  # recipe defaults
   folder = wd.config_hash(c)
   before_the_key = recipes.get_config("sudoku", "tiny")
   del before_the_key.data["countdown_numbers"]
