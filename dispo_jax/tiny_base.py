@@ -32,7 +32,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from dispo_jax.run.config import ConfigError, without_added_defaults
+from dispo_jax.run.config import ConfigError, section_without_added_defaults
 from dispo_jax.model import checkpoint, llada, tokenizer as tok
 from dispo_jax.model.config import get_config
 from dispo_jax.tasks import DataSettings, Task, get_task
@@ -97,9 +97,8 @@ _RL_PROMPTS_ONLY = ("train_file", "eval_file", "few_shot", "rl_grid_fraction", "
 def base_key(spec: BaseSpec) -> dict:
   """The cache key of ``spec``'s base, as a dict (written to the base folder's ``key.json``); data
   keys added at their defaults stay out of it (a new key does not retrain cached bases)."""
-  data = {k: v for k, v in dataclasses.asdict(spec.data).items() if k not in _RL_PROMPTS_ONLY}
-  data = {k.removeprefix("data."): v for k, v in
-          without_added_defaults({f"data.{k}": v for k, v in data.items()}).items()}
+  data = section_without_added_defaults("data", {
+      k: v for k, v in dataclasses.asdict(spec.data).items() if k not in _RL_PROMPTS_ONLY})
   base = {k: v for k, v in dataclasses.asdict(spec.base).items() if k != "cache_dir"}
   key = {"format": FORMAT_VERSION, "task": spec.task, "data": data, "base": base,
          "preset": spec.preset, "overrides": dict(spec.overrides),

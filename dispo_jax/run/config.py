@@ -79,6 +79,13 @@ def without_added_defaults(flat: Mapping[str, Any]) -> dict:
           if not (k in ADDED_KEYS and _as_recorded(v) == ADDED_KEYS[k])}
 
 
+def section_without_added_defaults(section: str, fields: Mapping[str, Any]) -> dict:
+  """One section's fields (``section="data"``: ``{"num_train": 4000, ...}``) without the
+  :data:`ADDED_KEYS` that hold their added default."""
+  flat = without_added_defaults({f"{section}.{k}": v for k, v in fields.items()})
+  return {k[len(section) + 1:]: v for k, v in flat.items()}
+
+
 def _as_recorded(value: Any) -> Any:
   return list(value) if isinstance(value, tuple) else value
 
