@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import model_config, time_fn
+from benchmarks.common import model_config, random_prompts, time_fn
 from dispo_jax import pipeline
 from dispo_jax.model import llada
 from dispo_jax.model.config import LoRAConfig
@@ -77,9 +77,7 @@ def rollout_and_update(cfg, graphdef, state, args) -> dict:
                                          make_optimizer(OptimizerSettings()),
                                          LoRAConfig(rank=args.lora_rank, alpha=64.0))
   policy = fns.policy
-  rng = np.random.default_rng(0)
-  prompts = rng.integers(0, 1000, (args.prompts, args.prompt_len)).astype(np.int32)
-  lengths = np.full((args.prompts,), args.prompt_len, np.int32)
+  prompts, lengths = random_prompts(cfg, args.prompts, args.prompt_len)
   reward_fn = lambda completions, index: (np.asarray(completions) % 7 == 0).mean(-1)
   collect = lambda seed: pipeline.collect(jax.random.key(seed), policy.graphdef,
                                           policy.model_state(train_state.params), prompts,

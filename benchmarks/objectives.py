@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import model_config, time_fn
+from benchmarks.common import model_config, random_prompts, time_fn
 from dispo_jax.model import llada
 from dispo_jax.model.config import LoRAConfig
 from dispo_jax import pipeline
@@ -67,8 +67,7 @@ def main() -> None:
   args = parser.parse_args()
   cfg = model_config(args.preset)
   graphdef, state = llada.init_model(cfg)
-  prompts = np.random.default_rng(0).integers(0, 100, (args.prompts, args.prompt_len)).astype(np.int32)
-  lengths = np.full((args.prompts,), args.prompt_len, np.int32)
+  prompts, lengths = random_prompts(cfg, args.prompts, args.prompt_len, high=100)
   print(f"backend={jax.default_backend()} preset=small rows={args.prompts * args.group} "
         f"prompt={args.prompt_len} gen={args.gen} timesteps={args.timesteps} mu={args.mu} (LoRA r16)")
 

@@ -1,5 +1,5 @@
 """Seconds per rollout batch (its rollout and μ updates) with fast rollouts, on the `small` preset,
-measured in one run.
+measured in one run, split into rollout, replay and updates.
 
   python -m benchmarks.rollout_batch [--prompts 2] [--group 4] [--gen 256] [--timesteps 128]
                                      [--mu 12] [--head-scale 1.0] [--threshold 0.9] [--repeats 3]
@@ -10,7 +10,8 @@ replayed old / reference log-probs for the μ mask keys, and the μ updates, for
 plain, the dual KV cache, and the dual cache with Fast-dLLM's threshold rule — with the importance
 weight on for the two approximate ones (``rl.behaviour.weight=auto``). Prints seconds per rollout
 batch, the speed-up over plain (goal ≥ 2.5× for cache + threshold), the timesteps the threshold
-used, and the mismatch metrics of the cached rollouts.
+used, the mismatch metrics of the cached rollouts, and the ceiling any sampler could reach: the
+plain batch's seconds over its seconds without the rollout (Amdahl's bound).
 
 Random weights are not confident, so Fast-dLLM's rule (at least one token per timestep) can take
 up to ``gen`` timesteps; ``--head-scale`` multiplies the LM head (a trained model's confidence) and is
@@ -25,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import model_config
+from benchmarks.common import model_config, random_prompts
 from dispo_jax import pipeline
 from dispo_jax.model import llada
 from dispo_jax.model.config import LoRAConfig
@@ -56,9 +57,20 @@ def build(args, cfg, graphdef, state, options):
   return train_state, fns
 
 
-def time_rollout_batches(fns, train_state, prompts, lengths, repeats: int) -> tuple[float, list, object]:
-  """Median seconds of ``repeats`` rollout batches (after one that compiles), the last one's
-  metric rows and the state after it (the updates donate the state passed in)."""
+PHASES = ("rollout", "replay", "updates")
+
+
+def phase_seconds(rows: list[dict], total: float) -> dict[str, float]:
+  """One rollout batch's seconds by phase, from its metric rows (the updates: the rest)."""
+  rollout, replay = rows[0]["time/rollout_seconds"], rows[0]["time/replay_seconds"]
+  return {"rollout": rollout, "replay": replay, "updates": total - rollout - replay}
+
+
+def time_rollout_batches(fns, train_state, prompts, lengths, repeats: int
+                         ) -> tuple[float, dict[str, float], list, object]:
+  """Median seconds of ``repeats`` rollout batches (after one that compiles), the median of each
+  phase, the last one's metric rows and the state after it (the updates donate the state passed
+  in)."""
   holder = {"state": train_state}
 
   def one_batch(seed):
@@ -67,12 +79,14 @@ def time_rollout_batches(fns, train_state, prompts, lengths, repeats: int) -> tu
     return rows
 
   one_batch(100)
-  times, rows = [], []
+  times, phases, rows = [], [], []
   for r in range(repeats):
     start = time.perf_counter()
     rows = one_batch(r)
     times.append(time.perf_counter() - start)
-  return float(np.median(times)), rows, holder["state"]
+    phases.append(phase_seconds(rows, times[-1]))
+  medians = {p: float(np.median([x[p] for x in phases])) for p in PHASES}
+  return float(np.median(times)), medians, rows, holder["state"]
 
 
 def timesteps_taken(fns, train_state, prompts, lengths) -> int:
@@ -100,26 +114,29 @@ def main() -> None:
   graphdef, state = llada.init_model(cfg)
   if args.head_scale != 1.0:
     state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * args.head_scale
-  prompts = np.random.default_rng(0).integers(0, 100, (args.prompts, args.prompt_len)).astype(np.int32)
-  lengths = np.full((args.prompts,), args.prompt_len, np.int32)
+  prompts, lengths = random_prompts(cfg, args.prompts, args.prompt_len, high=100)
   print(f"backend={jax.default_backend()} preset={args.preset} rows={args.prompts * args.group} "
         f"prompt={args.prompt_len} gen={args.gen} block=32 timesteps={args.timesteps} mu={args.mu} "
         f"method=dispo (Z=2) threshold={args.threshold} head-scale={args.head_scale} (LoRA r16)")
-  seconds = {}
+  seconds, phases = {}, {}
   for name, options in SAMPLERS.items():
     options = {k: (args.threshold if k == "threshold" else v) for k, v in options.items()}
     train_state, fns = build(args, cfg, graphdef, state, options)
-    seconds[name], rows, train_state = time_rollout_batches(
+    seconds[name], phases[name], rows, train_state = time_rollout_batches(
         fns, train_state, prompts, lengths, args.repeats)
     used = timesteps_taken(fns, train_state, prompts, lengths)
     mismatch = " | ".join(f"{k.split('/')[1]} {rows[0][k]:.4f}" for k in
                           ("behaviour/abs_log_ratio_mean", "behaviour/truncated_frac",
                            "behaviour/kl") if k in rows[0])
-    print(f"{name}: {seconds[name]:.2f} s per rollout batch, {used} timesteps, importance weight "
-          f"{fns.settings.objective.importance_weight} | {mismatch}")
+    split = ", ".join(f"{p} {phases[name][p]:.2f}" for p in PHASES)
+    print(f"{name}: {seconds[name]:.2f} s per rollout batch ({split}), {used} timesteps, "
+          f"importance weight {fns.settings.objective.importance_weight} | {mismatch}")
   plain = seconds["plain"]
   print(f"speed-up over plain: dual cache {plain / seconds['dual cache']:.2f}x | dual cache + "
         f"threshold {plain / seconds['dual cache + threshold']:.2f}x (goal >= 2.5x)")
+  rest = plain - phases["plain"]["rollout"]
+  print(f"rollout share of the plain batch {phases['plain']['rollout'] / plain:.0%}: a rollout "
+        f"that cost nothing would give {plain / rest:.2f}x (the ceiling of any sampler here)")
 
 
 if __name__ == "__main__":

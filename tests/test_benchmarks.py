@@ -31,4 +31,8 @@ def test_rollout_batch_benchmark_prints_the_fast_rollout_speed_ups():
   out = _run("benchmarks.rollout_batch", "--prompts=1", "--group=2", "--prompt-len=8", "--gen=32",
              "--timesteps=8", "--repeats=1", "--mu=1")
   assert "preset=toy" in out and "speed-up over plain: dual cache" in out
-  assert out.count("s per rollout batch") == 3
+  assert out.count("s per rollout batch") == 3 and "a rollout that cost nothing would give" in out
+  cached = [line for line in out.splitlines() if line.startswith("dual cache:")][0]
+  assert "rollout " in cached and "replay " in cached and "updates " in cached
+  # The prompts lie inside the toy vocabulary: an id past its embedding table reads NaN.
+  assert "nan" not in cached, cached

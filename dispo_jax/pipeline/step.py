@@ -113,7 +113,9 @@ def rollout_and_update(fns: StepFunctions, state: TrainState, prompt_tokens: np.
     reward_fn: ``(completions [R, G], prompt_index [R]) -> [R]`` rewards (host).
     key: this rollout batch's key (``fold_in(run key, rollout index)``).
   Returns:
-    The new state and one metrics dict (host floats) per update.
+    The new state and one metrics dict (host floats) per update. Each carries the batch's
+    ``time/rollout_seconds`` (sampling, branches and rewards) and ``time/replay_seconds`` (old and
+    reference log-probs), and its own ``step_seconds`` (the first update's includes both).
   """
   start = time.perf_counter()
   mu = fns.settings.objective.num_iterations
@@ -121,10 +123,13 @@ def rollout_and_update(fns: StepFunctions, state: TrainState, prompt_tokens: np.
   batch, rollout_metrics = collect(
       roll_key, fns.policy.graphdef, fns.policy.model_state(state.params), prompt_tokens,
       prompt_lengths, reward_fn, fns.settings, row_sharding=fns.row_sharding)
+  rollout_done = time.perf_counter()
   mask_keys = jax.random.split(mask_key, mu)
-  batch = fns.replay(state.params, batch, mask_keys)
+  batch = jax.block_until_ready(fns.replay(state.params, batch, mask_keys))
   rollout_metrics.update(
       {k: float(v) for k, v in jax.device_get(fns.behaviour_metrics(batch)).items()})
+  rollout_metrics["time/rollout_seconds"] = rollout_done - start
+  rollout_metrics["time/replay_seconds"] = time.perf_counter() - rollout_done
   trainable, opt_state, rows = state.trainable, state.opt_state, []
   for iteration in range(mu if num_updates is None else num_updates):
     trainable, opt_state, m = fns.update(trainable, state.frozen, opt_state, batch, iteration,
