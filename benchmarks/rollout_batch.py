@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import model_config, random_prompts
+from benchmarks.common import TOY, model_config, random_prompts
 from dispo_jax import pipeline
 from dispo_jax.model import llada
 from dispo_jax.model.config import LoRAConfig
@@ -97,6 +97,39 @@ def timesteps_taken(fns, train_state, prompts, lengths) -> int:
   return int(metrics["sampler/timesteps_taken"])
 
 
+def sft_policy(args):
+  """``(cfg, graphdef, state, prompts [n, P], lengths [n])``: the preset SFT'd ``--sft-steps`` on
+  tiny Sudoku at the benchmark's prompt and completion lengths (LLaDA's SFT objective, cached as
+  the tiny setting's bases are), with held-out puzzles as prompts. A trained policy's confidence:
+  its answers are a few tokens, then EOS to ``--gen``, which it commits confidently (as a trained
+  LLaDA's EOS padding)."""
+  from dispo_jax import tiny_base
+  from dispo_jax.tasks import DataSettings, get_task
+
+  data = DataSettings()
+  preset, overrides = args.preset, {}
+  if preset == "toy":  # the tokenizer sets the vocabulary
+    preset, overrides = "tiny", {k: v for k, v in TOY.items() if k != "vocab_size"}
+  spec = tiny_base.BaseSpec(task="sudoku", data=data, preset=preset, overrides=overrides,
+                            base=tiny_base.BaseSettings(steps=args.sft_steps, batch_size=16),
+                            max_prompt_length=args.prompt_len, gen_length=args.gen)
+  tokenizer, cfg, graphdef, state = tiny_base.prepare_base(spec)
+  task = get_task("sudoku")
+  held_out = task.tiny.rows(data)[1][:args.prompts]
+  prompts, lengths, _ = tiny_base.encode_pairs(tokenizer, task, held_out, args.prompt_len, args.gen)
+  return cfg, graphdef, state, prompts, lengths
+
+
+def answer_fraction(fns, train_state, prompts, lengths, eos_id: int) -> float:
+  """The fraction of completion tokens before the first EOS, over one plain-rollout batch."""
+  batch, _ = pipeline.collect(jax.random.key(7), fns.policy.graphdef,
+                              fns.policy.model_state(train_state.params), prompts, lengths,
+                              reward_fn, fns.settings)
+  completion = np.asarray(batch.completion)
+  before_eos = np.cumsum(completion == eos_id, axis=-1) == 0
+  return float(before_eos.mean())
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--prompts", type=int, default=2)
@@ -109,15 +142,23 @@ def main() -> None:
   parser.add_argument("--head-scale", type=float, default=1.0)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--preset", default="small", help="model preset (toy: a seconds-long smoke run)")
+  parser.add_argument("--policy", default="random", choices=("random", "sft"),
+                      help="random weights, or the preset SFT'd on tiny Sudoku (a confident policy)")
+  parser.add_argument("--sft-steps", type=int, default=300, help="SFT steps of --policy=sft")
   args = parser.parse_args()
-  cfg = model_config(args.preset)
-  graphdef, state = llada.init_model(cfg)
+  if args.policy == "sft":
+    cfg, graphdef, state, prompts, lengths = sft_policy(args)
+  else:
+    cfg = model_config(args.preset)
+    graphdef, state = llada.init_model(cfg)
+    prompts, lengths = random_prompts(cfg, args.prompts, args.prompt_len, high=100)
   if args.head_scale != 1.0:
     state["ff_out"]["kernel"][...] = state["ff_out"]["kernel"][...] * args.head_scale
-  prompts, lengths = random_prompts(cfg, args.prompts, args.prompt_len, high=100)
-  print(f"backend={jax.default_backend()} preset={args.preset} rows={args.prompts * args.group} "
-        f"prompt={args.prompt_len} gen={args.gen} block=32 timesteps={args.timesteps} mu={args.mu} "
-        f"method=dispo (Z=2) threshold={args.threshold} head-scale={args.head_scale} (LoRA r16)")
+  policy = f"SFT {args.sft_steps} steps on tiny Sudoku" if args.policy == "sft" else "random"
+  print(f"backend={jax.default_backend()} preset={args.preset} policy={policy} "
+        f"rows={args.prompts * args.group} prompt={args.prompt_len} gen={args.gen} block=32 "
+        f"timesteps={args.timesteps} mu={args.mu} method=dispo (Z=2) threshold={args.threshold} "
+        f"head-scale={args.head_scale} (LoRA r16)")
   seconds, phases = {}, {}
   for name, options in SAMPLERS.items():
     options = {k: (args.threshold if k == "threshold" else v) for k, v in options.items()}
@@ -128,6 +169,9 @@ def main() -> None:
     mismatch = " | ".join(f"{k.split('/')[1]} {rows[0][k]:.4f}" for k in
                           ("behaviour/abs_log_ratio_mean", "behaviour/truncated_frac",
                            "behaviour/kl") if k in rows[0])
+    if name == "plain":
+      print(f"completion tokens before the first EOS: "
+            f"{answer_fraction(fns, train_state, prompts, lengths, cfg.eos_token_id):.0%}")
     split = ", ".join(f"{p} {phases[name][p]:.2f}" for p in PHASES)
     print(f"{name}: {seconds[name]:.2f} s per rollout batch ({split}), {used} timesteps, "
           f"importance weight {fns.settings.objective.importance_weight} | {mismatch}")

@@ -36,3 +36,16 @@ def test_rollout_batch_benchmark_prints_the_fast_rollout_speed_ups():
   assert "rollout " in cached and "replay " in cached and "updates " in cached
   # The prompts lie inside the toy vocabulary: an id past its embedding table reads NaN.
   assert "nan" not in cached, cached
+
+
+def test_rollout_batch_benchmark_runs_on_a_policy_sft_d_at_its_shapes(tmp_path):
+  env = {**ENV, "DISPO_JAX_CACHE": str(tmp_path)}
+  out = subprocess.run([sys.executable, "-m", "benchmarks.rollout_batch", "--preset=toy",
+                        "--policy=sft", "--sft-steps=5", "--prompts=1", "--group=2", "--gen=32",
+                        "--timesteps=8", "--repeats=1", "--mu=1"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "policy=SFT 5 steps on tiny Sudoku" in out.stdout
+  assert "completion tokens before the first EOS" in out.stdout
+  assert out.stdout.count("s per rollout batch") == 3
+  assert os.listdir(os.path.join(tmp_path, "tiny_base"))  # the SFT'd policy was cached
