@@ -344,6 +344,9 @@ def test_a_cached_run_logs_its_mismatch_and_weights_its_tokens(tmp_path, base_di
                "behaviour/truncated_frac", "behaviour/kl"):
     assert all(np.isfinite(r[name]) for r in rows), name
   assert rows[0]["behaviour/abs_log_ratio_max"] > 0
+  # ... and the phase times the rollout's share of the run is read from
+  assert all(r["time/rollout_seconds"] > 0 and r["time/replay_seconds"] > 0 for r in rows)
+  assert rows[0]["step_seconds"] > rows[0]["time/rollout_seconds"] + rows[0]["time/replay_seconds"]
 
 
 def test_few_shot_needs_a_sudoku_checkpoint_run():
