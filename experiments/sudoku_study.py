@@ -8,11 +8,13 @@ differ only in method and RL seed. Runs of one seed see the same prompts at ever
 The testbed: ``--rl-grid-fraction`` of the held-out grids is set aside for RL prompts (the base
 memorises its SFT grids), evaluation uses the remaining grids, and rollouts and evaluation decode
 with ``--timesteps`` timesteps. ``--rollouts`` counts rollout batches; each gets μ
-optimizer updates (``num_steps = rollouts × μ``). Reports, per method, held-out greedy cell
-accuracy averaged over the last ``--last-evals`` evaluation points (mean ± standard error over
-seeds), its gain over the base and over the control (paired by seed), the rollout reward,
+optimizer updates (``num_steps = rollouts × μ``). Reports, per method, the held-out greedy metric
+(cell accuracy; puzzles solved with ``--reward=solved``) averaged over the last ``--last-evals``
+evaluation points (mean ± standard error over seeds), its gain over the base and its difference
+from the control, diffu-GRPO and trace (paired by seed, with t), the rollout reward,
 distinguishable branch states per timestep bin (the paper's Table 7) and seconds per rollout
-batch. Writes ``{root}/summary.json`` and a learning-curve PNG under ``--plots``; rerunning skips
+batch. Writes ``{root}/summary.json`` and a PNG under ``--plots`` (the rollout reward, and the
+held-out metric against rollout batches and against training seconds); rerunning skips
 finished runs (each resumes from its work folder).
 """
 
@@ -101,6 +103,20 @@ def evals(rows: list[dict], mu: int) -> dict[int, float]:
   return {int(r["step"]) // mu: float(r["eval/accuracy"]) for r in rows if "eval/accuracy" in r}
 
 
+def seconds_at_evals(rows: list[dict], mu: int) -> dict[int, float]:
+  """Training seconds (rollouts and updates, evaluation excluded) before each evaluation, by
+  rollout batches done."""
+  updates = [(int(r["step"]), float(r["step_seconds"])) for r in rows if "step_seconds" in r]
+  return {done: sum(sec for step, sec in updates if step < done * mu) for done in evals(rows, mu)}
+
+
+def metric_name(args) -> str:
+  """What the runs' ``eval/accuracy`` is: the task's held-out metric under ``--reward``."""
+  if args.task == "sudoku":
+    return "puzzles solved" if args.reward == "solved" else "cell accuracy"
+  return "problems solved"
+
+
 def mean_se(xs) -> tuple[float, float]:
   xs = np.asarray(xs, np.float64)
   return float(xs.mean()), float(xs.std(ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else 0.0
@@ -129,7 +145,7 @@ def summarise(runs: dict, args, mu: int) -> dict:
              "seconds_per_rollout": float(np.mean([
                  np.sum([r["step_seconds"] for r in runs[(name, s)] if "step_seconds" in r][mu:])
                  / max(args.rollouts - 1, 1) for s in have]))}
-    for other in ("control", "diffu_grpo"):
+    for other in ("control", "diffu_grpo", "trace"):
       paired = [final[(name, s)] - final[(other, s)] for s in have if (other, s) in final]
       if other != name and len(paired) > 1:
         m, se = mean_se(paired)
@@ -149,16 +165,16 @@ def summarise(runs: dict, args, mu: int) -> dict:
 
 def print_table(summary: dict, args) -> None:
   f = lambda ms: f"{ms[0]:.3f} ± {ms[1]:.3f}"
-  print(f"\nheld-out greedy cell accuracy, mean of the last {args.last_evals} evaluations, "
+  print(f"\nheld-out {metric_name(args)} (greedy), mean of the last {args.last_evals} evaluations, "
         f"mean ± SE over seeds; paired differences by seed (t = mean / SE)")
   print("| method | seeds | base | after RL | gain over base | − control (t) | − diffu-GRPO (t) | "
-        "rollout reward first 5 → 2nd half | s / rollout batch |")
-  print("|---|---|---|---|---|---|---|---|---|")
+        "− trace (t) | rollout reward first 5 → 2nd half | s / rollout batch |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for name, e in summary.items():
     paired = lambda k: "—" if k not in e else f"{e[k][0]:+.3f} ± {e[k][1]:.3f} ({e[k][2]:.1f})"
     print(f"| {name} | {len(e['seeds'])} | {f(e['base'])} | {f(e['accuracy'])} | "
           f"{e['gain_over_base'][0]:+.3f} ± {e['gain_over_base'][1]:.3f} | "
-          f"{paired('minus_control')} | {paired('minus_diffu_grpo')} | "
+          f"{paired('minus_control')} | {paired('minus_diffu_grpo')} | {paired('minus_trace')} | "
           f"{f(e['reward_first5'])} → {f(e['reward_2nd_half'])} | "
           f"{e['seconds_per_rollout']:.1f} |")
   print("\ncredit per rollout batch (means over batches and seeds)")
@@ -180,7 +196,7 @@ def plot(runs: dict, args, mu: int) -> str:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+  fig, (a, b, c) = plt.subplots(1, 3, figsize=(17, 4))
   first_seed = min(s for _, s in runs)
   for (name, seed), rows in sorted(runs.items()):
     reward = per_rollout(rows, "reward_mean")
@@ -191,10 +207,16 @@ def plot(runs: dict, args, mu: int) -> str:
     a.plot(xs[width - 1:], smooth, color=COLORS[name], alpha=0.6, label=label)
     ev = sorted(evals(rows, mu).items())
     b.plot(*zip(*ev), color=COLORS[name], marker="o", alpha=0.6, label=label)
+    seconds = seconds_at_evals(rows, mu)
+    c.plot([seconds[i] for i, _ in ev], [v for _, v in ev], color=COLORS[name], marker="o",
+           alpha=0.6, label=label)
+  metric = f"held-out {metric_name(args)} (greedy)"
   a.set(xlabel="rollout batch", ylabel="rollout reward (5-batch mean)", title="training reward")
-  b.set(xlabel="rollout batch", ylabel="held-out cell accuracy (greedy)", title="evaluation")
-  a.legend()
-  b.legend()
+  b.set(xlabel="rollout batch", ylabel=metric, title="evaluation")
+  c.set(xlabel="training seconds (evaluation excluded)", ylabel=metric,
+        title="evaluation against wall clock")
+  for axis in (a, b, c):
+    axis.legend()
   plt.tight_layout()
   os.makedirs(args.plots, exist_ok=True)
   tag = args.tag or f"lr{args.lr:g}_base{args.base_steps}_T{args.timesteps}"
