@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 import jax
+import numpy as np
 
 
 def time_fn(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -38,8 +39,6 @@ def model_config(preset: str, **overrides):
 def random_prompts(cfg, n: int, length: int, seed: int = 0, high: int = 1000):
   """``([n, length] int32 prompts, [n] int32 lengths)``: ids drawn below ``high`` and below the
   vocabulary's special ids (an id past the embedding table would read NaNs)."""
-  import numpy as np
-
   special = min(cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id, cfg.mask_token_id)
   prompts = np.random.default_rng(seed).integers(0, min(high, special), (n, length))
   return prompts.astype(np.int32), np.full((n,), length, np.int32)

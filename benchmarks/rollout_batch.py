@@ -91,12 +91,15 @@ def time_rollout_batches(fns, train_state, prompts, lengths, repeats: int
   return float(np.median(times)), medians, rows, holder["state"]
 
 
-def timesteps_taken(fns, train_state, prompts, lengths) -> int:
-  """The most timesteps any row of one rollout took (the threshold's saving)."""
-  _, metrics = pipeline.collect(jax.random.key(7), fns.policy.graphdef,
-                                fns.policy.model_state(train_state.params), prompts, lengths,
-                                reward_fn, fns.settings)
-  return int(metrics["sampler/timesteps_taken"])
+def one_rollout(fns, train_state, prompts, lengths) -> tuple[int, float]:
+  """One more rollout batch: the most timesteps any row took (the threshold's saving) and the
+  fraction of completion tokens before the first EOS (the answers' share of ``--gen``)."""
+  batch, metrics = pipeline.collect(jax.random.key(7), fns.policy.graphdef,
+                                    fns.policy.model_state(train_state.params), prompts, lengths,
+                                    reward_fn, fns.settings)
+  eos_id = fns.settings.eos_id
+  before_eos = np.asarray(batch.completion_mask) & (np.asarray(batch.completion) != eos_id)
+  return int(metrics["sampler/timesteps_taken"]), float(before_eos.mean())
 
 
 def sft_policy(args):
@@ -120,16 +123,6 @@ def sft_policy(args):
   held_out = task.tiny.rows(data)[1][:args.prompts]
   prompts, lengths, _ = tiny_base.encode_pairs(tokenizer, task, held_out, args.prompt_len, args.gen)
   return cfg, graphdef, state, prompts, lengths
-
-
-def answer_fraction(fns, train_state, prompts, lengths, eos_id: int) -> float:
-  """The fraction of completion tokens before the first EOS, over one plain-rollout batch."""
-  batch, _ = pipeline.collect(jax.random.key(7), fns.policy.graphdef,
-                              fns.policy.model_state(train_state.params), prompts, lengths,
-                              reward_fn, fns.settings)
-  completion = np.asarray(batch.completion)
-  before_eos = np.cumsum(completion == eos_id, axis=-1) == 0
-  return float(before_eos.mean())
 
 
 def main() -> None:
@@ -164,13 +157,12 @@ def main() -> None:
     train_state, fns = build(args, cfg, graphdef, state, options)
     seconds[name], phases[name], rows, train_state = time_rollout_batches(
         fns, train_state, prompts, lengths, args.repeats)
-    used = timesteps_taken(fns, train_state, prompts, lengths)
+    used, answer_fraction = one_rollout(fns, train_state, prompts, lengths)
     mismatch = " | ".join(f"{k.split('/')[1]} {rows[0][k]:.4f}" for k in
                           ("behaviour/abs_log_ratio_mean", "behaviour/truncated_frac",
                            "behaviour/kl") if k in rows[0])
     if name == "plain":
-      print(f"completion tokens before the first EOS: "
-            f"{answer_fraction(fns, train_state, prompts, lengths, cfg.eos_token_id):.0%}")
+      print(f"completion tokens before the first EOS: {answer_fraction:.0%}")
     split = ", ".join(f"{p} {phases[name][p]:.2f}" for p in PHASES)
     print(f"{name}: {seconds[name]:.2f} s per rollout batch ({split}), {used} timesteps, "
           f"importance weight {fns.settings.objective.importance_weight} | {mismatch}")
